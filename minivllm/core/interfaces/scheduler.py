@@ -1,0 +1,85 @@
+"""Schedulers: decide, every step, which sequences run and how many new tokens each computes."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+
+from minivllm.core.config import EngineConfig
+from minivllm.core.interfaces.kv_allocator import KVAllocator
+from minivllm.core.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    """One step's work: ``seqs[i]`` computes ``num_new_tokens[i]`` tokens starting at its
+    ``num_computed_tokens`` (a whole prompt, a chunk of one, or one decode token). A sequence samples a
+    token when those tokens reach the end of what it holds."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    num_new_tokens: list[int] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    def add(self, seq: Sequence, num_new_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_new_tokens.append(num_new_tokens)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Scheduler(ABC):
+    """Owns the waiting and running queues and the KV allocator. The engine calls :meth:`add` for new
+    requests, :meth:`schedule` at the start of each step and :meth:`finish` for sequences that end."""
+
+    def __init__(self, config: EngineConfig, allocator: KVAllocator, max_model_len: int):
+        self.config = config
+        self.allocator = allocator
+        self.max_model_len = max_model_len
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def check_request(self, num_prompt_tokens: int, max_total_tokens: int) -> None:
+        """Called before a request is added: raise ValueError if it could never be scheduled.
+        ``max_total_tokens`` is the longest the sequence may grow (prompt plus generated tokens)."""
+        needed = self.allocator.blocks_for(max_total_tokens)
+        if needed > self.allocator.num_blocks:
+            raise ValueError(
+                f"the request needs up to {max_total_tokens} tokens ({needed} KV blocks of "
+                f"{self.allocator.block_size}) but the KV cache has only {self.allocator.num_blocks} blocks; "
+                "raise num_kvcache_blocks or gpu_memory_utilization, or lower max_tokens"
+            )
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    @abstractmethod
+    def schedule(self) -> ScheduledBatch:
+        """Pick this step's sequences and token counts, allocating their KV blocks (preempting if they
+        run out). Returns an empty batch only when nothing is unfinished."""
+
+    def finish(self, seq: Sequence) -> None:
+        """Remove a finished or aborted sequence from the queues and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.allocator.free(seq)
+
+    def preempt(self, seq: Sequence) -> None:
+        """Recompute-preemption: drop the sequence's KV and put it at the front of the waiting queue."""
+        self.running.remove(seq)
+        self.allocator.free(seq)
+        seq.status = SequenceStatus.WAITING
+        seq.num_computed_tokens = 0
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1

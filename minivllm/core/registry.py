@@ -1,0 +1,58 @@
+"""A named collection of plugin classes of one kind, filled by the plugin hooks."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class Entry:
+    target: type | str  # the class, or "module:attr" imported on first use
+    source: str  # name of the plugin that registered it
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: type[T] | str, source: str = "?") -> None:
+        if not isinstance(target, (type, str)):
+            raise TypeError(f"{self.kind} {name!r}: register a class or a 'module:attr' string, got {target!r}")
+        if isinstance(target, str) and ":" not in target:
+            raise ValueError(f"{self.kind} {name!r}: lazy target {target!r} must look like 'module:attr'")
+        if name in self._entries:
+            raise ValueError(
+                f"{self.kind} {name!r} is registered twice: by {self._entries[name].source!r} and by {source!r}"
+            )
+        self._entries[name] = Entry(target, source)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def source(self, name: str) -> str:
+        return self._entries[name].source
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def check(self, name: str) -> None:
+        """Raise a ValueError listing the registered names unless ``name`` is one of them."""
+        if name not in self._entries:
+            known = ", ".join(self.names()) or "none"
+            raise ValueError(f"unknown {self.kind} {name!r}; registered: {known}")
+
+    def get(self, name: str) -> type[T]:
+        self.check(name)
+        entry = self._entries[name]
+        if isinstance(entry.target, str):
+            module, _, attr = entry.target.partition(":")
+            entry.target = getattr(importlib.import_module(module), attr)
+        return entry.target

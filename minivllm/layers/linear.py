@@ -1,0 +1,113 @@
+"""Linear layers that shard over tensor-parallel ranks (Megatron style).
+
+Every parameter carries a ``weight_loader(param, full_tensor, shard_id=None)`` that copies this rank's
+slice of a full checkpoint tensor, so weights are sharded as they are read.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minivllm.layers.parallel import TensorParallel
+
+
+class _Linear(nn.Module):
+    def __init__(self, in_features: int, out_features: int, bias: bool, tp: TensorParallel):
+        super().__init__()
+        self.tp = tp
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.weight.weight_loader = self.weight_loader
+        self.bias = None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
+            self.bias.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        param.data.copy_(loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ReplicatedLinear(_Linear):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel = TensorParallel()):
+        super().__init__(in_features, out_features, bias, tp)
+
+
+class ColumnParallelLinear(_Linear):
+    """Splits the output features: each rank computes its slice; no communication."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel = TensorParallel()):
+        super().__init__(in_features, tp.shard(out_features, "output features"), bias, tp)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        size = param.shape[0]
+        param.data.copy_(loaded.narrow(0, self.tp.rank * size, size))
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of the same input in one matmul (e.g. gate and up);
+    ``shard_id`` is the index of the part a checkpoint tensor belongs to."""
+
+    def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False, tp: TensorParallel = TensorParallel()):
+        self.out_sizes = [tp.shard(s, "output features") for s in out_sizes]
+        super().__init__(in_features, sum(out_sizes), bias, tp)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
+        size = self.out_sizes[shard_id]
+        offset = sum(self.out_sizes[:shard_id])
+        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, self.tp.rank * size, size))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """Packed q/k/v projection. Query heads are split across ranks; KV heads too, or replicated when
+    there are fewer KV heads than ranks (each rank keeps the KV head its query heads use)."""
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
+                 tp: TensorParallel = TensorParallel()):
+        self.head_dim = head_dim
+        self.num_heads = tp.shard(num_heads, "num_attention_heads")
+        if num_kv_heads >= tp.size:
+            self.num_kv_heads = tp.shard(num_kv_heads, "num_key_value_heads")
+            self.kv_head_offset = tp.rank * self.num_kv_heads
+        else:
+            if tp.size % num_kv_heads:
+                raise ValueError(f"tensor_parallel_size={tp.size} is not a multiple of num_key_value_heads={num_kv_heads}")
+            self.num_kv_heads = 1
+            self.kv_head_offset = tp.rank * num_kv_heads // tp.size
+        out = (self.num_heads + 2 * self.num_kv_heads) * head_dim
+        _Linear.__init__(self, hidden_size, out, bias, tp)
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.num_kv_heads * self.head_dim
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str) -> None:
+        q, kv, _ = self.sizes
+        if shard_id == "q":
+            offset, size, start = 0, q, self.tp.rank * q
+        else:
+            offset = q if shard_id == "k" else q + kv
+            size, start = kv, self.kv_head_offset * self.head_dim
+        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, start, size))
+
+
+class RowParallelLinear(_Linear):
+    """Splits the input features: each rank multiplies its slice, then the partial sums are all-reduced.
+    The bias is added once, after the reduction."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel = TensorParallel()):
+        super().__init__(tp.shard(in_features, "input features"), out_features, bias, tp)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if param.dim() == 1:  # bias: replicated
+            param.data.copy_(loaded)
+            return
+        size = param.shape[1]
+        param.data.copy_(loaded.narrow(1, self.tp.rank * size, size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.tp.all_reduce(F.linear(x, self.weight))
+        return y if self.bias is None else y + self.bias

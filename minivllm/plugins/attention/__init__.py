@@ -1,0 +1,8 @@
+"""Built-in attention backends."""
+
+from minivllm.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_attention_backends(register):
+    register("torch", "minivllm.plugins.attention.torch_sdpa:TorchAttentionBackend")

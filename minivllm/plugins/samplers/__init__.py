@@ -1,0 +1,8 @@
+"""Built-in samplers."""
+
+from minivllm.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_samplers(register):
+    register("default", "minivllm.plugins.samplers.default:DefaultSampler")

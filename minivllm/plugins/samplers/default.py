@@ -1,0 +1,58 @@
+"""Batched sampling on the device: greedy, temperature, top-k, top-p, min-p and per-request seeds.
+
+Sampling uses the exponential-race trick: argmax(p / e) with e ~ Exp(1) draws from p. Rows with a
+seed draw their noise from a generator seeded by (seed, step), so a seeded request's tokens do not
+depend on what it is batched with; the rest share the engine's generator. No host sync per row.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from minivllm.core.interfaces import Sampler
+from minivllm.core.sampling_params import SamplingParams
+
+
+def apply_top_k_top_p_min_p(logits, top_k, top_p, min_p):
+    """Mask (to -inf) the logits outside each row's top-k / top-p nucleus / min-p threshold.
+    logits [B, V] float32; top_k [B] int64 (V = off); top_p [B] float; min_p [B] float."""
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(logits.shape[-1], device=logits.device)
+    remove = ranks[None, :] >= top_k[:, None]
+    probs = sorted_logits.softmax(dim=-1)
+    # drop a token once the mass before it already reaches top_p (the first token always stays)
+    remove |= (probs.cumsum(dim=-1) - probs) >= top_p[:, None]
+    remove |= probs < min_p[:, None] * probs[:, :1]
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+def exponential_noise(shape, params: list[SamplingParams], steps: list[int], generator, device) -> torch.Tensor:
+    noise = torch.empty(shape, device=device).exponential_(generator=generator)
+    for row, (p, step) in enumerate(zip(params, steps)):
+        if p.seed is not None and not p.greedy:
+            g = torch.Generator(device=device)
+            g.manual_seed((p.seed * 1_000_003 + step) & 0xFFFF_FFFF_FFFF_FFFF)
+            noise[row].exponential_(generator=g)
+    return noise
+
+
+class DefaultSampler(Sampler):
+    def sample(self, logits, params, steps):
+        greedy_tokens = logits.argmax(dim=-1)
+        if all(p.greedy for p in params):
+            return greedy_tokens
+        device = logits.device
+        vocab = logits.shape[-1]
+        temperature = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
+        logits = logits / temperature[:, None]
+        if any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params):
+            top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device)
+            top_p = torch.tensor([p.top_p for p in params], device=device)
+            min_p = torch.tensor([p.min_p for p in params], device=device)
+            logits = apply_top_k_top_p_min_p(logits, top_k, top_p, min_p)
+        probs = logits.softmax(dim=-1)
+        noise = exponential_noise(probs.shape, params, steps, self.generator, device)
+        sampled = (probs / noise).argmax(dim=-1)
+        greedy = torch.tensor([p.greedy for p in params], device=device)
+        return torch.where(greedy, greedy_tokens, sampled)

@@ -1,0 +1,8 @@
+"""Built-in scheduler policies."""
+
+from minivllm.core.hookspecs import hookimpl
+
+
+@hookimpl
+def register_schedulers(register):
+    register("fcfs", "minivllm.plugins.schedulers.fcfs:FCFSScheduler")
