@@ -66,10 +66,16 @@ def make_checkpoint(path: str, arch: str, seed: int = 0, std: float = 0.3) -> st
 
 
 def hf_greedy(path: str, prompts: list[list[int]], max_new_tokens: int, device: str = "cpu") -> list[list[int]]:
-    """Greedy continuation of each prompt by transformers itself (full forward per step, no cache)."""
+    """Greedy continuation of each prompt by transformers itself, from a checkpoint directory."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    return greedy_reference(model, prompts, max_new_tokens)
+
+
+def greedy_reference(model, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Greedy continuation by a transformers model: full forward per step, no cache, EOS not special."""
+    device = next(model.parameters()).device
     outputs = []
     with torch.no_grad():
         for prompt in prompts:

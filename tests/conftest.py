@@ -21,3 +21,19 @@ def checkpoints(tmp_path_factory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def llama_path(checkpoints) -> str:
     return checkpoints["llama"]
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> str:
+    """The throwaway plugin package of tests/fixtures, pip-installed (with its real entry point) into a
+    private directory that is put on sys.path; returns that directory (for subprocesses' PYTHONPATH)."""
+    import subprocess
+    import sys
+
+    site = tmp_path_factory.mktemp("plugin_site")
+    source = os.path.join(os.path.dirname(__file__), "fixtures", "minivllm-test-plugin")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), source], check=True)
+    sys.path.insert(0, str(site))
+    yield str(site)
+    sys.path.remove(str(site))

@@ -1,0 +1,97 @@
+"""Bad input gets a clear error naming the problem, before any work starts; the engine keeps serving."""
+
+import json
+import os
+import shutil
+
+import pytest
+from pydantic import ValidationError
+
+from minivllm import LLM, EngineConfig, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def llm(llama_path):
+    return LLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=6)
+
+
+def test_missing_model_path():
+    with pytest.raises(ValidationError, match="model path '/nonexistent/model' does not exist"):
+        EngineConfig(model="/nonexistent/model")
+
+
+def test_unsupported_architecture_lists_the_supported(llama_path, tmp_path):
+    path = tmp_path / "gpt2"
+    shutil.copytree(llama_path, path)
+    config = json.loads((path / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unsupported architecture 'GPT2LMHeadModel'; supported: "
+                                         "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
+        LLM(str(path))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kvcache_block_size": 24}, "kvcache_block_size=24 is not supported by the TorchAttentionBackend attention "
+                                     "backend: it needs a multiple of 16"),
+        ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization\n  Input should be greater than 0"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization\n  Input should be less than or equal to 1"),
+        ({"tensor_parallel_size": 0}, "tensor_parallel_size\n  Input should be greater than or equal to 1"),
+        ({"tensor_parallel_size": 9}, "tensor_parallel_size\n  Input should be less than or equal to 8"),
+        ({"num_kvcache_blocks": 0}, "num_kvcache_blocks must be -1"),
+        ({"scheduler": "lifo"}, "unknown scheduler 'lifo'; registered: "),
+        ({"max_num_seq": 4}, "max_num_seq\n  Extra inputs are not permitted"),
+    ],
+)
+def test_bad_engine_settings(llama_path, kwargs, message):
+    with pytest.raises(ValidationError, match=message.replace("(", "\\(").replace(")", "\\)")):
+        EngineConfig(model=llama_path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [({"temperature": -0.5}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"top_p": 0.0}, "top_p"),
+     ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2.0}, "min_p")],
+)
+def test_bad_sampling_params(kwargs, field):
+    with pytest.raises(ValidationError, match=field):
+        SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ([], "prompt 1: the prompt is empty"),
+        ("", "prompt 1: the prompt is empty"),
+        ([5, 600], r"prompt 1: token id 600 is outside the vocabulary \[0, 512\)"),
+        ([5, -1], r"prompt 1: token id -1 is outside the vocabulary"),
+        ([3] * 128, "prompt 1: prompt of 128 tokens is too long: max_model_len=128"),
+        ([3] * 10, "prompt 1: the request needs up to 128 tokens \\(8 KV blocks of 16\\) but the KV cache has only"),
+    ],
+)
+def test_bad_request_in_a_batch_is_rejected_before_any_work(llm, prompt, message):
+    good = [1, 2, 3, 4]
+    params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    # the last case is a request that could never fit the 6-block cache
+    bad_params = SamplingParams(max_tokens=200) if len(prompt) == 10 else params
+    with pytest.raises(ValueError, match=message):
+        llm.generate([good, prompt], [params, bad_params], use_tqdm=False)
+    assert not llm.engine.has_unfinished()
+    assert llm.engine.allocator.num_free_blocks == 6
+    first = llm.generate([good], params, use_tqdm=False)[0]
+    assert len(first["tokens"]) == 8 and first["finish_reason"] == "length" and first["finished"]
+
+
+def test_prompt_type_and_params_count_are_checked(llm):
+    with pytest.raises(TypeError, match="a prompt must be a string or a list of token ids, got float"):
+        llm.generate([1.5], use_tqdm=False)
+    with pytest.raises(ValueError, match="got 2 sampling params for 1 prompts"):
+        llm.generate(["hi"], [SamplingParams(), SamplingParams()], use_tqdm=False)
+
+
+def test_gguf_or_config_is_required(tmp_path):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match="has no config.json and not exactly one .gguf file"):
+        LLM(str(tmp_path / "empty"))

@@ -1,0 +1,67 @@
+"""Plugin discovery through a real entry point, the allow-list, registry errors and the CLI listing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minivllm import LLM, EngineConfig, SamplingParams
+from minivllm.core import plugins
+from minivllm.core.registry import Registry
+
+
+@pytest.fixture
+def allow(monkeypatch):
+    def set_allowed(value):
+        monkeypatch.setenv("MINIVLLM_PLUGINS", value)
+        plugins.load_plugins(reload=True)
+
+    yield set_allowed
+    monkeypatch.undo()
+    plugins.load_plugins(reload=True)
+
+
+def test_builtins_register_through_the_hooks():
+    plugins.load_plugins(reload=True)
+    assert plugins.models.names() == ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]
+    assert "torch" in plugins.attention_backends
+    assert plugins.schedulers.source("fcfs") == "minivllm.plugins.schedulers"
+
+
+def test_entry_point_plugin_is_discovered_and_selected(plugin_site, allow, llama_path):
+    allow("test_plugin")
+    assert plugins.samplers.source("constant") == "test_plugin"
+    info = {i.name: i for i in plugins.plugin_infos()}["test_plugin"]
+    assert info.distribution == "minivllm-test-plugin 0.1.0"
+    assert info.hooks == ["register_samplers"]
+    llm = LLM(llama_path, sampler="constant", kvcache_block_size=16, max_model_len=256)
+    out = llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+    assert out[0]["tokens"] == [7, 7, 7, 7]
+
+
+def test_allow_list_excludes_plugins(plugin_site, allow, llama_path):
+    allow("")
+    assert "constant" not in plugins.samplers
+    with pytest.raises(ValueError, match="unknown sampler 'constant'; registered: default"):
+        EngineConfig(model=llama_path, sampler="constant")
+
+
+def test_cli_lists_plugins_with_their_distribution(plugin_site):
+    env = dict(os.environ, MINIVLLM_PLUGINS="test_plugin", PYTHONPATH=plugin_site)
+    out = subprocess.run([sys.executable, "-m", "minivllm.cli", "plugins"], env=env, capture_output=True,
+                         text=True, check=True).stdout
+    assert "test_plugin  [minivllm-test-plugin 0.1.0]  hooks: register_samplers" in out
+    assert "sampler: constant  (from test_plugin)" in out
+    assert "model architecture: LlamaForCausalLM  (from minivllm.plugins.models)" in out
+
+
+def test_registry_rejects_duplicates_and_lists_known_names():
+    reg = Registry("widget")
+    reg.register("a", "pkg.mod:A", source="one")
+    with pytest.raises(ValueError, match="'a' is registered twice: by 'one' and by 'two'"):
+        reg.register("a", "pkg.mod:B", source="two")
+    with pytest.raises(ValueError, match="must look like 'module:attr'"):
+        reg.register("b", "pkg.mod.B")
+    with pytest.raises(ValueError, match="unknown widget 'c'; registered: a"):
+        reg.get("c")

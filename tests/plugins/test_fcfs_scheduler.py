@@ -1,0 +1,77 @@
+"""The two-phase fcfs policy: budgets, prefill before decode, preemption of the newest, resume first."""
+
+import pytest
+
+from minivllm import EngineConfig
+from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
+from minivllm.plugins.schedulers.fcfs import FCFSScheduler
+
+BS = 16
+
+
+def make(llama_path, num_blocks, **kw):
+    config = EngineConfig(model=llama_path, kvcache_block_size=BS, **kw)
+    return FCFSScheduler(config, PrefixCacheAllocator(num_blocks, BS, enable_prefix_caching=False), 1024)
+
+
+def run_step(sched):
+    """Schedule, then do what the engine does after the forward pass (sampled token = 0)."""
+    batch = sched.schedule()
+    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        seq.num_computed_tokens += n
+        if seq.num_computed_tokens == len(seq):
+            seq.append(0)
+    return batch
+
+
+def seqs(*lengths):
+    return [Sequence([1] * n, SamplingParams()) for n in lengths]
+
+
+def test_prefill_respects_token_budget_and_seq_limit(llama_path):
+    sched = make(llama_path, 100, max_num_batched_tokens=100, max_num_seqs=3)
+    a, b, c, d = seqs(40, 50, 20, 5)
+    for s in (a, b, c, d):
+        sched.add(s)
+    step1 = run_step(sched)
+    assert step1.seqs == [a, b] and step1.num_new_tokens == [40, 50]  # c would exceed 100 tokens
+    step2 = run_step(sched)
+    assert step2.seqs == [c] and step2.num_new_tokens == [20]  # prefill first; then 3 seqs are running
+    step3 = run_step(sched)
+    assert step3.seqs == [a, b, c] and step3.num_new_tokens == [1, 1, 1]  # d waits for a free seat
+    assert list(sched.waiting) == [d]
+
+
+def test_decode_preempts_newest_and_it_resumes_first(llama_path):
+    sched = make(llama_path, 4)  # 64 token slots
+    a, b = seqs(32, 31)  # a: 2 blocks; b: 2 blocks (31 tokens + 1 sampled = 32)
+    sched.add(a), sched.add(b)
+    assert run_step(sched).seqs == [a, b]
+    assert sched.allocator.num_free_blocks == 0
+    step = run_step(sched)  # a's 33rd token needs a 3rd block: b, the newest, is preempted
+    assert step.preempted == [b] and step.seqs == [a]
+    assert b.status is SequenceStatus.WAITING and b.num_computed_tokens == 0 and b.block_table == []
+    assert list(sched.waiting) == [b] and sched.num_preemptions == 1
+    sched.finish(a)
+    resumed = run_step(sched)
+    assert resumed.seqs == [b] and resumed.num_new_tokens == [32]  # prompt + its generated tokens
+
+
+def test_lone_sequence_preempting_itself_is_impossible_for_admitted_requests(llama_path):
+    sched = make(llama_path, 2)
+    with pytest.raises(ValueError, match="needs up to 40 tokens \\(3 KV blocks of 16\\) but the KV cache has only 2"):
+        sched.check_request(10, 40)
+    sched.check_request(10, 32)
+
+
+def test_prompt_over_budget_is_rejected_and_resumed_sequences_run_alone(llama_path):
+    sched = make(llama_path, 100, max_num_batched_tokens=64)
+    with pytest.raises(ValueError, match="exceeds max_num_batched_tokens=64"):
+        sched.check_request(65, 70)
+    long, short = seqs(70, 10)  # as after preemption: 70 tokens to recompute
+    sched.waiting.extend([long, short])
+    step = run_step(sched)
+    assert step.seqs == [long] and step.num_new_tokens == [70]
+    assert run_step(sched).seqs == [short]
