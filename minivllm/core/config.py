@@ -19,6 +19,9 @@ class EngineConfig(BaseModel):
     max_num_seqs: int = Field(512, ge=1)
     max_num_batched_tokens: int = Field(16384, ge=1)
     max_model_len: int = Field(4096, ge=2)
+    long_prefill_token_threshold: int = Field(
+        0, ge=0, description="chunked scheduler: most prefill tokens one sequence gets per step (0 = no cap)"
+    )
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, ge=1, le=8)
     enforce_eager: bool = False

@@ -1,0 +1,68 @@
+"""Chunked prefill: every step mixes decode tokens and prefill chunks under one token budget.
+
+Each step, every running sequence that is decoding gets its one token first (up to ``max_num_seqs``).
+What is left of ``max_num_batched_tokens`` goes to prefill in arrival order: first sequences whose
+prompt is partly computed, then waiting ones; a prompt is split where the budget ends, and no
+sequence gets more than ``long_prefill_token_threshold`` tokens in one step when that is set.
+Prefix-cache hits count as computed. When blocks run out, the newest running sequence not yet
+scheduled this step is preempted (recompute), as in fcfs. A partly prefilled sequence samples no
+token until its last chunk (the runner samples only where the new tokens reach the sequence's end).
+"""
+
+from __future__ import annotations
+
+from minivllm.core.interfaces import ScheduledBatch, Scheduler
+from minivllm.core.sequence import Sequence, SequenceStatus
+
+
+class ChunkedPrefillScheduler(Scheduler):
+    def schedule(self) -> ScheduledBatch:
+        batch = ScheduledBatch()
+        budget = self.config.max_num_batched_tokens
+        decoding = [s for s in self.running if len(s) - s.num_computed_tokens == 1]
+        for seq in decoding:
+            if budget == 0:
+                break
+            if seq.status is SequenceStatus.RUNNING and self._grow(seq, 1, batch):
+                batch.add(seq, 1)
+                budget -= 1
+        for seq in [s for s in self.running if len(s) - s.num_computed_tokens > 1]:
+            if budget == 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:  # preempted above
+                continue
+            chunk = self._chunk(seq, budget)
+            if self._grow(seq, chunk, batch):
+                batch.add(seq, chunk)
+                budget -= chunk
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            seq.num_computed_tokens = seq.num_cached_tokens = self.allocator.match_prefix(seq)
+            chunk = self._chunk(seq, budget)
+            if not self.allocator.allocate(seq, seq.num_computed_tokens + chunk):
+                self.allocator.free(seq)
+                seq.num_computed_tokens = seq.num_cached_tokens = 0
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            batch.add(seq, chunk)
+            budget -= chunk
+        return batch
+
+    def _chunk(self, seq: Sequence, budget: int) -> int:
+        chunk = min(len(seq) - seq.num_computed_tokens, budget)
+        if self.config.long_prefill_token_threshold:
+            chunk = min(chunk, self.config.long_prefill_token_threshold)
+        return chunk
+
+    def _grow(self, seq: Sequence, num_new: int, batch: ScheduledBatch) -> bool:
+        """Allocate blocks for ``num_new`` more tokens of a running sequence, preempting the newest
+        running sequences not yet in ``batch`` while blocks are short. False if ``seq`` itself went."""
+        while not self.allocator.allocate(seq, seq.num_computed_tokens + num_new):
+            victim = next(s for s in reversed(self.running) if s not in batch.seqs)
+            self.preempt(victim)
+            batch.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True

@@ -1,0 +1,100 @@
+"""The chunked-prefill policy: mixed decode + prefill steps within the budget, and greedy parity
+with transformers when prompts are far longer than the budget."""
+
+import random
+
+import pytest
+
+from minivllm import LLM, EngineConfig, SamplingParams
+from minivllm.core.sampling_params import SamplingParams as SP
+from minivllm.core.sequence import Sequence
+from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
+from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
+from tests.checkpoints import hf_greedy, random_prompts
+from tests.conftest import ARCHS
+
+GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
+
+
+def make(llama_path, num_blocks, **kw):
+    config = EngineConfig(model=llama_path, kvcache_block_size=16, scheduler="chunked", **kw)
+    return ChunkedPrefillScheduler(config, PrefixCacheAllocator(num_blocks, 16), 2048)
+
+
+def run_step(sched):
+    batch = sched.schedule()
+    for seq, n in zip(batch.seqs, batch.num_new_tokens):
+        seq.num_computed_tokens += n
+        if seq.num_computed_tokens == len(seq):
+            seq.append(1)
+            if seq.num_output_tokens >= seq.params.max_tokens:
+                sched.finish(seq)
+    return batch
+
+
+def test_a_step_mixes_decode_and_prefill_chunks(llama_path):
+    sched = make(llama_path, 100, max_num_batched_tokens=64)
+    short, long = Sequence([5] * 20, SP(max_tokens=50)), Sequence([6] * 150, SP(max_tokens=50))
+    sched.add(short)
+    assert run_step(sched).num_new_tokens == [20]
+    sched.add(long)
+    step = run_step(sched)
+    assert step.seqs == [short, long] and step.num_new_tokens == [1, 63]  # decode first, then a chunk
+    step = run_step(sched)
+    assert step.num_new_tokens == [1, 63]
+    step = run_step(sched)
+    assert step.num_new_tokens == [1, 24] and long.num_output_tokens == 1  # last chunk samples
+
+
+def test_long_prefill_threshold_caps_each_sequence(llama_path):
+    sched = make(llama_path, 100, max_num_batched_tokens=64, long_prefill_token_threshold=16)
+    a, b = Sequence([5] * 40, SP()), Sequence([6] * 40, SP())
+    sched.add(a), sched.add(b)
+    assert run_step(sched).num_new_tokens == [16, 16]
+
+
+def test_budget_and_seat_limits_hold_under_load(llama_path):
+    rng = random.Random(0)
+    sched = make(llama_path, 16, max_num_batched_tokens=48, max_num_seqs=5)
+    for _ in range(30):
+        sched.add(Sequence([rng.randrange(500) for _ in range(rng.randint(1, 120))], SP(max_tokens=rng.randint(1, 30))))
+    steps = mixed = 0
+    while sched.has_unfinished():
+        batch = run_step(sched)
+        assert batch.num_tokens <= 48 and len(batch) <= 5 and len(sched.running) <= 5
+        mixed += 1 in batch.num_new_tokens and any(n > 1 for n in batch.num_new_tokens)
+        steps += 1
+        assert steps < 2000
+    assert mixed > 0 and sched.num_preemptions > 0
+    assert sched.allocator.num_free_blocks == 16
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_parity_with_budget_far_below_prompt_lengths(checkpoints, arch):
+    path = checkpoints[arch]
+    prompts = random_prompts(4, 250, 320, seed=7)
+    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=512)
+    got = [o["tokens"] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
+    assert got == hf_greedy(path, prompts, GREEDY.max_tokens)
+
+
+def test_parity_with_shared_prefix_and_small_cache(checkpoints):
+    path = checkpoints["qwen3"]
+    prefix = random_prompts(1, 100, 100, seed=8)[0]
+    prompts = [prefix + tail for tail in random_prompts(6, 5, 60, seed=9)]
+    params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
+    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=40, kvcache_block_size=16, num_kvcache_blocks=24,
+              max_model_len=512)
+    got = [o["tokens"] for o in llm.generate(prompts, params, use_tqdm=False)]
+    assert got == hf_greedy(path, prompts, params.max_tokens)
+    assert llm.engine.scheduler.num_preemptions > 0
+    assert llm.engine.allocator.num_free_blocks == 24
+
+
+def test_fcfs_rejects_what_chunked_accepts(llama_path):
+    prompt = [3] * 100
+    with pytest.raises(ValueError, match="exceeds max_num_batched_tokens=64"):
+        LLM(llama_path, max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=256).generate(
+            [prompt], GREEDY, use_tqdm=False)
+    llm = LLM(llama_path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=256)
+    assert len(llm.generate([prompt], GREEDY, use_tqdm=False)[0]["tokens"]) == GREEDY.max_tokens
