@@ -10,6 +10,7 @@ from minivllm.core.sampling_params import SamplingParams as SP
 from minivllm.core.sequence import Sequence
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
+from tests.plugins.scheduling import run_step
 from tests.checkpoints import hf_greedy, random_prompts
 from tests.conftest import ARCHS
 
@@ -19,17 +20,6 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 def make(llama_path, num_blocks, **kw):
     config = EngineConfig(model=llama_path, kvcache_block_size=16, scheduler="chunked", **kw)
     return ChunkedPrefillScheduler(config, PrefixCacheAllocator(num_blocks, 16), 2048)
-
-
-def run_step(sched):
-    batch = sched.schedule()
-    for seq, n in zip(batch.seqs, batch.num_new_tokens):
-        seq.num_computed_tokens += n
-        if seq.num_computed_tokens == len(seq):
-            seq.append(1)
-            if seq.num_output_tokens >= seq.params.max_tokens:
-                sched.finish(seq)
-    return batch
 
 
 def test_a_step_mixes_decode_and_prefill_chunks(llama_path):

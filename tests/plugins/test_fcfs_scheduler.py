@@ -7,6 +7,7 @@ from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence, SequenceStatus
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.fcfs import FCFSScheduler
+from tests.plugins.scheduling import run_step
 
 BS = 16
 
@@ -14,16 +15,6 @@ BS = 16
 def make(llama_path, num_blocks, **kw):
     config = EngineConfig(model=llama_path, kvcache_block_size=BS, **kw)
     return FCFSScheduler(config, PrefixCacheAllocator(num_blocks, BS, enable_prefix_caching=False), 1024)
-
-
-def run_step(sched):
-    """Schedule, then do what the engine does after the forward pass (sampled token = 0)."""
-    batch = sched.schedule()
-    for seq, n in zip(batch.seqs, batch.num_new_tokens):
-        seq.num_computed_tokens += n
-        if seq.num_computed_tokens == len(seq):
-            seq.append(0)
-    return batch
 
 
 def seqs(*lengths):

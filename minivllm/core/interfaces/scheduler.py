@@ -67,6 +67,39 @@ class Scheduler(ABC):
         """Pick this step's sequences and token counts, allocating their KV blocks (preempting if they
         run out). Returns an empty batch only when nothing is unfinished."""
 
+    def match_head(self) -> Sequence:
+        """The first waiting sequence, with its prefix-cache hits attached and counted as computed."""
+        seq = self.waiting[0]
+        seq.num_computed_tokens = seq.num_cached_tokens = self.allocator.match_prefix(seq)
+        return seq
+
+    def admit_head(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Allocate blocks for ``num_new_tokens`` of the sequence :meth:`match_head` returned and move it to
+        the running queue. If blocks are short, undo the match and return False."""
+        if not self.allocator.allocate(seq, seq.num_computed_tokens + num_new_tokens):
+            self.unmatch(seq)
+            return False
+        self.waiting.popleft()
+        seq.status = SequenceStatus.RUNNING
+        self.running.append(seq)
+        return True
+
+    def unmatch(self, seq: Sequence) -> None:
+        """Release the prefix hits of a sequence that stays waiting."""
+        self.allocator.free(seq)
+        seq.num_computed_tokens = seq.num_cached_tokens = 0
+
+    def reserve(self, seq: Sequence, num_new_tokens: int, batch: ScheduledBatch) -> bool:
+        """Allocate blocks for ``num_new_tokens`` more tokens of a running sequence, preempting the newest
+        running sequences not yet in ``batch`` while blocks are short. False if ``seq`` itself went."""
+        while not self.allocator.allocate(seq, seq.num_computed_tokens + num_new_tokens):
+            victim = next(s for s in reversed(self.running) if s not in batch.seqs)
+            self.preempt(victim)
+            batch.preempted.append(victim)
+            if victim is seq:
+                return False
+        return True
+
     def finish(self, seq: Sequence) -> None:
         """Remove a finished or aborted sequence from the queues and free its blocks."""
         if seq in self.running:

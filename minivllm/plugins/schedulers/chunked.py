@@ -23,7 +23,7 @@ class ChunkedPrefillScheduler(Scheduler):
         for seq in decoding:
             if budget == 0:
                 break
-            if seq.status is SequenceStatus.RUNNING and self._grow(seq, 1, batch):
+            if seq.status is SequenceStatus.RUNNING and self.reserve(seq, 1, batch):
                 batch.add(seq, 1)
                 budget -= 1
         for seq in [s for s in self.running if len(s) - s.num_computed_tokens > 1]:
@@ -32,20 +32,14 @@ class ChunkedPrefillScheduler(Scheduler):
             if seq.status is not SequenceStatus.RUNNING:  # preempted above
                 continue
             chunk = self._chunk(seq, budget)
-            if self._grow(seq, chunk, batch):
+            if self.reserve(seq, chunk, batch):
                 batch.add(seq, chunk)
                 budget -= chunk
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            seq.num_computed_tokens = seq.num_cached_tokens = self.allocator.match_prefix(seq)
+            seq = self.match_head()
             chunk = self._chunk(seq, budget)
-            if not self.allocator.allocate(seq, seq.num_computed_tokens + chunk):
-                self.allocator.free(seq)
-                seq.num_computed_tokens = seq.num_cached_tokens = 0
+            if not self.admit_head(seq, chunk):
                 break
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
             batch.add(seq, chunk)
             budget -= chunk
         return batch
@@ -55,14 +49,3 @@ class ChunkedPrefillScheduler(Scheduler):
         if self.config.long_prefill_token_threshold:
             chunk = min(chunk, self.config.long_prefill_token_threshold)
         return chunk
-
-    def _grow(self, seq: Sequence, num_new: int, batch: ScheduledBatch) -> bool:
-        """Allocate blocks for ``num_new`` more tokens of a running sequence, preempting the newest
-        running sequences not yet in ``batch`` while blocks are short. False if ``seq`` itself went."""
-        while not self.allocator.allocate(seq, seq.num_computed_tokens + num_new):
-            victim = next(s for s in reversed(self.running) if s not in batch.seqs)
-            self.preempt(victim)
-            batch.preempted.append(victim)
-            if victim is seq:
-                return False
-        return True

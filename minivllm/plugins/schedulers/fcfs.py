@@ -30,32 +30,21 @@ class FCFSScheduler(Scheduler):
     def _schedule_prefill(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         while self.waiting and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            seq.num_computed_tokens = seq.num_cached_tokens = self.allocator.match_prefix(seq)
+            seq = self.match_head()
             num_new = len(seq) - seq.num_computed_tokens
             # a sequence resumed after preemption may exceed the budget; it then runs alone
-            over_budget = batch and batch.num_tokens + num_new > self.config.max_num_batched_tokens
-            if over_budget or not self.allocator.allocate(seq, len(seq)):
-                self.allocator.free(seq)
-                seq.num_computed_tokens = seq.num_cached_tokens = 0
+            if batch and batch.num_tokens + num_new > self.config.max_num_batched_tokens:
+                self.unmatch(seq)
                 break
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
+            if not self.admit_head(seq, num_new):
+                break
             batch.add(seq, num_new)
         return batch
 
     def _schedule_decode(self) -> ScheduledBatch:
         batch = ScheduledBatch()
         for seq in list(self.running):
-            if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
-                continue
-            while not self.allocator.allocate(seq, len(seq)):
-                victim = self.running[-1]
-                self.preempt(victim)
-                batch.preempted.append(victim)
-                if victim is seq:
-                    break
-            else:
-                batch.add(seq, len(seq) - seq.num_computed_tokens)
+            # skip sequences preempted earlier in this loop
+            if seq.status is SequenceStatus.RUNNING and self.reserve(seq, 1, batch):
+                batch.add(seq, 1)
         return batch
