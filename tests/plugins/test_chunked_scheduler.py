@@ -6,7 +6,6 @@ import random
 import pytest
 
 from minivllm import LLM, EngineConfig, SamplingParams
-from minivllm.core.sampling_params import SamplingParams as SP
 from minivllm.core.sequence import Sequence
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
@@ -24,7 +23,7 @@ def make(llama_path, num_blocks, **kw):
 
 def test_a_step_mixes_decode_and_prefill_chunks(llama_path):
     sched = make(llama_path, 100, max_num_batched_tokens=64)
-    short, long = Sequence([5] * 20, SP(max_tokens=50)), Sequence([6] * 150, SP(max_tokens=50))
+    short, long = Sequence([5] * 20, SamplingParams(max_tokens=50)), Sequence([6] * 150, SamplingParams(max_tokens=50))
     sched.add(short)
     assert run_step(sched).num_new_tokens == [20]
     sched.add(long)
@@ -38,7 +37,7 @@ def test_a_step_mixes_decode_and_prefill_chunks(llama_path):
 
 def test_long_prefill_threshold_caps_each_sequence(llama_path):
     sched = make(llama_path, 100, max_num_batched_tokens=64, long_prefill_token_threshold=16)
-    a, b = Sequence([5] * 40, SP()), Sequence([6] * 40, SP())
+    a, b = Sequence([5] * 40, SamplingParams()), Sequence([6] * 40, SamplingParams())
     sched.add(a), sched.add(b)
     assert run_step(sched).num_new_tokens == [16, 16]
 
@@ -47,7 +46,7 @@ def test_budget_and_seat_limits_hold_under_load(llama_path):
     rng = random.Random(0)
     sched = make(llama_path, 16, max_num_batched_tokens=48, max_num_seqs=5)
     for _ in range(30):
-        sched.add(Sequence([rng.randrange(500) for _ in range(rng.randint(1, 120))], SP(max_tokens=rng.randint(1, 30))))
+        sched.add(Sequence([rng.randrange(500) for _ in range(rng.randint(1, 120))], SamplingParams(max_tokens=rng.randint(1, 30))))
     steps = mixed = 0
     while sched.has_unfinished():
         batch = run_step(sched)
