@@ -6,3 +6,4 @@ from minivllm.core.hookspecs import hookimpl
 @hookimpl
 def register_attention_backends(register):
     register("torch", "minivllm.plugins.attention.torch_sdpa:TorchAttentionBackend")
+    register("triton", "minivllm.plugins.attention.triton_attn:TritonAttentionBackend")

@@ -1,0 +1,46 @@
+"""Triton attention over the paged cache: the default on CUDA when flash-attn is absent.
+
+Decode-only steps run the flash-decoding kernel, whose grid depends only on the batch size, so they can
+be captured in CUDA graphs; any other step (prompts, chunks over a cached prefix, mixed with decode
+tokens) runs the general paged kernel eagerly. See :mod:`triton_kernels` for the kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from minivllm.core.interfaces import AttentionBackend, AttentionMetadata
+
+
+class TritonAttentionBackend(AttentionBackend):
+    block_size_multiple = 16
+    supports_cuda_graphs = True
+
+    @classmethod
+    def is_available(cls, device: torch.device) -> bool:
+        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+
+    def __init__(self, num_heads, num_kv_heads, head_dim, block_size, dtype):
+        super().__init__(num_heads, num_kv_heads, head_dim, block_size, dtype)
+        from minivllm.plugins.attention import triton_kernels
+
+        self.kernels = triton_kernels
+        self.num_sms = torch.cuda.get_device_properties().multi_processor_count if torch.cuda.is_available() else 8
+
+    def prepare(self, meta: AttentionMetadata) -> None:
+        # split count for flash-decoding; a function of the batch size only (graph replays reuse it)
+        if meta.is_decode_only:
+            meta.backend_state = self.kernels.decode_splits(meta.num_seqs, self.num_kv_heads, self.num_sms)
+
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float):
+        self.kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        out = torch.empty_like(q)
+        if meta.is_decode_only:
+            self.kernels.paged_decode(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, scale,
+                                      num_splits=meta.backend_state)
+        else:
+            self.kernels.paged_prefill(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens,
+                                       meta.query_start_loc, meta.max_query_len, scale)
+        return out
