@@ -19,6 +19,17 @@ class LLM:
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
 
+    def close(self) -> None:
+        """Stop the tensor-parallel worker processes (also done when the LLM is garbage-collected or the
+        interpreter exits). Idempotent; the LLM cannot generate afterwards."""
+        self.engine.close()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def generate(
         self,
         prompts: Prompt | SequenceABC[Prompt],
@@ -37,8 +48,10 @@ class LLM:
             raise ValueError(f"got {len(sampling_params)} sampling params for {len(prompts)} prompts")
         seqs = []
         for i, (prompt, params) in enumerate(zip(prompts, sampling_params)):
-            token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
             try:
+                if isinstance(prompt, str) and self.tokenizer is None:
+                    raise ValueError("this checkpoint has no tokenizer: pass token ids")
+                token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
                 seqs.append(self.engine.make_sequence(token_ids, params))
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from None
@@ -59,7 +72,7 @@ class LLM:
         return [
             {
                 "prompt": prompt,
-                "text": self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True),
+                "text": self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True) if self.tokenizer else "",
                 "tokens": seq.output_token_ids,
                 "finished": seq.finish_reason in ("stop", "length"),
                 "finish_reason": seq.finish_reason,

@@ -68,10 +68,14 @@ class Checkpoint:
         return dtype or torch.float32
 
     def load_tokenizer(self, tokenizer_path: str | None = None):
+        """The tokenizer; None for a dummy checkpoint without tokenizer files (prompts must be token ids)."""
         from transformers import AutoTokenizer
 
         if tokenizer_path:
             return AutoTokenizer.from_pretrained(tokenizer_path)
+        tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+        if self.load_format == "dummy" and not any(os.path.exists(os.path.join(self.path, f)) for f in tokenizer_files):
+            return None
         return AutoTokenizer.from_pretrained(self.path, gguf_file=self.gguf_file)
 
     def eos_token_ids(self, tokenizer) -> set[int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import torch
 from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
+from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, ScheduledBatch
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
@@ -53,6 +55,12 @@ class ModelRunner:
                  tp: TensorParallel = TensorParallel()):
         self.config = config
         self.device = config.torch_device
+        self.max_model_len = max_model_len
+        if self.device.type == "cuda":
+            # device memory in use before this runner allocates anything: other processes and this
+            # process's CUDA context; sizing the KV cache counts only what comes on top of it
+            free, total = torch.cuda.mem_get_info(self.device)
+            self._baseline_used = total - free - torch.cuda.memory_reserved(self.device)
         self.dtype = resolve_dtype(config, checkpoint, self.device)
         self.block_size = config.kvcache_block_size
         hf = checkpoint.hf_config
@@ -74,11 +82,17 @@ class ModelRunner:
         self.sampler = plugins.samplers.get(config.sampler)(hf.vocab_size, self.device, config.seed)
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.kv_cache = torch.empty(0)
+        self.graphs: DecodeGraphs | None = None
+        self.use_cuda_graphs = (self.device.type == "cuda" and not config.enforce_eager
+                                and self.attn_backend.supports_cuda_graphs)
 
     def _init_dummy_weights(self, seed: int) -> None:
         g = torch.Generator(device=self.device).manual_seed(seed)
         for param in self.model.parameters():
             param.data.uniform_(-0.05, 0.05, generator=g)
+
+    def close(self) -> None:
+        """The executor interface's shutdown: in-process there is nothing to stop."""
 
     # --- KV cache ---------------------------------------------------------------------------
 
@@ -102,95 +116,140 @@ class ModelRunner:
         return num_blocks
 
     def _cuda_kv_budget(self) -> int:
+        """Bytes left for the KV cache so that this process's peak stays within
+        ``gpu_memory_utilization`` of the device: weights, the activation peak of the largest prefill and
+        of the largest decode batch (sampler included), the CUDA-graph pool (about one decode batch's
+        activations) and non-torch memory (cuBLAS, Triton modules) are subtracted; memory that other
+        processes use is not."""
+        gc.collect()
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        self._profile_run()
-        activations = torch.cuda.max_memory_allocated() - before
+        weights = torch.cuda.memory_reserved()
+        prefill, decode = self._profile_batches()
+        self.allocate_kv_cache(max(b.seqs[-1].block_table[-1] for b in (prefill, decode)) + 1, capture=False)
+        scratch = torch.cuda.memory_reserved()
+        peaks = []
+        for batch in (prefill, decode):
+            torch.cuda.reset_peak_memory_stats()
+            self.execute(batch)
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_reserved() - scratch)
+        self.allocate_kv_cache(0, capture=False)
+        torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
-        return int(total * self.config.gpu_memory_utilization - (total - free) - activations)
+        non_torch = max(0, total - free - torch.cuda.memory_reserved() - self._baseline_used)
+        graph_pool = peaks[1] if self.use_cuda_graphs else 0
+        budget = int(total * self.config.gpu_memory_utilization) - weights - max(peaks) - graph_pool - non_torch
+        gib = 2**30
+        logger.info(
+            "GPU memory: %.2f GiB total x %.2f; this process: weights %.2f, activations %.2f (prefill %.2f, "
+            "decode %.2f), CUDA graphs %.2f, non-torch %.2f GiB -> %.2f GiB for the KV cache (others use %.2f)",
+            total / gib, self.config.gpu_memory_utilization, weights / gib, max(peaks) / gib, peaks[0] / gib,
+            peaks[1] / gib, graph_pool / gib, non_torch / gib, budget / gib, self._baseline_used / gib,
+        )
+        return budget
 
-    def _profile_run(self) -> None:
-        """A forward pass over the largest batch the scheduler can build, on a scratch cache."""
-        max_len = min(self.config.max_model_len, self.config.max_num_batched_tokens)
-        lengths = []
-        left = self.config.max_num_batched_tokens
-        while left > 0 and len(lengths) < self.config.max_num_seqs:
+    def _profile_batches(self) -> tuple[ScheduledBatch, ScheduledBatch]:
+        """The largest prefill the scheduler can build (``max_num_batched_tokens`` new tokens in as few
+        sequences as possible) and the largest decode batch (``max_num_seqs`` sequences sampling with
+        top-k/top-p, the sampler's heaviest path), on consecutive scratch blocks."""
+        cfg = self.config
+        max_len = min(self.max_model_len - 1, cfg.max_num_batched_tokens)
+        lengths, left = [], cfg.max_num_batched_tokens
+        while left > 0 and len(lengths) < cfg.max_num_seqs:
             lengths.append(min(left, max_len))
             left -= lengths[-1]
-        blocks_per_seq = [-(-n // self.block_size) for n in lengths]
-        self.allocate_kv_cache(sum(blocks_per_seq))
-        batch, first = ScheduledBatch(), 0
-        for n, nb in zip(lengths, blocks_per_seq):
+        prefill, first = ScheduledBatch(), 0
+        for n in lengths:
             seq = Sequence([0] * n, SamplingParams(max_tokens=1))
-            seq.block_table = list(range(first, first + nb))
-            first += nb
-            batch.add(seq, n)
-        self.execute(batch)
-        torch.cuda.synchronize()
-        self.allocate_kv_cache(0)
+            seq.block_table = list(range(first, first + -(-n // self.block_size)))
+            first += len(seq.block_table)
+            prefill.add(seq, n)
+        decode = ScheduledBatch()
+        heavy = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, max_tokens=2)
+        for i in range(cfg.max_num_seqs):
+            seq = Sequence([0, 0], heavy)
+            seq.num_computed_tokens = 1
+            seq.block_table = [i]
+            decode.add(seq, 1)
+        return prefill, decode
 
-    def allocate_kv_cache(self, num_blocks: int) -> None:
-        """Allocate the cache for ``num_blocks`` blocks and bind each attention layer's slice."""
+    def allocate_kv_cache(self, num_blocks: int, capture: bool = True) -> None:
+        """Allocate the cache for ``num_blocks`` blocks, bind each attention layer's slice, and capture
+        the decode CUDA graphs (they hold the cache's addresses)."""
+        self.graphs = None
         self.kv_cache = torch.empty(0)
         self.kv_cache = torch.zeros(2, self.num_layers, num_blocks, self.block_size, self.num_kv_heads,
                                     self.head_dim, dtype=self.dtype, device=self.device)
         for i, layer in enumerate(self.attention_layers):
             layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        if capture and num_blocks > 0 and self.use_cuda_graphs:
+            self.graphs = DecodeGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
+                                       -(-self.max_model_len // self.block_size), self.device)
+            self.graphs.capture()
 
     # --- one step -----------------------------------------------------------------------------
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
-        """Flatten the batch into token, position and attention-metadata tensors (one copy each)."""
+        """Flatten the batch into token, position and attention-metadata tensors: two host-to-device
+        copies, one of the int64 fields and one of the int32 fields."""
         bs = self.block_size
         input_ids, positions, slots, logits_indices, sample_seqs = [], [], [], [], []
         query_start, seq_lens = [0], []
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = np.zeros((len(batch), max_blocks), dtype=np.int32)
+        block_tables = np.zeros((len(batch), max_blocks), dtype=np.int64)
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
             end = start + n
-            input_ids.extend(seq.token_ids[start:end])
-            pos = np.arange(start, end)
-            positions.append(pos)
-            table = np.asarray(seq.block_table, dtype=np.int64)
+            table = seq.block_table
             block_tables[i, : len(table)] = table
-            slots.append(table[pos // bs] * bs + pos % bs)
+            if n == 1:  # decode: plain Python beats numpy for one token
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+            else:
+                input_ids.extend(seq.token_ids[start:end])
+                pos = np.arange(start, end)
+                positions.extend(pos.tolist())
+                slots.extend((np.asarray(table)[pos // bs] * bs + pos % bs).tolist())
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
             if end == len(seq):
                 logits_indices.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
-
-        def to_device(array, dtype):
-            return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
-
+        t, b = len(input_ids), len(batch)
+        longs = self._to_device(np.array(input_ids + positions + slots + logits_indices, dtype=np.int64))
+        ints = self._to_device(np.concatenate([query_start, seq_lens, block_tables.ravel()]).astype(np.int32))
         meta = AttentionMetadata(
-            query_start_loc=to_device(query_start, torch.int32),
-            seq_lens=to_device(seq_lens, torch.int32),
-            block_tables=to_device(block_tables, torch.int32),
-            slot_mapping=to_device(np.concatenate(slots), torch.int64),
+            query_start_loc=ints[: b + 1],
+            seq_lens=ints[b + 1 : 2 * b + 1],
+            block_tables=ints[2 * b + 1 :].view(b, max_blocks),
+            slot_mapping=longs[2 * t : 3 * t],
             max_query_len=max(batch.num_new_tokens),
             max_seq_len=max(seq_lens),
             query_start_loc_host=query_start,
             seq_lens_host=seq_lens,
         )
-        return StepInputs(
-            input_ids=to_device(input_ids, torch.int64),
-            positions=to_device(np.concatenate(positions), torch.int64),
-            meta=meta,
-            logits_indices=to_device(logits_indices, torch.int64),
-            sample_seqs=sample_seqs,
-        )
+        return StepInputs(input_ids=longs[:t], positions=longs[t : 2 * t], meta=meta,
+                          logits_indices=longs[3 * t :], sample_seqs=sample_seqs)
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[int]:
         """Run one step; returns the sampled token of each sequence whose new tokens reach its end,
         in batch order."""
         inputs = self.prepare(batch)
-        self.attn_backend.prepare(inputs.meta)
-        hidden = self.model(inputs.input_ids, inputs.positions, inputs.meta)
+        meta = inputs.meta
+        if self.graphs is not None and meta.is_decode_only and meta.num_seqs <= self.graphs.max_batch_size:
+            hidden = self.graphs.run(inputs.input_ids, inputs.positions, meta)
+        else:
+            self.attn_backend.prepare(meta)
+            hidden = self.model(inputs.input_ids, inputs.positions, meta)
         if not inputs.sample_seqs:
             return []
         logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()
