@@ -7,7 +7,7 @@ import logging
 from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
-from minivllm.core.runner import ModelRunner
+from minivllm.core.executor import create_executor
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence, SequenceStatus
 
@@ -27,7 +27,8 @@ class LLMEngine:
         self.vocab_size = hf.vocab_size
         self.tokenizer = self.checkpoint.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self.checkpoint.eos_token_ids(self.tokenizer)
-        self.runner = ModelRunner(config, self.checkpoint, self.max_model_len)
+        # the ModelRunner itself, or with tensor parallelism an executor driving one runner per rank
+        self.runner = create_executor(config, self.checkpoint, self.max_model_len)
         num_blocks = config.num_kvcache_blocks
         if num_blocks == -1:
             num_blocks = self.runner.num_blocks_from_memory(config.max_num_seqs, self.max_model_len)
@@ -41,6 +42,10 @@ class LLMEngine:
             num_blocks, config.kvcache_block_size, config.enable_prefix_caching
         )
         self.scheduler = plugins.schedulers.get(config.scheduler)(config, self.allocator, self.max_model_len)
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (idempotent)."""
+        self.runner.close()
 
     def make_sequence(self, token_ids: list[int], params: SamplingParams) -> Sequence:
         """Validate a request; raises ValueError naming the problem. Nothing is queued."""

@@ -1,4 +1,8 @@
-"""Tensor-parallel group handle passed to every layer (size 1: no communication)."""
+"""Tensor-parallel group handle passed to every layer (size 1: no communication).
+
+``group`` is a c10d process group or backend (e.g. ``ProcessGroupGloo``); its own collective methods are
+called, so a group built privately for one engine works without ``init_process_group``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,7 @@ class TensorParallel:
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.size > 1:
-            dist.all_reduce(x, group=self.group)
+            self.group.allreduce([x]).wait()
         return x
 
     def all_gather(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -25,7 +28,7 @@ class TensorParallel:
         if self.size == 1:
             return x
         parts = [torch.empty_like(x) for _ in range(self.size)]
-        dist.all_gather(parts, x.contiguous(), group=self.group)
+        self.group.allgather([parts], [x.contiguous()]).wait()
         return torch.cat(parts, dim=dim)
 
     def shard(self, n: int, what: str) -> int:

@@ -1,0 +1,91 @@
+"""Ship each step's batch from rank 0 to the other ranks as a delta.
+
+The other ranks mirror every running sequence (its tokens and block table), so a step sends only what
+changed since that sequence last ran: a new sequence's prompt once, then the tokens sampled since (one
+per decode step), the block-table entries added since, and the ids of sequences that ended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sequence import Sequence
+
+
+@dataclass
+class SeqDelta:
+    seq_id: int
+    num_computed_tokens: int
+    num_new_tokens: int
+    new_token_ids: list[int]  # tokens the mirror lacks (the whole prompt the first time)
+    table_keep: int  # leading block-table entries the mirror keeps
+    new_blocks: list[int]  # entries after those
+    first: tuple[int, SamplingParams] | None = None  # (num_prompt_tokens, params) the first time
+
+
+@dataclass
+class BatchDelta:
+    seqs: list[SeqDelta]
+    ended: list[int] = field(default_factory=list)  # ids of sequences the mirror drops
+
+
+@dataclass
+class _Sent:
+    seq: Sequence
+    num_tokens: int
+    block_table: list[int]
+
+
+class BatchEncoder:
+    """Rank 0: remembers what the mirrors hold and encodes each batch against it."""
+
+    def __init__(self):
+        self._sent: dict[int, _Sent] = {}
+
+    def encode(self, batch: ScheduledBatch) -> BatchDelta:
+        ended = [sid for sid, sent in self._sent.items() if sent.seq.is_finished]
+        for sid in ended:
+            del self._sent[sid]
+        deltas = []
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            sent = self._sent.get(seq.seq_id)
+            first = None
+            if sent is None:
+                sent = self._sent[seq.seq_id] = _Sent(seq, 0, [])
+                first = (seq.num_prompt_tokens, seq.params)
+            new_tokens = seq.token_ids[sent.num_tokens :]  # tokens only ever get appended
+            keep = len(sent.block_table)
+            if seq.block_table[:keep] != sent.block_table:  # freed and reallocated (preemption)
+                keep = 0
+            deltas.append(SeqDelta(seq.seq_id, seq.num_computed_tokens, n, new_tokens, keep,
+                                   seq.block_table[keep:], first))
+            sent.num_tokens = len(seq)
+            sent.block_table = list(seq.block_table)
+        return BatchDelta(deltas, ended)
+
+
+class BatchMirror:
+    """Ranks 1..N-1: rebuild rank 0's batch from deltas, on mirrored sequences."""
+
+    def __init__(self):
+        self._seqs: dict[int, Sequence] = {}
+
+    def apply(self, delta: BatchDelta) -> ScheduledBatch:
+        for sid in delta.ended:
+            del self._seqs[sid]
+        batch = ScheduledBatch()
+        for d in delta.seqs:
+            if d.first is not None:
+                num_prompt_tokens, params = d.first
+                seq = self._seqs[d.seq_id] = Sequence(d.new_token_ids, params)
+                seq.num_prompt_tokens = num_prompt_tokens
+            else:
+                seq = self._seqs[d.seq_id]
+                seq.token_ids.extend(d.new_token_ids)
+            del seq.block_table[d.table_keep :]
+            seq.block_table.extend(d.new_blocks)
+            seq.num_computed_tokens = d.num_computed_tokens
+            batch.add(seq, d.num_new_tokens)
+        return batch

@@ -1,0 +1,223 @@
+"""Executors: where the model runs. ``tensor_parallel_size=1`` is the :class:`ModelRunner` itself, in
+this process; otherwise a :class:`MultiprocExecutor` drives one runner per rank.
+
+Rank 0 is this process. It sends every call to the other ranks over the control group, then makes the
+same call on its own runner, so every rank runs the same forward (the layers' collectives meet). Each
+rank also samples, with the same logits and seed, but only rank 0's tokens count: they reach the other
+ranks in the next step's delta. Sampling everywhere keeps the runner's code path the same on all ranks
+and costs no time, since the ranks run side by side.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+import traceback
+import weakref
+
+import torch
+
+from minivllm.core import distributed, plugins
+from minivllm.core.batch_sync import BatchEncoder, BatchMirror
+from minivllm.core.checkpoint import Checkpoint
+from minivllm.core.config import EngineConfig
+from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.runner import ModelRunner
+
+
+AGREE_ON_MIN = {"num_blocks_from_memory"}  # runner calls whose result must be the same on every rank
+
+
+def create_executor(config: EngineConfig, checkpoint: Checkpoint, max_model_len: int):
+    """Validate the tensor-parallel layout, then start the ranks. Under torchrun, ranks other than 0
+    serve rank 0 here and exit the process when it closes."""
+    tp = config.tensor_parallel_size
+    distributed.check_tensor_parallel(checkpoint.hf_config, tp, config.torch_device)
+    if tp == 1:
+        return ModelRunner(config, checkpoint, max_model_len)
+    launch = distributed.launched_by_torchrun()
+    if launch is not None:
+        if launch.world_size != tp:
+            raise ValueError(f"tensor_parallel_size={tp} but torchrun started WORLD_SIZE={launch.world_size} ranks")
+        if launch.rank != 0:
+            device = launch.local_rank if config.torch_device.type == "cuda" else None
+            run_worker(launch.rank, tp, None, config, checkpoint, max_model_len, device)
+            raise SystemExit(0)
+    return MultiprocExecutor(config, checkpoint, max_model_len)
+
+
+class WorkerError(RuntimeError):
+    """A tensor-parallel rank failed; the engine cannot go on."""
+
+
+class MultiprocExecutor:
+    def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int):
+        self.world_size = config.tensor_parallel_size
+        self._failed: BaseException | None = None
+        self._encoder = BatchEncoder()
+        self._procs, self._stops, self._reports = [], [], []
+        self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._stops)
+        device = config.torch_device
+        launch = distributed.launched_by_torchrun()
+        store = distributed.open_store(0, self.world_size)
+        if launch is None:
+            self._spawn(config, checkpoint, max_model_len, store.port)
+            self._wait_until_up(store)
+        elif device.type == "cuda":
+            torch.cuda.set_device(launch.local_rank)
+        try:
+            self._groups = distributed.init_groups(store, 0, self.world_size, device)
+            self._runner = ModelRunner(config, checkpoint, max_model_len, self._groups.tp)
+            distributed.all_reduce_min(self._groups.control, 1)  # every rank has built its runner
+        except BaseException as e:
+            self._fail(e)
+
+    # --- the runner's interface, on every rank ---------------------------------------------------
+
+    @property
+    def block_bytes(self) -> int:
+        return self._runner.block_bytes  # per rank: rank 0's share of the KV heads
+
+    def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
+        return self._call("num_blocks_from_memory", max_num_seqs, max_model_len)
+
+    def execute(self, batch: ScheduledBatch) -> list[int]:
+        return self._call("execute", self._encoder.encode(batch), batch=batch)
+
+    def __getattr__(self, name: str):
+        """Any other public runner method runs on every rank; rank 0's result is returned."""
+        if name.startswith("_") or not callable(getattr(ModelRunner, name, None)):
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+        return functools.partial(self._call, name)
+
+    def close(self) -> None:
+        """Stop the other ranks (idempotent)."""
+        if self._failed is None and self._finalizer.alive:
+            try:
+                distributed.send_command(self._groups.control, None)
+            except RuntimeError:
+                pass  # a rank is gone already; stopping below still works
+        self._finalizer()
+        self.__dict__.pop("_groups", None)
+
+    # --- internals --------------------------------------------------------------------------------
+
+    def _call(self, method: str, *args, batch: ScheduledBatch | None = None):
+        if self._failed is not None:
+            raise WorkerError("the tensor-parallel workers failed earlier; build a new LLM") from self._failed
+        if not self._finalizer.alive:
+            raise RuntimeError("this LLM is closed")
+        try:
+            distributed.send_command(self._groups.control, (method, args))
+            if method == "execute":
+                return self._runner.execute(batch)
+            result = getattr(self._runner, method)(*args)
+            if method in AGREE_ON_MIN:
+                result = distributed.all_reduce_min(self._groups.control, result)
+            return result
+        except BaseException as e:
+            self._fail(e)
+
+    def _spawn(self, config, checkpoint, max_model_len: int, port: int) -> None:
+        ctx = torch.multiprocessing.get_context("spawn")
+        devices = [None] * self.world_size
+        if config.torch_device.type == "cuda":  # rank 0 keeps the current device; the others take the rest
+            current = torch.cuda.current_device()
+            devices = [current] + [d for d in range(torch.cuda.device_count()) if d != current]
+        threads = max(1, torch.get_num_threads() // self.world_size)
+        for rank in range(1, self.world_size):
+            stop_r, stop_w = ctx.Pipe(duplex=False)
+            report_r, report_w = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker_main, name=f"minivllm-tp{rank}", daemon=True,
+                               args=(rank, self.world_size, port, config, checkpoint, max_model_len,
+                                     devices[rank], threads, stop_r, report_w))
+            proc.start()
+            stop_r.close()
+            report_w.close()
+            self._procs.append(proc)
+            self._stops.append(stop_w)
+            self._reports.append(report_r)
+
+    def _wait_until_up(self, store) -> None:
+        """Wait until every worker joined the store, failing fast if one dies first."""
+        keys = [f"up/{rank}" for rank in range(1, self.world_size)]
+        deadline = time.monotonic() + distributed.COLLECTIVE_TIMEOUT.total_seconds()
+        while not store.check(keys):
+            if any(not p.is_alive() for p in self._procs) or time.monotonic() > deadline:
+                self._fail(RuntimeError("a tensor-parallel worker did not start"))
+            time.sleep(0.01)
+
+    def _fail(self, error: BaseException):
+        """Stop everything and raise, with the workers' own tracebacks when they sent one."""
+        self._failed = error
+        reports = []
+        deadline = time.monotonic() + 2.0  # a failing worker reports, then exits
+        for rank, (proc, report) in enumerate(zip(self._procs, self._reports), start=1):
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                reports.append(f"rank {rank}:\n{report.recv()}" if report.poll() else None)
+            except EOFError:  # it died without a word
+                reports.append(None)
+            if reports[-1] is None:
+                reports.pop()
+                if not proc.is_alive() and proc.exitcode:
+                    reports.append(f"rank {rank} exited with code {proc.exitcode}")
+        self._finalizer()
+        self.__dict__.pop("_groups", None)  # drop the groups now, not at interpreter exit
+        self.__dict__.pop("_runner", None)
+        if reports:
+            raise WorkerError("tensor-parallel worker failed:\n" + "\n".join(reports)) from error
+        raise error
+
+
+def _stop_workers(procs, stops) -> None:
+    """Closing a worker's stop pipe makes it exit (see :func:`_exit_when_closed`); kill stragglers."""
+    for stop in stops:
+        stop.close()
+    for proc in procs:
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+
+def _exit_when_closed(stop) -> None:
+    """Worker watchdog: rank 0 closed the pipe, or died (its end closed with it)."""
+    try:
+        stop.recv()
+    except EOFError:
+        pass
+    os._exit(0)
+
+
+def _worker_main(rank, world_size, port, config, checkpoint, max_model_len, device, threads, stop, report):
+    threading.Thread(target=_exit_when_closed, args=(stop,), daemon=True).start()
+    try:
+        torch.set_num_threads(threads)
+        run_worker(rank, world_size, port, config, checkpoint, max_model_len, device)
+    except BaseException:
+        report.send(traceback.format_exc())
+        raise SystemExit(1) from None
+
+
+def run_worker(rank, world_size, port, config, checkpoint, max_model_len, device) -> None:
+    """Rank ``rank``: build this rank's runner, then run rank 0's commands until it says stop."""
+    plugins.load_plugins()  # honours MINIVLLM_PLUGINS, inherited from rank 0
+    if device is not None:
+        torch.cuda.set_device(device)
+    store = distributed.open_store(rank, world_size, port)
+    store.set(f"up/{rank}", "1")
+    groups = distributed.init_groups(store, rank, world_size, config.torch_device)
+    runner = ModelRunner(config, checkpoint, max_model_len, groups.tp)
+    distributed.all_reduce_min(groups.control, 1)  # tell rank 0 this runner is built
+    mirror = BatchMirror()
+    while (command := distributed.recv_command(groups.control)) is not None:
+        method, args = command
+        if method == "execute":
+            runner.execute(mirror.apply(*args))
+        else:
+            result = getattr(runner, method)(*args)
+            if method in AGREE_ON_MIN:
+                distributed.all_reduce_min(groups.control, result)
