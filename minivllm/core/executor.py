@@ -10,8 +10,10 @@ and costs no time, since the ranks run side by side.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import signal
 import threading
 import time
 import traceback
@@ -61,7 +63,7 @@ class MultiprocExecutor:
         self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._stops)
         device = config.torch_device
         launch = distributed.launched_by_torchrun()
-        store = distributed.open_store(0, self.world_size)
+        self._store = store = distributed.open_store(0, self.world_size)  # NCCL meets on it lazily
         if launch is None:
             self._spawn(config, checkpoint, max_model_len, store.port)
             self._wait_until_up(store)
@@ -76,10 +78,6 @@ class MultiprocExecutor:
 
     # --- the runner's interface, on every rank ---------------------------------------------------
 
-    @property
-    def block_bytes(self) -> int:
-        return self._runner.block_bytes  # per rank: rank 0's share of the KV heads
-
     def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
         return self._call("num_blocks_from_memory", max_num_seqs, max_model_len)
 
@@ -87,10 +85,13 @@ class MultiprocExecutor:
         return self._call("execute", self._encoder.encode(batch), batch=batch)
 
     def __getattr__(self, name: str):
-        """Any other public runner method runs on every rank; rank 0's result is returned."""
-        if name.startswith("_") or not callable(getattr(ModelRunner, name, None)):
-            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-        return functools.partial(self._call, name)
+        """Any other public runner method runs on every rank and returns rank 0's result; other runner
+        attributes are rank 0's (``block_bytes``: rank 0's share of the KV heads)."""
+        if name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        if callable(getattr(ModelRunner, name, None)):
+            return functools.partial(self._call, name)
+        return getattr(self._runner, name)
 
     def close(self) -> None:
         """Stop the other ranks (idempotent)."""
@@ -156,20 +157,23 @@ class MultiprocExecutor:
         deadline = time.monotonic() + 2.0  # a failing worker reports, then exits
         for rank, (proc, report) in enumerate(zip(self._procs, self._reports), start=1):
             proc.join(timeout=max(0.0, deadline - time.monotonic()))
-            try:
-                reports.append(f"rank {rank}:\n{report.recv()}" if report.poll() else None)
-            except EOFError:  # it died without a word
-                reports.append(None)
-            if reports[-1] is None:
-                reports.pop()
-                if not proc.is_alive() and proc.exitcode:
-                    reports.append(f"rank {rank} exited with code {proc.exitcode}")
+            if message := _read_report(report):
+                reports.append(f"rank {rank}:\n{message}")
+            elif not proc.is_alive() and proc.exitcode:
+                reports.append(f"rank {rank} exited with code {proc.exitcode}")
         self._finalizer()
         self.__dict__.pop("_groups", None)  # drop the groups now, not at interpreter exit
         self.__dict__.pop("_runner", None)
         if reports:
             raise WorkerError("tensor-parallel worker failed:\n" + "\n".join(reports)) from error
         raise error
+
+
+def _read_report(report) -> str | None:
+    try:
+        return report.recv() if report.poll() else None
+    except EOFError:  # the worker died without a word
+        return None
 
 
 def _stop_workers(procs, stops) -> None:
@@ -194,11 +198,13 @@ def _exit_when_closed(stop) -> None:
 
 def _worker_main(rank, world_size, port, config, checkpoint, max_model_len, device, threads, stop, report):
     threading.Thread(target=_exit_when_closed, args=(stop,), daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: rank 0 handles it
     try:
         torch.set_num_threads(threads)
         run_worker(rank, world_size, port, config, checkpoint, max_model_len, device)
     except BaseException:
-        report.send(traceback.format_exc())
+        with contextlib.suppress(OSError):  # rank 0 may be gone: then nobody listens
+            report.send(traceback.format_exc()[-16000:])  # short enough for the pipe's buffer: never blocks
         raise SystemExit(1) from None
 
 
