@@ -99,6 +99,20 @@ def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, se
         assert len(multiprocessing.active_children()) == tp - 1
 
 
+def test_vocabulary_that_does_not_split_evenly(llama_path, tmp_path):
+    """511 tokens over 2 ranks: the last vocabulary shard is padded (embedding and untied LM head)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(tmp_path / "vocab511")
+    model = AutoModelForCausalLM.from_pretrained(llama_path)
+    model.resize_token_embeddings(511)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(llama_path).save_pretrained(path)
+    prompts = [p + [510] for p in PROMPTS[:3]]  # the last token id lives in the padded shard
+    with LLM(path, tensor_parallel_size=2, **SMALL) as llm:
+        assert _tokens(llm, prompts) == hf_greedy(path, prompts, GREEDY.max_tokens)
+
+
 def test_two_engines_coexist_then_stop_without_leaking(checkpoints):
     before = _children()
     first = LLM(checkpoints["llama"], tensor_parallel_size=2, **SMALL)
@@ -198,6 +212,22 @@ def test_torchrun_rendezvous(llama_path, references, tmp_path):
     lines = [line for line in out.stdout.splitlines() if line.startswith("TOKENS")]
     assert len(lines) == 1  # printed by rank 0 only
     assert json.loads(lines[0].split(" ", 1)[1]) == references["llama"][0][:3]
+
+
+def test_more_ranks_than_gpus_or_torchrun_ranks(llama_path, monkeypatch):
+    from transformers import AutoConfig
+
+    from minivllm.core.distributed import check_tensor_parallel
+
+    hf_config = AutoConfig.from_pretrained(llama_path)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 exceeds the 1 visible CUDA devices"):
+        check_tensor_parallel(hf_config, 2, torch.device("cuda"))
+    check_tensor_parallel(hf_config, 2, torch.device("cpu"))
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 but torchrun started WORLD_SIZE=4 ranks"):
+        LLM(llama_path, tensor_parallel_size=2, **SMALL)
 
 
 @pytest.mark.parametrize(
