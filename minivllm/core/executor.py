@@ -164,9 +164,9 @@ class MultiprocExecutor:
         self._finalizer()
         self.__dict__.pop("_groups", None)  # drop the groups now, not at interpreter exit
         self.__dict__.pop("_runner", None)
-        if reports:
+        if reports and isinstance(error, RuntimeError):  # what a collective raises when a peer is gone
             raise WorkerError("tensor-parallel worker failed:\n" + "\n".join(reports)) from error
-        raise error
+        raise error  # rank 0's own error (the other ranks usually raised the same)
 
 
 def _read_report(report) -> str | None:

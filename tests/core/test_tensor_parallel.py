@@ -57,9 +57,20 @@ def _alive(pid) -> bool:
 
 
 def _children() -> set[int]:
-    """Live child processes of this process, from the process table."""
-    return {int(pid) for pid in filter(str.isdigit, os.listdir("/proc"))
-            if _alive(pid) and int(_stat(pid)[1]) == os.getpid()}
+    """Live child processes of this process, from the process table, except multiprocessing's resource
+    tracker (one per process, started with the first spawn, kept for the session)."""
+    children = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        fields = _stat(pid)
+        if fields is None or fields[0] == "Z" or int(fields[1]) != os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"resource_tracker" not in f.read():
+                    children.add(int(pid))
+        except OSError:  # it just exited
+            continue
+    return children
 
 
 def _wait_gone(pids, timeout=10.0) -> set[int]:
@@ -160,6 +171,13 @@ def test_killed_worker_is_an_error_not_a_hang(llama_path):
     with pytest.raises(WorkerError, match="failed earlier"):
         llm.generate(PROMPTS[:2], GREEDY, use_tqdm=False)
     llm.close()
+    assert not multiprocessing.active_children()
+
+
+def test_error_on_every_rank_is_raised_as_itself(llama_path):
+    with pytest.raises(ValueError, match="no memory is left for the KV cache"):
+        LLM(llama_path, tensor_parallel_size=2, cpu_kvcache_space_gib=1e-9, **SMALL)
+    assert not _wait_gone(_children())
     assert not multiprocessing.active_children()
 
 
