@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import random
 import statistics
 import tempfile
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--json", default=None, help="append the result line to this file")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
     prompts, max_tokens = workload(args.num_seqs, args.max_input, args.max_output)
     out_tokens, in_tokens = sum(max_tokens), sum(map(len, prompts))

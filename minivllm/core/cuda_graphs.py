@@ -59,7 +59,7 @@ class DecodeGraphs:
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture every size, largest first so the smaller ones reuse its pool memory."""
-        start = time.perf_counter()
+        start, reserved = time.perf_counter(), torch.cuda.memory_reserved()
         pool = torch.cuda.graph_pool_handle()
         for bs in reversed(self.sizes):
             meta = self._meta(bs)
@@ -70,8 +70,8 @@ class DecodeGraphs:
                 self.outputs[bs] = self.model(*args)
             self.graphs[bs] = graph
         torch.cuda.synchronize()
-        logger.info("captured %d CUDA graphs for decode batches of 1..%d in %.1f s", len(self.sizes),
-                    self.max_batch_size, time.perf_counter() - start)
+        logger.info("captured %d CUDA graphs for decode batches of 1..%d in %.1f s (%.2f GiB)", len(self.sizes),
+                    self.max_batch_size, time.perf_counter() - start, (torch.cuda.memory_reserved() - reserved) / 2**30)
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Replay the smallest graph that holds the batch; returns hidden states [B, hidden]."""

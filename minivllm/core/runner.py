@@ -129,22 +129,22 @@ class ModelRunner:
         self.allocate_kv_cache(max(b.seqs[-1].block_table[-1] for b in (prefill, decode)) + 1, capture=False)
         scratch = torch.cuda.memory_reserved()
         peaks = []
-        for batch in (prefill, decode):
+        for run in (lambda: self.execute(prefill), lambda: self.execute(decode), lambda: self._forward(decode)):
             torch.cuda.reset_peak_memory_stats()
-            self.execute(batch)
+            run()
             torch.cuda.synchronize()
             peaks.append(torch.cuda.max_memory_reserved() - scratch)
         self.allocate_kv_cache(0, capture=False)
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
         non_torch = max(0, total - free - torch.cuda.memory_reserved() - self._baseline_used)
-        graph_pool = peaks[1] if self.use_cuda_graphs else 0
+        graph_pool = peaks[2] if self.use_cuda_graphs else 0  # the graphs hold one decode forward's activations
         budget = int(total * self.config.gpu_memory_utilization) - weights - max(peaks) - graph_pool - non_torch
         gib = 2**30
         logger.info(
             "GPU memory: %.2f GiB total x %.2f; this process: weights %.2f, activations %.2f (prefill %.2f, "
             "decode %.2f), CUDA graphs %.2f, non-torch %.2f GiB -> %.2f GiB for the KV cache (others use %.2f)",
-            total / gib, self.config.gpu_memory_utilization, weights / gib, max(peaks) / gib, peaks[0] / gib,
+            total / gib, self.config.gpu_memory_utilization, weights / gib, max(peaks[:2]) / gib, peaks[0] / gib,
             peaks[1] / gib, graph_pool / gib, non_torch / gib, budget / gib, self._baseline_used / gib,
         )
         return budget
@@ -217,27 +217,41 @@ class ModelRunner:
             if end == len(seq):
                 logits_indices.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
-        t, b = len(input_ids), len(batch)
-        longs = self._to_device(np.array(input_ids + positions + slots + logits_indices, dtype=np.int64))
-        ints = self._to_device(np.concatenate([query_start, seq_lens, block_tables.ravel()]).astype(np.int32))
+        input_ids, positions, slots, logits_indices = self._packed([input_ids, positions, slots, logits_indices],
+                                                                   np.int64)
+        query_start_loc, seq_lens_t, tables = self._packed([query_start, seq_lens, block_tables.ravel()], np.int32)
         meta = AttentionMetadata(
-            query_start_loc=ints[: b + 1],
-            seq_lens=ints[b + 1 : 2 * b + 1],
-            block_tables=ints[2 * b + 1 :].view(b, max_blocks),
-            slot_mapping=longs[2 * t : 3 * t],
+            query_start_loc=query_start_loc,
+            seq_lens=seq_lens_t,
+            block_tables=tables.view(len(batch), max_blocks),
+            slot_mapping=slots,
             max_query_len=max(batch.num_new_tokens),
             max_seq_len=max(seq_lens),
             query_start_loc_host=query_start,
             seq_lens_host=seq_lens,
         )
-        return StepInputs(input_ids=longs[:t], positions=longs[t : 2 * t], meta=meta,
-                          logits_indices=longs[3 * t :], sample_seqs=sample_seqs)
+        return StepInputs(input_ids=input_ids, positions=positions, meta=meta, logits_indices=logits_indices,
+                          sample_seqs=sample_seqs)
 
-    def _to_device(self, array: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(array)
+    def _packed(self, parts: list, dtype) -> list[torch.Tensor]:
+        """Copy ``parts`` to the device in one transfer; returns a view per part. Each part starts on a
+        64-byte boundary, so Triton's alignment specialisation (and its compiled kernels) never change."""
+        sizes = [len(p) for p in parts]
+        starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])
+        buffer = np.zeros(starts[-1], dtype=dtype)
+        for part, start, n in zip(parts, starts, sizes):
+            buffer[start : start + n] = part
+        tensor = torch.from_numpy(buffer)
         if self.device.type == "cuda":
-            return tensor.pin_memory().to(self.device, non_blocking=True)
-        return tensor
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return [tensor[start : start + n] for start, n in zip(starts, sizes)]
+
+    @torch.inference_mode()
+    def _forward(self, batch: ScheduledBatch, inputs: StepInputs | None = None) -> torch.Tensor:
+        """The eager forward pass over the batch; hidden states [T, hidden]."""
+        inputs = inputs or self.prepare(batch)
+        self.attn_backend.prepare(inputs.meta)
+        return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[int]:
@@ -248,8 +262,7 @@ class ModelRunner:
         if self.graphs is not None and meta.is_decode_only and meta.num_seqs <= self.graphs.max_batch_size:
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, meta)
         else:
-            self.attn_backend.prepare(meta)
-            hidden = self.model(inputs.input_ids, inputs.positions, meta)
+            hidden = self._forward(batch, inputs)
         if not inputs.sample_seqs:
             return []
         logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()

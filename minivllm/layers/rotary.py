@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from minivllm.layers import triton_ops
+
 
 def rope_parameters(config) -> dict:
     """The checkpoint's RoPE settings as one dict with ``rope_theta`` and ``rope_type``."""
@@ -31,6 +33,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, config, head_dim: int, max_positions: int):
         super().__init__()
         inv_freq, scaling = inv_frequencies(config, head_dim)
+        inv_freq = inv_freq.to(torch.empty(0).device)  # transformers' init functions return CPU tensors
         freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
@@ -43,6 +46,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> rotated (q, k)."""
+        if triton_ops.enabled(q):
+            return triton_ops.rotary(q, positions, self.cos, self.sin), triton_ops.rotary(k, positions, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
         return q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin

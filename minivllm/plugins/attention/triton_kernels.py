@@ -186,7 +186,7 @@ def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, num_splits, stride_ot,
     tl.store(o_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty), mask=d_mask)
 
 
-def decode_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: int = 16) -> int:
+def decode_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: int = 32) -> int:
     """How many context splits each (sequence, KV head) gets: enough programs for ~4 waves of the SMs."""
     return max(1, min(max_splits, triton.cdiv(4 * num_sms, num_seqs * num_kv_heads)))
 

@@ -37,22 +37,33 @@ def exponential_noise(shape, params: list[SamplingParams], steps: list[int], gen
     return noise
 
 
+def to_device(values: list, device: torch.device) -> torch.Tensor:
+    """A small per-row tensor on ``device`` without a host sync: a blocking copy would wait for the
+    forward pass still running on the GPU before the sampler's kernels could be queued behind it."""
+    tensor = torch.tensor(values)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
 class DefaultSampler(Sampler):
     def sample(self, logits, params, steps):
-        greedy_tokens = logits.argmax(dim=-1)
         if all(p.greedy for p in params):
-            return greedy_tokens
+            return logits.argmax(dim=-1)
         device = logits.device
         vocab = logits.shape[-1]
-        temperature = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=device)
+        any_greedy = any(p.greedy for p in params)
+        greedy_tokens = logits.argmax(dim=-1) if any_greedy else None
+        temperature = to_device([p.temperature if not p.greedy else 1.0 for p in params], device)
         logits = logits / temperature[:, None]
         if any(p.top_k > 0 or p.top_p < 1.0 or p.min_p > 0.0 for p in params):
-            top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=device)
-            top_p = torch.tensor([p.top_p for p in params], device=device)
-            min_p = torch.tensor([p.min_p for p in params], device=device)
+            top_k = to_device([p.top_k if p.top_k > 0 else vocab for p in params], device)
+            top_p = to_device([p.top_p for p in params], device)
+            min_p = to_device([p.min_p for p in params], device)
             logits = apply_top_k_top_p_min_p(logits, top_k, top_p, min_p)
         probs = logits.softmax(dim=-1)
         noise = exponential_noise(probs.shape, params, steps, self.generator, device)
-        sampled = (probs / noise).argmax(dim=-1)
-        greedy = torch.tensor([p.greedy for p in params], device=device)
-        return torch.where(greedy, greedy_tokens, sampled)
+        sampled = probs.div_(noise).argmax(dim=-1)
+        if not any_greedy:
+            return sampled
+        return torch.where(to_device([p.greedy for p in params], device), greedy_tokens, sampled)
