@@ -84,15 +84,27 @@ class Groups:
 def init_groups(store: dist.Store, rank: int, world_size: int, device: torch.device) -> Groups:
     """Build this rank's groups; every rank calls it at the same time (each one waits for the others)."""
     control_timeout = COLLECTIVE_TIMEOUT if rank == 0 else IDLE_TIMEOUT
-    control = dist.ProcessGroupGloo(dist.PrefixStore("control", store), rank, world_size, control_timeout)
+    control = _gloo(dist.PrefixStore("control", store), rank, world_size, control_timeout)
     tp_store = dist.PrefixStore("tp", store)
     if device.type == "cuda":
         options = dist.ProcessGroupNCCL.Options()
         options._timeout = COLLECTIVE_TIMEOUT
         group = dist.ProcessGroupNCCL(tp_store, rank, world_size, options)
     else:
-        group = dist.ProcessGroupGloo(tp_store, rank, world_size, COLLECTIVE_TIMEOUT)
+        group = _gloo(tp_store, rank, world_size, COLLECTIVE_TIMEOUT)
     return Groups(TensorParallel(rank, world_size, group), control)
+
+
+def _gloo(store: dist.Store, rank: int, world_size: int, timeout: timedelta) -> dist.ProcessGroupGloo:
+    """A gloo group; on one host its sockets use the loopback interface (the host name need not resolve);
+    under torchrun, gloo's default (the host name's address, or ``GLOO_SOCKET_IFNAME``)."""
+    options = dist.ProcessGroupGloo._Options()
+    options._timeout = timeout
+    if launched_by_torchrun() is None:
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
+    else:
+        options._devices = [dist.ProcessGroupGloo.create_default_device()]
+    return dist.ProcessGroupGloo(store, rank, world_size, options)
 
 
 def send_command(control, command: object) -> None:

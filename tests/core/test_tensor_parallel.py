@@ -110,6 +110,16 @@ def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, se
         assert len(multiprocessing.active_children()) == tp - 1
 
 
+def test_one_rank_stays_in_process(llama_path):
+    from minivllm.core.runner import ModelRunner
+
+    before = _children()
+    llm = LLM(llama_path, **SMALL)
+    assert type(llm.engine.runner) is ModelRunner  # no executor in between
+    assert _children() == before
+    llm.close()
+
+
 def test_vocabulary_that_does_not_split_evenly(llama_path, tmp_path):
     """511 tokens over 2 ranks: the last vocabulary shard is padded (embedding and untied LM head)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
