@@ -7,3 +7,4 @@ from minivllm.core.hookspecs import hookimpl
 def register_attention_backends(register):
     register("torch", "minivllm.plugins.attention.torch_sdpa:TorchAttentionBackend")
     register("triton", "minivllm.plugins.attention.triton_attn:TritonAttentionBackend")
+    register("flash_attn", "minivllm.plugins.attention.flash_attn:FlashAttnBackend")
