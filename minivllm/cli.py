@@ -23,7 +23,8 @@ def default_model() -> str:
 def cmd_generate(args) -> None:
     from minivllm import LLM, SamplingParams
 
-    llm = LLM(args.model or default_model(), max_model_len=args.max_model_len, device=args.device)
+    llm = LLM(args.model or default_model(), max_model_len=args.max_model_len, device=args.device,
+              tensor_parallel_size=args.tensor_parallel_size)
     prompts = []
     for text in args.prompt:
         if args.chat and llm.tokenizer.chat_template:
@@ -35,6 +36,7 @@ def cmd_generate(args) -> None:
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     for out in llm.generate(prompts, params, use_tqdm=False):
         print(out["text"].strip())
+    llm.close()
 
 
 def cmd_plugins(args) -> None:
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--max-model-len", type=int, default=4096)
     gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    gen.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks (GPUs or CPU processes), 1-8")
     gen.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
     gen.set_defaults(func=cmd_generate)
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
