@@ -1,6 +1,6 @@
 """Building blocks for models, the stable surface model plugins may rely on."""
 
-from minivllm.layers.activation import SiluAndMul
+from minivllm.layers.activation import GeluAndMul, SiluAndMul
 from minivllm.layers.attention import Attention
 from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from minivllm.layers.linear import (
@@ -18,6 +18,7 @@ from minivllm.layers.rotary import RotaryEmbedding
 __all__ = [
     "Attention",
     "ColumnParallelLinear",
+    "GeluAndMul",
     "MergedColumnParallelLinear",
     "ParallelLMHead",
     "QKVParallelLinear",
