@@ -55,6 +55,9 @@ class WorkerError(RuntimeError):
 
 
 class MultiprocExecutor:
+    """Rank 0's side: starts ranks 1..N-1 (or meets them under torchrun), builds rank 0's runner, and
+    offers the runner's methods, each run on every rank."""
+
     def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int):
         self.world_size = config.tensor_parallel_size
         self._failed: BaseException | None = None
@@ -81,7 +84,7 @@ class MultiprocExecutor:
     def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
         return self._call("num_blocks_from_memory", max_num_seqs, max_model_len)
 
-    def execute(self, batch: ScheduledBatch) -> list[int]:
+    def execute(self, batch: ScheduledBatch):  # ModelRunner.execute's result
         return self._call("execute", self._encoder.encode(batch), batch=batch)
 
     def __getattr__(self, name: str):
