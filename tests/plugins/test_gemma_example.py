@@ -1,6 +1,6 @@
 """The worked example of a third-party model plugin, examples/minivllm-gemma: pip-installed with its real
-entry point, discovered and listed by the CLI, greedy token for token with transformers' Gemma on one and
-on two ranks; left out by MINIVLLM_PLUGINS, its architecture is unsupported."""
+entry point, discovered and listed by the CLI, greedy token for token with transformers' Gemma on one rank
+and on two (gloo); left out by MINIVLLM_PLUGINS, its architecture is unsupported."""
 
 import importlib
 import json
@@ -113,6 +113,20 @@ def test_chunked_prefill_and_preemption_match_transformers(gemma, gemma_path, ex
     llm = LLM(gemma_path, scheduler="chunked", max_num_batched_tokens=24, num_kvcache_blocks=6, **SMALL)
     assert _tokens(llm, PROMPTS + SHARED) == expected
     assert llm.engine.scheduler.num_preemptions > 0
+
+
+def test_two_ranks_match_transformers(gemma, gemma_path, expected):
+    """Sharded over 2 gloo ranks (heads, KV heads, MLP and vocabulary split), chunked prefill and preemption
+    included. The spawned worker loads the plugin itself: it inherits MINIVLLM_PLUGINS and sys.path."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # rank 0 and the worker share this machine's cores
+    try:
+        with LLM(gemma_path, tensor_parallel_size=2, scheduler="chunked", max_num_batched_tokens=24,
+                 num_kvcache_blocks=6, **SMALL) as llm:
+            assert _tokens(llm, PROMPTS + SHARED) == expected
+            assert llm.engine.scheduler.num_preemptions > 0
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_text_prompt_through_the_tokenizer(gemma, gemma_path):
