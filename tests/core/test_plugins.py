@@ -43,7 +43,7 @@ def test_entry_point_plugin_is_discovered_and_selected(plugin_site, allow, llama
 def test_allow_list_excludes_plugins(plugin_site, allow, llama_path):
     allow("")
     assert "constant" not in plugins.samplers
-    with pytest.raises(ValueError, match="unknown sampler 'constant'; registered: default"):
+    with pytest.raises(ValueError, match="unknown sampler 'constant'; registered: default, fast"):
         EngineConfig(model=llama_path, sampler="constant")
 
 

@@ -6,3 +6,4 @@ from minivllm.core.hookspecs import hookimpl
 @hookimpl
 def register_samplers(register):
     register("default", "minivllm.plugins.samplers.default:DefaultSampler")
+    register("fast", "minivllm.plugins.samplers.fast:FastSampler")
