@@ -32,7 +32,8 @@ def gemma_site(tmp_path_factory) -> str:
     """A copy of the example pip-installed (no network, no build isolation) into a private directory put on
     sys.path, as `pip install` would into site-packages; the copy keeps build files out of the tree."""
     root = tmp_path_factory.mktemp("gemma_plugin")
-    source = shutil.copytree(EXAMPLE, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    source = shutil.copytree(EXAMPLE, root / "src",
+                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = str(root / "site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", site, str(source)], check=True)
@@ -72,7 +73,10 @@ def gemma_path(tmp_path_factory) -> str:
         for name, p in model.named_parameters():
             # norm weights are centred on 0 (the norm scales by 1 + weight); the rest wider than the
             # usual init so that greedy choices are not near-ties
-            p.uniform_(-0.2, 0.2) if "norm" in name else p.normal_(0.0, 0.3)
+            if "norm" in name:
+                p.uniform_(-0.2, 0.2)
+            else:
+                p.normal_(0.0, 0.3)
     path = str(tmp_path_factory.mktemp("ckpt") / "gemma")
     model.save_pretrained(path)
     save_tokenizer(path)
