@@ -29,6 +29,20 @@ def timed_steps(engine, n: int) -> list[float]:
     return times
 
 
+def wrap(obj, method: str, phases: dict, name: str) -> None:
+    """Add the host time of each call of ``obj.method`` to ``phases[name]``."""
+    inner = getattr(obj, method)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            phases[name] += time.perf_counter() - start
+
+    setattr(obj, method, timed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num-seqs", type=int, default=256)
@@ -46,6 +60,21 @@ def main() -> None:
         print(f"prefill: {len(prefill)} steps, {sum(prefill):.3f} s: " + " ".join(f"{t * 1e3:.0f}" for t in prefill) + " ms")
         decode = timed_steps(engine, 30)
         print(f"decode (batch {len(engine.scheduler.running)}): median {sorted(decode)[15] * 1e3:.2f} ms per step")
+        phases = {name: 0.0 for name in ("schedule", "prepare", "graph launch", "sampler launch", "sync")}
+        wrap(engine.scheduler, "schedule", phases, "schedule")
+        wrap(engine.runner, "prepare", phases, "prepare")
+        wrap(engine.runner.graphs, "run", phases, "graph launch")
+        wrap(engine.runner.sampler, "sample", phases, "sampler launch")
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(30):
+            engine.step()
+        torch.cuda.synchronize()
+        step = (time.perf_counter() - start) / 30
+        print(f"decode step {step * 1e3:.2f} ms (no sync between steps): "
+              + ", ".join(f"{k} {v / 30 * 1e3:.2f}" for k, v in phases.items() if k != "sync")
+              + f" ms; the rest (waiting on the GPU, engine bookkeeping) "
+              f"{(step - sum(phases.values()) / 30) * 1e3:.2f} ms")
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             timed_steps(engine, 10)
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=60))

@@ -130,6 +130,7 @@ class ModelRunner:
         scratch = torch.cuda.memory_reserved()
         peaks = []
         for run in (lambda: self.execute(prefill), lambda: self.execute(decode), lambda: self._forward(decode)):
+            torch.cuda.empty_cache()  # so that each peak counts only what its own run needs
             torch.cuda.reset_peak_memory_stats()
             run()
             torch.cuda.synchronize()
@@ -138,7 +139,9 @@ class ModelRunner:
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
         non_torch = max(0, total - free - torch.cuda.memory_reserved() - self._baseline_used)
-        graph_pool = peaks[2] if self.use_cuda_graphs else 0  # the graphs hold one decode forward's activations
+        # the graphs' pool holds the largest decode forward's activations plus every size's outputs:
+        # measured at about twice one forward's peak
+        graph_pool = 2 * peaks[2] if self.use_cuda_graphs else 0
         budget = int(total * self.config.gpu_memory_utilization) - weights - max(peaks) - graph_pool - non_torch
         gib = 2**30
         logger.info(
@@ -195,23 +198,24 @@ class ModelRunner:
         copies, one of the int64 fields and one of the int32 fields."""
         bs = self.block_size
         input_ids, positions, slots, logits_indices, sample_seqs = [], [], [], [], []
-        query_start, seq_lens = [0], []
+        query_start, seq_lens, tables = [0], [], []  # tables: the block tables, flat and zero-padded
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
-        block_tables = np.zeros((len(batch), max_blocks), dtype=np.int64)
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+        padding = [0] * max_blocks
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
             start = seq.num_computed_tokens
             end = start + n
             table = seq.block_table
-            block_tables[i, : len(table)] = table
+            tables += table
+            tables += padding[len(table) :]
             if n == 1:  # decode: plain Python beats numpy for one token
                 input_ids.append(seq.token_ids[start])
                 positions.append(start)
                 slots.append(table[start // bs] * bs + start % bs)
             else:
-                input_ids.extend(seq.token_ids[start:end])
+                input_ids += seq.token_ids[start:end]
                 pos = np.arange(start, end)
-                positions.extend(pos.tolist())
-                slots.extend((np.asarray(table)[pos // bs] * bs + pos % bs).tolist())
+                positions += pos.tolist()
+                slots += (np.asarray(table)[pos // bs] * bs + pos % bs).tolist()
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
             if end == len(seq):
@@ -219,7 +223,7 @@ class ModelRunner:
                 sample_seqs.append(seq)
         input_ids, positions, slots, logits_indices = self._packed([input_ids, positions, slots, logits_indices],
                                                                    np.int64)
-        query_start_loc, seq_lens_t, tables = self._packed([query_start, seq_lens, block_tables.ravel()], np.int32)
+        query_start_loc, seq_lens_t, tables = self._packed([query_start, seq_lens, tables], np.int32)
         meta = AttentionMetadata(
             query_start_loc=query_start_loc,
             seq_lens=seq_lens_t,

@@ -3,7 +3,8 @@
 Cache layout (one layer): ``[num_blocks, block_size, num_kv_heads, head_dim]``. Token ``n`` of sequence
 ``i`` lives in block ``block_tables[i, n // block_size]`` at row ``n % block_size``; kernels gather the
 block index per key, so any block size works. Head dims that are not powers of two are padded with
-masks. Softmax runs online in float32 (base 2).
+masks. Softmax runs online in float32 (base 2). Integer arguments that change from batch to batch (the
+block table's width, the split count) are not specialised on, so a new batch never recompiles a kernel.
 
 - :func:`store_kv`: scatter the new tokens' K/V into their cache slots.
 - :func:`paged_prefill`: causal attention of any batch (prompt chunks over a cached context, decode
@@ -47,7 +48,7 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
                                     ROW=row, BLOCK=triton.next_power_of_2(row))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_bt"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
                     qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs,
                     stride_ch, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
@@ -120,12 +121,12 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     )
 
 
-@triton.jit
-def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, part_o_ptr, part_lse_ptr, block_tables_ptr,
-                         seq_lens_ptr, qk_scale, num_splits, stride_qt, stride_qh, stride_bt, stride_cb,
-                         stride_cs, stride_ch, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
+@triton.jit(do_not_specialize=["num_splits", "stride_bt"])
+def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, part_o_ptr, part_lse_ptr, o_ptr, block_tables_ptr,
+                         seq_lens_ptr, qk_scale, num_splits, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
+                         stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
+                         BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -162,13 +163,18 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, part_o_ptr, part_lse_p
     # an empty split (start >= end) leaves l_i = 0: its lse is -inf and the merge gives it no weight
     has = l_i > 0
     out = acc / tl.where(has, l_i, 1.0)[:, None]
-    lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
-    part = (seq * tl.num_programs(1) * GROUP + heads) * num_splits + split  # [B, Hq, S] row index
-    tl.store(part_o_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=g_mask[:, None] & d_mask[None, :])
-    tl.store(part_lse_ptr + part, lse, mask=g_mask)
+    mask = g_mask[:, None] & d_mask[None, :]
+    if DIRECT:  # a single split is the result: no merge pass
+        tl.store(o_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=mask)
+    else:
+        lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
+        part = (seq * tl.num_programs(1) * GROUP + heads) * num_splits + split  # [B, Hq, S] row index
+        tl.store(part_o_ptr + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=mask)
+        tl.store(part_lse_ptr + part, lse, mask=g_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, num_splits, stride_ot, stride_oh,
                          HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
     seq = tl.program_id(0)
@@ -200,16 +206,20 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     group = num_heads // num_kv_heads
     if q.dtype == torch.float32:
         block_n = min(block_n, 32)
-    part_o = torch.empty(num_seqs, num_heads, num_splits, head_dim, dtype=torch.float32, device=q.device)
-    part_lse = torch.empty(num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device)
+    direct = num_splits == 1
+    parts = 0 if direct else num_seqs * num_heads * num_splits
+    part_o = torch.empty(parts, head_dim, dtype=torch.float32, device=q.device)
+    part_lse = torch.empty(parts, dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(head_dim))
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, part_o, part_lse, block_tables, seq_lens, scale * LOG2E, num_splits,
-        q.stride(0), q.stride(1), block_tables.stride(0), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size,
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n, PRECISION=_precision(q.dtype),
-        num_warps=num_warps, num_stages=num_stages,
+        q, k_cache, v_cache, part_o, part_lse, out, block_tables, seq_lens, scale * LOG2E, num_splits,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), k_cache.stride(0),
+        k_cache.stride(1), k_cache.stride(2), GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
+        PRECISION=_precision(q.dtype), DIRECT=direct, num_warps=num_warps, num_stages=num_stages,
     )
+    if direct:
+        return
     _decode_merge_kernel[(num_seqs, num_heads)](
         part_o, part_lse, out, num_splits, out.stride(0), out.stride(1),
         HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
