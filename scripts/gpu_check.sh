@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 stages=${*:-tests kernel bench}
 nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c 'import torch, triton, transformers; print("torch", torch.__version__, "triton", triton.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/device.txt"
-git rev-parse HEAD 2>/dev/null | tee -a "$OUT/device.txt"
+echo "commit ${MINIVLLM_COMMIT:-unknown (set MINIVLLM_COMMIT)}" | tee -a "$OUT/device.txt"
 status=0
 bench() { python3 benchmarks/throughput.py --json "$OUT/results.jsonl" "$@" 2>&1 | tee -a "$OUT/bench.log" || status=1; }
 for stage in $stages; do
