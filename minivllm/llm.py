@@ -1,7 +1,8 @@
-"""The offline API: ``LLM(model=...).generate(prompts, sampling_params)``."""
+"""The offline API: ``LLM(model=...).generate(prompts, sampling_params)``, ``stream(...)`` and ``chat(...)``."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from collections.abc import Sequence as SequenceABC
 
 from tqdm.auto import tqdm
@@ -9,8 +10,12 @@ from tqdm.auto import tqdm
 from minivllm.core.config import EngineConfig
 from minivllm.core.engine import LLMEngine
 from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sequence import Sequence
+from minivllm.entrypoints.chat import chat_prompt
+from minivllm.entrypoints.outputs import completion, releasable_text
 
 Prompt = str | list[int]
+Message = dict[str, str]
 
 
 class LLM:
@@ -37,26 +42,13 @@ class LLM:
         use_tqdm: bool = True,
     ) -> list[dict]:
         """Generate for each prompt (a string or a list of token ids). Returns, in input order, dicts
-        with ``prompt``, ``text``, ``tokens`` (generated ids), ``finished`` and ``finish_reason``.
-        Every request is validated before any work starts; a bad one raises ValueError."""
+        with ``prompt``, ``text``, ``tokens`` (generated ids), ``finished``, ``finish_reason``,
+        ``stop_reason`` and ``logprobs`` of the first completion, and ``outputs``: all ``n`` completions
+        (each with ``index`` and those fields). Every request is validated before any work starts; a bad
+        one raises ValueError."""
         prompts = self._as_prompt_list(prompts)
-        if sampling_params is None:
-            sampling_params = SamplingParams()
-        if isinstance(sampling_params, SamplingParams):
-            sampling_params = [sampling_params] * len(prompts)
-        if len(sampling_params) != len(prompts):
-            raise ValueError(f"got {len(sampling_params)} sampling params for {len(prompts)} prompts")
-        seqs = []
-        for i, (prompt, params) in enumerate(zip(prompts, sampling_params)):
-            try:
-                if isinstance(prompt, str) and self.tokenizer is None:
-                    raise ValueError("this checkpoint has no tokenizer: pass token ids")
-                token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-                seqs.append(self.engine.make_sequence(token_ids, params))
-            except ValueError as e:
-                raise ValueError(f"prompt {i}: {e}") from None
-        for seq in seqs:
-            self.engine.add(seq)
+        requests = self._add_requests(prompts, sampling_params, detokenize=False)
+        seqs = [seq for group in requests for seq in group]
         bar = tqdm(total=len(seqs), desc="Generating", unit="req", disable=not use_tqdm, dynamic_ncols=True)
         generated = 0
         try:
@@ -67,18 +59,78 @@ class LLM:
                 bar.update(sum(seq.is_finished for seq in updated))
         finally:
             bar.close()
-            for seq in seqs:  # interrupted: release what is left so the engine stays usable
-                self.engine.abort(seq)
-        return [
-            {
-                "prompt": prompt,
-                "text": self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True) if self.tokenizer else "",
-                "tokens": seq.output_token_ids,
-                "finished": seq.finish_reason in ("stop", "length"),
-                "finish_reason": seq.finish_reason,
-            }
-            for prompt, seq in zip(prompts, seqs)
-        ]
+            self._abort(seqs)
+        results = []
+        for prompt, group in zip(prompts, requests):
+            outputs = [completion(seq, self.tokenizer, i) for i, seq in enumerate(group)]
+            first = {k: v for k, v in outputs[0].items() if k != "index"}
+            results.append({"prompt": prompt, **first, "outputs": outputs})
+        return results
+
+    def stream(
+        self,
+        prompts: Prompt | SequenceABC[Prompt],
+        sampling_params: SamplingParams | SequenceABC[SamplingParams] | None = None,
+    ) -> Iterator[dict]:
+        """Generate like :meth:`generate`, yielding as tokens are produced one dict per completion that
+        advanced: ``index`` (the prompt's), ``completion`` (0..n-1), ``delta`` (new text; never a split
+        character, and never the start of a stop string that will be cut), ``tokens`` (generated ids so
+        far), ``finished`` and ``finish_reason``. Closing the iterator early aborts what is left."""
+        prompts = self._as_prompt_list(prompts)
+        requests = self._add_requests(prompts, sampling_params, detokenize=self.tokenizer is not None)
+        where = {seq.seq_id: (i, j) for i, group in enumerate(requests) for j, seq in enumerate(group)}
+        sent = dict.fromkeys(where, 0)  # characters of each sequence's text already yielded
+        try:
+            while self.engine.has_unfinished():
+                for seq in self.engine.step():
+                    text = releasable_text(seq) if seq.detokenizer is not None else ""
+                    delta, sent[seq.seq_id] = text[sent[seq.seq_id] :], len(text)
+                    index, j = where[seq.seq_id]
+                    yield {"index": index, "completion": j, "delta": delta, "tokens": seq.output_token_ids,
+                           "finished": seq.is_finished, "finish_reason": seq.finish_reason}
+        finally:
+            self._abort([seq for group in requests for seq in group])
+
+    def chat(
+        self,
+        messages: list[Message] | list[list[Message]],
+        sampling_params: SamplingParams | SequenceABC[SamplingParams] | None = None,
+        chat_template: str | None = None,
+        use_tqdm: bool = True,
+    ) -> list[dict]:
+        """Generate the assistant's reply to one conversation (a list of ``{"role", "content"}`` dicts) or
+        to each of several, rendered with the checkpoint's chat template (or ``chat_template``, a Jinja
+        string). Returns what :meth:`generate` returns, ``prompt`` being the rendered token ids."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = [chat_prompt(self.tokenizer, conv, chat_template) for conv in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _add_requests(self, prompts: list[Prompt], sampling_params, detokenize: bool) -> list[list[Sequence]]:
+        """Validate every request, then queue them all; one group of ``n`` sequences per prompt."""
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError(f"got {len(sampling_params)} sampling params for {len(prompts)} prompts")
+        requests = []
+        for i, (prompt, params) in enumerate(zip(prompts, sampling_params)):
+            try:
+                if isinstance(prompt, str) and self.tokenizer is None:
+                    raise ValueError("this checkpoint has no tokenizer: pass token ids")
+                token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+                requests.append(self.engine.make_sequences(token_ids, params, detokenize))
+            except ValueError as e:
+                raise ValueError(f"prompt {i}: {e}") from None
+        for group in requests:
+            for seq in group:
+                self.engine.add(seq)
+        return requests
+
+    def _abort(self, seqs: list[Sequence]) -> None:
+        """Release what an interrupted call leaves unfinished, so the engine stays usable."""
+        for seq in seqs:
+            self.engine.abort(seq)
 
     @staticmethod
     def _as_prompt_list(prompts) -> list[Prompt]:

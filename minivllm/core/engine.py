@@ -7,6 +7,7 @@ import logging
 from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
+from minivllm.core.detokenizer import IncrementalDetokenizer
 from minivllm.core.executor import create_executor
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence, SequenceStatus
@@ -47,8 +48,10 @@ class LLMEngine:
         """Stop the tensor-parallel workers, if any (idempotent)."""
         self.runner.close()
 
-    def make_sequence(self, token_ids: list[int], params: SamplingParams) -> Sequence:
-        """Validate a request; raises ValueError naming the problem. Nothing is queued."""
+    def make_sequence(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> Sequence:
+        """Validate a request; raises ValueError naming the problem. Nothing is queued. With
+        ``detokenize`` (implied by stop strings) the sequence keeps its text as tokens arrive, in
+        ``seq.detokenizer.text``."""
         if not token_ids:
             raise ValueError("the prompt is empty")
         bad = next((t for t in token_ids if not 0 <= t < self.vocab_size), None)
@@ -60,7 +63,25 @@ class LLMEngine:
                 "leaves no room to generate"
             )
         self.scheduler.check_request(len(token_ids), min(len(token_ids) + params.max_tokens, self.max_model_len))
-        return Sequence(token_ids, params)
+        if params.stop and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer, and this checkpoint has none")
+        seq = Sequence(token_ids, params)
+        if not params.ignore_eos:
+            seq.stop_token_ids |= self.eos_token_ids
+        if (detokenize or params.stop) and self.tokenizer is not None:
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer)
+        return seq
+
+    def make_sequences(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> list[Sequence]:
+        """The ``params.n`` sequences of one request. They hold the same prompt, so the prefix cache
+        shares its full KV blocks. Seeded requests give completion ``i`` the seed ``seed + i`` (as vLLM)."""
+        if params.n == 1:
+            return [self.make_sequence(token_ids, params, detokenize)]
+        return [
+            self.make_sequence(token_ids, params.model_copy(
+                update={"n": 1, "seed": None if params.seed is None else params.seed + i}), detokenize)
+            for i in range(params.n)
+        ]
 
     def add(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
@@ -78,14 +99,17 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
-        sampled = iter(self.runner.execute(batch))
+        tokens, logprobs = self.runner.execute(batch)
+        sampled = iter(zip(tokens, logprobs or [None] * len(tokens)))
         updated = []
         for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += num_new
             if seq.num_computed_tokens < len(seq):  # a prefill chunk: nothing sampled yet
                 continue
-            token = next(sampled)
+            token, token_logprobs = next(sampled)
             seq.append(token)
+            if token_logprobs is not None:
+                seq.logprobs.append(token_logprobs)
             reason = self._stop_reason(seq, token)
             if reason:
                 self._finish(seq, reason)
@@ -93,12 +117,35 @@ class LLMEngine:
         return updated
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        """Why the sequence ends with ``token``, if it does; updates its text when it keeps one."""
         params = seq.params
-        if token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids):
-            return "stop"
-        if seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
-            return "length"
-        return None
+        may_stop = seq.num_output_tokens >= params.min_tokens
+        reason = None
+        if may_stop and token in seq.stop_token_ids:
+            reason = "stop"
+            seq.stop_reason = token if token in params.stop_token_ids else None  # None: EOS
+        elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+            reason = "length"
+        if seq.detokenizer is not None:
+            delta = seq.detokenizer.push([token], final=reason is not None)
+            if not reason and may_stop and params.stop and self._find_stop_string(seq, len(delta)):
+                reason = "stop"
+        return reason
+
+    @staticmethod
+    def _find_stop_string(seq: Sequence, num_new_chars: int) -> bool:
+        """Look for a stop string ending in the newest text; cut the text there (after it with
+        ``include_stop_str_in_output``) and record it as the stop reason."""
+        detok = seq.detokenizer
+        longest = max(len(s) for s in seq.params.stop)
+        start = max(0, len(detok.text) - num_new_chars - longest + 1)
+        hits = [(i, s) for s in seq.params.stop if (i := detok.text.find(s, start)) != -1]
+        if not hits:
+            return False
+        index, stop = min(hits)
+        detok.text = detok.text[: index + len(stop) if seq.params.include_stop_str_in_output else index]
+        seq.stop_reason = stop
+        return True
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.finish(seq)

@@ -14,7 +14,7 @@ from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.cuda_graphs import DecodeGraphs
-from minivllm.core.interfaces import AttentionMetadata, ModelContext, ScheduledBatch
+from minivllm.core.interfaces import AttentionMetadata, ModelContext, ScheduledBatch, TokenLogprobs
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.layers import Attention, TensorParallel
@@ -258,9 +258,9 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> list[int]:
+    def execute(self, batch: ScheduledBatch) -> tuple[list[int], list[TokenLogprobs | None] | None]:
         """Run one step; returns the sampled token of each sequence whose new tokens reach its end,
-        in batch order."""
+        in batch order, and their logprobs (None when no sequence asked for any)."""
         inputs = self.prepare(batch)
         meta = inputs.meta
         if self.graphs is not None and meta.is_decode_only and meta.num_seqs <= self.graphs.max_batch_size:
@@ -268,8 +268,7 @@ class ModelRunner:
         else:
             hidden = self._forward(batch, inputs)
         if not inputs.sample_seqs:
-            return []
+            return [], None
         logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()
-        params = [seq.params for seq in inputs.sample_seqs]
-        steps = [seq.num_output_tokens for seq in inputs.sample_seqs]
-        return self.sampler.sample(logits, params, steps).tolist()
+        out = self.sampler.sample_sequences(logits, inputs.sample_seqs)
+        return out.token_ids.tolist(), out.logprobs

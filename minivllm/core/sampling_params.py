@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_LOGPROBS = 20  # as vLLM's default max_logprobs (and OpenAI's top_logprobs limit)
 
 
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    n: int = Field(1, ge=1, description="completions per prompt; they share the prompt's KV blocks")
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding")
     max_tokens: int = Field(64, ge=1)
+    min_tokens: int = Field(0, ge=0, description="EOS, stop tokens and stop strings cannot end the output sooner")
     ignore_eos: bool = False
     top_k: int = Field(-1, description="-1 or 0 keeps the whole vocabulary")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages prompt and output tokens")
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted once per output token seen")
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted per occurrence in the output")
     seed: int | None = None
+    stop: list[str] = Field(default_factory=list, description="strings that end the output")
     stop_token_ids: list[int] = Field(default_factory=list)
+    include_stop_str_in_output: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="top log-probabilities per generated token (0: the sampled one only)")
 
     @field_validator("top_k")
     @classmethod
@@ -24,6 +35,30 @@ class SamplingParams(BaseModel):
             raise ValueError("top_k must be -1 (disabled), 0 (disabled) or a positive number")
         return v
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v):
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("stop_token_ids", mode="before")
+    @classmethod
+    def _stop_token_ids(cls, v):
+        return [] if v is None else v
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplingParams:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
+        return self
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def penalised(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0

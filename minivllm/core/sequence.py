@@ -27,6 +27,12 @@ class Sequence:
         self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
         self.block_table: list[int] = []
         self.finish_reason: str | None = None
+        self.stop_reason: int | str | None = None  # the stop token id or stop string that ended it
+        # tokens that end the sequence (EOS included unless ignored); the sampler bans them before min_tokens
+        self.stop_token_ids: frozenset[int] = frozenset(params.stop_token_ids)
+        self.detokenizer = None  # an IncrementalDetokenizer when the engine keeps the text as tokens arrive
+        # per output token when params.logprobs is set: (sampled token's logprob, [(token id, logprob)] top-k)
+        self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
 
     def __len__(self) -> int:
         return len(self.token_ids)
