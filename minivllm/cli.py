@@ -49,6 +49,12 @@ def cmd_plugins(args) -> None:
             print(f"  {registry.kind}: {name}  (from {registry.source(name)})")
 
 
+def add_entrypoint_parsers(sub) -> None:
+    from minivllm.entrypoints.cli import add_parsers  # arguments only: the server imports FastAPI on use
+
+    add_parsers(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="minivllm", description="A small, plugin-based LLM inference engine.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     gen.set_defaults(func=cmd_generate)
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
     plug.set_defaults(func=cmd_plugins)
+    add_entrypoint_parsers(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -1,0 +1,114 @@
+"""The ``serve`` and ``chat`` subcommands of ``minivllm``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+import typing
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per :class:`EngineConfig` setting (but ``model``), typed from its annotation."""
+    from minivllm.core.config import EngineConfig
+
+    group = parser.add_argument_group("engine settings (as LLM(...)'s)")
+    for name, field in EngineConfig.model_fields.items():
+        if name == "model":
+            continue
+        flag, annotation = "--" + name.replace("_", "-"), field.annotation
+        if annotation is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            continue
+        kwargs: dict = {"default": None, "help": field.description or f"default: {field.default}"}
+        if typing.get_origin(annotation) is typing.Literal:
+            kwargs["choices"] = typing.get_args(annotation)
+        elif annotation in (int, float):
+            kwargs["type"] = annotation
+        elif not (annotation is str or isinstance(annotation, types.UnionType)):
+            raise TypeError(f"no command-line type for EngineConfig.{name}: {annotation}")
+        group.add_argument(flag, **kwargs)
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The engine settings given on the command line (the rest keep EngineConfig's defaults)."""
+    from minivllm.core.config import EngineConfig
+
+    return {name: getattr(args, name) for name in EngineConfig.model_fields
+            if name != "model" and getattr(args, name, None) is not None}
+
+
+def read_chat_template(value: str | None) -> str | None:
+    """``--chat-template``: a file holding a Jinja template, or the template itself."""
+    if value and os.path.isfile(value):
+        with open(value) as f:
+            return f.read()
+    return value
+
+
+def cmd_serve(args) -> None:
+    from minivllm.cli import default_model
+    from minivllm.entrypoints.api_server import serve
+    from minivllm.entrypoints.async_llm import AsyncLLM
+
+    model = args.model or default_model()
+    engine = AsyncLLM(model, **engine_kwargs(args))
+    serve(engine, args.served_model_name or model, host=args.host, port=args.port, api_key=args.api_key,
+          chat_template=read_chat_template(args.chat_template), log_level=args.uvicorn_log_level)
+
+
+def cmd_chat(args) -> None:
+    """An interactive conversation on stdin/stdout; the reply streams as it is generated."""
+    from minivllm import LLM, SamplingParams
+    from minivllm.cli import default_model
+    from minivllm.entrypoints.chat import chat_prompt
+
+    llm = LLM(args.model or default_model(), **engine_kwargs(args))
+    template = read_chat_template(args.chat_template)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    interactive = sys.stdin.isatty()
+    try:
+        while True:
+            if interactive:
+                print("> ", end="", flush=True)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line.strip()})
+            reply = ""
+            for out in llm.stream([chat_prompt(llm.tokenizer, messages, template)], params):
+                print(out["delta"], end="", flush=True)
+                reply += out["delta"]
+            print(flush=True)
+            messages.append({"role": "assistant", "content": reply})
+    except KeyboardInterrupt:
+        print()
+    finally:
+        llm.close()
+
+
+def add_parsers(sub) -> None:
+    serve = sub.add_parser("serve", help="serve the OpenAI API (completions, chat, models, metrics) over HTTP")
+    serve.add_argument("model", nargs="?", help="checkpoint directory or .gguf file (default: the embedded SmolLM2)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=os.environ.get("MINIVLLM_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on /v1 (default: $MINIVLLM_API_KEY, else none)")
+    serve.add_argument("--served-model-name", help="the model name clients use (default: the model path)")
+    serve.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
+    serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_engine_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    chat = sub.add_parser("chat", help="chat with a model in the terminal (replies stream)")
+    chat.add_argument("--model", help="checkpoint directory or .gguf file (default: the embedded SmolLM2)")
+    chat.add_argument("--system", help="a system message to start the conversation with")
+    chat.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    add_engine_arguments(chat)
+    chat.set_defaults(func=cmd_chat)
