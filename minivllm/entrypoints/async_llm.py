@@ -63,6 +63,7 @@ class AsyncLLM:
         self.metrics = EngineMetrics()
         self._requests: dict[str, _Request] = {}  # owned by the loop thread
         self._owners: dict[int, str] = {}  # seq id -> request id; owned by the loop thread
+        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # outputs not yet handed over, per event loop
         self._inbox: list[tuple[str, object]] = []  # ("add", _Request) or ("abort", request_id)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -135,6 +136,7 @@ class AsyncLLM:
     def _run(self) -> None:
         while not self._stopped:
             self._drain_inbox()
+            self._flush()
             if not self.engine.has_unfinished():
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
@@ -152,6 +154,7 @@ class AsyncLLM:
                 by_request.setdefault(self._owners[seq.seq_id], []).append(seq)
             for request_id, seqs in by_request.items():
                 self._emit(self._requests[request_id], seqs, now)
+            self._flush()
         self._fail_all(RuntimeError("the engine was closed"))
 
     def _drain_inbox(self) -> None:
@@ -188,7 +191,7 @@ class AsyncLLM:
                 num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
                 finished=finished and seq is seqs[-1],
             )
-            _send(request, out)
+            self._outbox.setdefault(request.loop, []).append((request.queue, out))
         if finished:
             del self._requests[request.request_id]
             for seq in request.seqs:
@@ -200,14 +203,22 @@ class AsyncLLM:
         for request in list(self._requests.values()):
             for seq in request.seqs:
                 self.engine.abort(seq)
-            _send(request, error)
+            self._outbox.setdefault(request.loop, []).append((request.queue, error))
             for seq in request.seqs:
                 self._owners.pop(seq.seq_id, None)
         self._requests.clear()
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand the step's outputs to their event loops: one wake-up per loop, not one per output."""
+        for loop, items in self._outbox.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                pass
+        self._outbox.clear()
 
 
-def _send(request: _Request, item: StreamOutput | BaseException) -> None:
-    try:
-        request.loop.call_soon_threadsafe(request.queue.put_nowait, item)
-    except RuntimeError:  # the caller's event loop is closed: nobody is listening any more
-        pass
+def _deliver(items: list[tuple[asyncio.Queue, StreamOutput | BaseException]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)

@@ -1,0 +1,107 @@
+"""AsyncLLM: the background loop batches concurrent requests, aborts free blocks, bad input is refused."""
+
+import asyncio
+
+import pytest
+
+from minivllm import LLM, SamplingParams
+from minivllm.entrypoints import AsyncLLM
+
+SETTINGS = dict(kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=64)
+
+
+@pytest.fixture(scope="module")
+def engine(llama_path):
+    engine = AsyncLLM(llama_path, **SETTINGS)
+    yield engine
+    engine.close()
+
+
+async def collect(engine, prompt, params, request_id):
+    texts, tokens, reasons = {}, {}, {}
+    async for out in engine.generate(prompt, params, request_id):
+        texts[out.index] = texts.get(out.index, "") + out.text
+        tokens[out.index] = tokens.get(out.index, []) + out.token_ids
+        reasons[out.index] = out.finish_reason
+        assert out.num_output_tokens == len(tokens[out.index])
+    return texts, tokens, reasons
+
+
+def test_concurrent_requests_match_offline(engine, llama_path):
+    prompts = ["The capital of France", "A paged KV cache", "Greedy decoding picks", "Once upon"]
+    params = SamplingParams(temperature=0.8, seed=1, max_tokens=16, ignore_eos=True, n=2)
+
+    async def main():
+        return await asyncio.gather(*[collect(engine, p, params, f"r{i}") for i, p in enumerate(prompts)])
+
+    results = asyncio.run(main())
+    offline = LLM(llama_path, **SETTINGS).generate(prompts, params, use_tqdm=False)
+    for (texts, tokens, reasons), out in zip(results, offline):
+        assert [texts[j] for j in range(2)] == [c["text"] for c in out["outputs"]]
+        assert [tokens[j] for j in range(2)] == [c["tokens"] for c in out["outputs"]]
+        assert reasons == {0: "length", 1: "length"}
+    assert engine.metrics.max_batch_size > 1 and engine.metrics.requests_finished >= 4
+    assert engine.stats()["kv_used"] == 0
+
+
+def test_abort_frees_blocks(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
+
+    async def main():
+        outs = []
+        async for out in engine.generate("Once upon a time", params, "victim"):
+            outs.append(out)
+            if len(outs) == 3:
+                engine.abort("victim")
+        return outs
+
+    outs = asyncio.run(main())
+    assert outs[-1].finish_reason == "abort" and outs[-1].finished and len(outs) < 100
+    assert engine.stats() == {"running": 0, "waiting": 0, "kv_used": 0, "kv_total": 64}
+
+
+def test_cancelled_consumer_aborts(engine):
+    params = SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True)
+
+    async def main():
+        task = asyncio.create_task(collect(engine, "Once upon a time", params, "cancelled"))
+        while engine.stats()["kv_used"] == 0:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(1000):  # the loop frees the blocks before its next step
+            if engine.stats()["kv_used"] == 0:
+                return True
+            await asyncio.sleep(0.005)
+        return False
+
+    assert asyncio.run(main())
+
+
+def test_bad_requests_raise_and_the_loop_keeps_serving(engine):
+    async def main():
+        with pytest.raises(ValueError, match="too long"):
+            engine.generate([5] * 200, SamplingParams(), "long")
+        with pytest.raises(ValueError, match="vocabulary"):
+            engine.generate([10**6], SamplingParams(), "oov")
+        return await collect(engine, "Hi", SamplingParams(max_tokens=3, ignore_eos=True), "fine")
+
+    texts, tokens, reasons = asyncio.run(main())
+    assert len(tokens[0]) == 3 and reasons[0] == "length"
+
+
+def test_close_fails_running_requests(llama_path):
+    engine = AsyncLLM(llama_path, **SETTINGS)
+
+    async def main():
+        stream = engine.generate("Once upon a time", SamplingParams(max_tokens=100, ignore_eos=True), "r")
+        await anext(stream)
+        await asyncio.get_running_loop().run_in_executor(None, engine.close)
+        with pytest.raises(RuntimeError, match="closed"):
+            async for _ in stream:
+                pass
+
+    asyncio.run(main())
+    with pytest.raises(RuntimeError, match="closed"):
+        engine.generate("Hi", SamplingParams(), "late")
