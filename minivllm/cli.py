@@ -49,6 +49,12 @@ def cmd_plugins(args) -> None:
             print(f"  {registry.kind}: {name}  (from {registry.source(name)})")
 
 
+def add_bench_parser(sub) -> None:
+    from minivllm.bench.cli import add_parser  # arguments only: the benchmark itself imports on use
+
+    add_parser(sub)
+
+
 def add_entrypoint_parsers(sub) -> None:
     from minivllm.entrypoints.cli import add_parsers  # arguments only: the server imports FastAPI on use
 
@@ -72,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
     plug.set_defaults(func=cmd_plugins)
     add_entrypoint_parsers(sub)
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

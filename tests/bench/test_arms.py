@@ -1,0 +1,77 @@
+"""Arms from --ab / --set: the cross product, typed values, and errors that name the bad key or value
+before anything runs."""
+
+import re
+
+import pytest
+
+from minivllm import cli
+from minivllm.bench import runner as bench_runner
+from minivllm.bench.arms import build_arms, parse_ab, parse_set
+
+
+def test_cross_product_with_the_baseline_first():
+    arms = parse_ab(["scheduler=fcfs,chunked", "enforce_eager=true,false"])
+    assert arms == [
+        {"scheduler": "fcfs", "enforce_eager": "true"},
+        {"scheduler": "fcfs", "enforce_eager": "false"},
+        {"scheduler": "chunked", "enforce_eager": "true"},
+        {"scheduler": "chunked", "enforce_eager": "false"},
+    ]
+    assert parse_ab([]) == [{}]  # no --ab: one configuration
+
+
+def test_arms_are_validated_and_typed(llama_path):
+    arms = build_arms(llama_path, parse_ab(["kvcache_block_size=16,32", "enable_prefix_caching=true,false"]),
+                      parse_set(["max_model_len=256", "sampler=fast"]))
+    assert [a.name for a in arms] == [
+        "kvcache_block_size=16,enable_prefix_caching=true", "kvcache_block_size=16,enable_prefix_caching=false",
+        "kvcache_block_size=32,enable_prefix_caching=true", "kvcache_block_size=32,enable_prefix_caching=false",
+    ]
+    assert arms[1].overrides == {"max_model_len": 256, "sampler": "fast", "kvcache_block_size": 16,
+                                 "enable_prefix_caching": False}
+    assert arms[3].config.kvcache_block_size == 32 and arms[3].config.max_model_len == 256
+    assert [a.name for a in build_arms(llama_path, [{}])] == ["baseline"]
+
+
+@pytest.mark.parametrize("ab, message", [
+    (["sheduler=fcfs,chunked"], "unknown setting 'sheduler'; settings: .*scheduler"),
+    (["scheduler=fcfs,fifo"], "arm scheduler=fifo: unknown scheduler 'fifo'; registered: chunked, fcfs"),
+    (["kv_allocator=simple,prefix"], "unknown KV allocator 'prefix'; registered: prefix_cache, simple"),
+    (["sampler=default,fastest"], "unknown sampler 'fastest'; registered: default, fast"),
+    (["enforce_eager=true,maybe"], "arm enforce_eager=maybe: enforce_eager: Input should be a valid boolean"),
+    (["kvcache_block_size=16,0"], "arm kvcache_block_size=0: kvcache_block_size: Input should be greater than"),
+    (["kvcache_block_size=16,24"], "kvcache_block_size=24 is not supported by the .* it needs a multiple of 16"),
+    (["scheduler"], "--ab 'scheduler': expected KEY=VALUE"),
+    (["scheduler=fcfs,"], "an empty value"),
+    (["scheduler=fcfs", "scheduler=chunked"], "--ab scheduler is given twice"),
+    (["enforce_eager=true,1"], "arms enforce_eager=true and enforce_eager=1 are the same configuration"),
+    (["model=a,b"], "unknown setting 'model'"),
+])
+def test_bad_ab_fails_before_any_run_naming_it(llama_path, monkeypatch, ab, message):
+    def no_run(*args, **kwargs):
+        raise AssertionError("an arm ran")
+
+    monkeypatch.setattr(bench_runner, "run_arm", no_run)
+    argv = ["bench", llama_path]
+    for text in ab:
+        argv += ["--ab", text]
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code.startswith("error: ")
+    assert re.search(message, exc.value.code), exc.value.code
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "scheduler=chunked", "--ab", "scheduler=fcfs,chunked"], "'scheduler' is both compared and fixed"),
+    (["--set", "max_model_len"], "--set 'max_model_len': expected KEY=VALUE"),
+    (["--set", "device=tpu"], "arm baseline: device: Input should be 'auto', 'cpu' or 'cuda'"),
+    (["--workload", "zipf"], "unknown workload 'zipf'"),
+    (["--repeats", "0"], "repeats must be at least 1"),
+    (["--top-p", "0"], "top_p"),
+])
+def test_bad_settings_fail_before_any_run(llama_path, monkeypatch, argv, message):
+    monkeypatch.setattr(bench_runner, "run_arm", lambda *a, **k: pytest.fail("an arm ran"))
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", llama_path, *argv])
+    assert message in exc.value.code
