@@ -7,6 +7,7 @@
 #   eager    the same without CUDA graphs (no peer)
 #   chunked  the same with scheduler="chunked" (no peer)
 #   big      Llama-3.1-8B and Qwen3-8B shapes, 64 sequences (no peer)
+#   ab       minivllm bench: fcfs vs chunked scheduler on the same workload, 2 interleaved repeats
 # Usage on the device machine:  bash scripts/gpu_check.sh [stage ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ for stage in $stages; do
     eager) bench --model qwen3-0.6b --hf-prompts 0 --enforce-eager ;;
     chunked) bench --model qwen3-0.6b --hf-prompts 0 --scheduler chunked ;;
     big) bench --model llama3-8b --num-seqs 64 --hf-prompts 0; bench --model qwen3-8b --num-seqs 64 --hf-prompts 0 ;;
+    ab) python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
+        python3 -m minivllm.cli bench /tmp/qwen3-0.6b --ab scheduler=fcfs,chunked --set load_format=dummy \
+          --repeats 2 --no-progress --json "$OUT/ab.json" 2>&1 | tee "$OUT/ab.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done
