@@ -1,6 +1,7 @@
 """The OpenAI-compatible HTTP server (FastAPI on uvicorn, as vLLM's): ``/v1/completions``,
 ``/v1/chat/completions`` (both streaming as server-sent events), ``/v1/models``, ``/health`` and
-``/metrics``. Bad requests get OpenAI error bodies and never reach the engine loop."""
+``/metrics``. Bad requests get OpenAI error bodies and never reach the engine loop. Importing this module
+needs the ``serve`` extra (FastAPI, uvicorn); nothing else in minivllm imports it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from minivllm.entrypoints.async_llm import AsyncLLM, StreamOutput
 from minivllm.entrypoints.chat import chat_prompt
@@ -24,10 +29,6 @@ class APIError(Exception):
 
 def build_app(engine: AsyncLLM, served_model_name: str, api_key: str | None = None,
               chat_template: str | None = None):
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-
     app = FastAPI(title="minivllm")
     created = int(time.time())
 
@@ -71,23 +72,23 @@ def build_app(engine: AsyncLLM, served_model_name: str, api_key: str | None = No
         return served_model_name
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, raw: Request):
         model = check_model(req.model)
         prompts = _checked(lambda: [engine.encode(p) if isinstance(p, str) else p for p in req.prompts()])
         if not prompts:
             raise APIError(400, "BadRequestError", "the prompt list is empty", "prompt")
         run = _Run(engine, model, "cmpl", prompts, req, req.logprobs)
-        return await run.respond(StreamingResponse, "text_completion")
+        return await run.respond(raw, "text_completion")
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatCompletionRequest):
+    async def chat_completions(req: ChatCompletionRequest, raw: Request):
         model = check_model(req.model)
         if req.max_completion_tokens is not None:
             req.max_tokens = req.max_completion_tokens
         messages = [m.as_template_input() for m in req.messages]
         prompt = _checked(lambda: chat_prompt(engine.tokenizer, messages, chat_template))
         run = _Run(engine, model, "chatcmpl", [prompt], req, req.chat_logprobs)
-        return await run.respond(StreamingResponse, "chat.completion")
+        return await run.respond(raw, "chat.completion")
 
     return app
 
@@ -122,10 +123,21 @@ class _Run:
         self.num_prompt_tokens = sum(len(p) for p in prompts)
         self.num_completion_tokens = 0
 
-    async def respond(self, streaming_response, object_name: str):
+    async def respond(self, raw_request: Request, object_name: str):
+        """Server-sent events (the response cancels them when the client goes), or the whole answer,
+        abandoned (and the requests aborted) if the client disconnects while it waits."""
         if self.req.stream:
-            return streaming_response(self._events(), media_type="text/event-stream")
-        return await self._whole(object_name)
+            return StreamingResponse(self._events(), media_type="text/event-stream")
+        whole = asyncio.create_task(self._whole(object_name))
+        gone = asyncio.create_task(_disconnected(raw_request))
+        await asyncio.wait({whole, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if not whole.done():
+            whole.cancel()  # its streams abort their requests
+            with contextlib.suppress(asyncio.CancelledError):
+                await whole
+            raise APIError(499, "ClientClosedRequest", "the client disconnected")
+        return whole.result()
 
     async def _outputs(self) -> AsyncIterator[tuple[int, StreamOutput]]:
         """(choice index, output) from every prompt's stream as they come; leaving early cancels the
@@ -239,6 +251,12 @@ class _Run:
     def _token_text(self, token_id: int) -> str:
         tokenizer = self.engine.tokenizer
         return tokenizer.decode([token_id]) if tokenizer is not None else str(token_id)
+
+
+async def _disconnected(raw_request: Request) -> None:
+    """Return once the client has gone (the body was read already, so only a disconnect can arrive)."""
+    while (await raw_request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def serve(engine: AsyncLLM, served_model_name: str, host: str = "127.0.0.1", port: int = 8000,

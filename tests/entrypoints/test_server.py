@@ -216,3 +216,16 @@ def test_bad_requests_get_openai_errors(server, client):
     out = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, extra_body=NO_EOS)
     assert out.usage.completion_tokens == 3
     assert metrics(base_url)["kv_cache_used_blocks"] == 0
+
+
+def test_non_streaming_client_that_hangs_up_is_aborted(server):
+    base_url = server[0]
+    before = metrics(base_url)["request_aborted_total"]
+    body = {"model": MODEL, "prompt": [f"Story {i}" for i in range(8)], "max_tokens": 100, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(base_url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                   timeout=httpx.Timeout(60, read=0.05))
+    deadline = time.monotonic() + 20
+    while (m := metrics(base_url))["request_aborted_total"] < before + 8 or m["kv_cache_used_blocks"] > 0:
+        assert time.monotonic() < deadline, f"requests were not aborted: {m}"
+        time.sleep(0.05)
