@@ -126,7 +126,8 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], ma
     return result
 
 
-async def run_rate(base_url: str, requests: list[tuple[list[int], int]], rate: float, seed: int) -> tuple[list[Result], float]:
+async def run_rate(base_url: str, requests: list[tuple[list[int], int]], rate: float,
+                   seed: int) -> tuple[list[Result], float]:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=limits) as client:
@@ -157,7 +158,8 @@ def summarize(results: list[Result], duration: float, rate: float, server_metric
         "request_rate": rate, "completed": len(done), "failed": len(results) - len(done),
         "errors": sorted({r.error for r in results if not r.ok})[:3],
         "duration_s": duration, "request_throughput": len(done) / duration,
-        "output_throughput": output_tokens / duration, "total_token_throughput": (input_tokens + output_tokens) / duration,
+        "output_throughput": output_tokens / duration,
+        "total_token_throughput": (input_tokens + output_tokens) / duration,
         "ttft_ms": percentiles([r.ttft for r in done]), "tpot_ms": percentiles(tpots),
         "itl_ms": percentiles([g for r in done for g in r.itls]), "e2e_ms": percentiles([r.e2e for r in done]),
         "server_batch_size_max": server_metrics.get("batch_size_max"),
@@ -219,10 +221,11 @@ def main() -> None:
         finally:
             stop_server(proc)
     print("\n| rate (req/s) | done | req/s | output tok/s | TTFT mean / p99 (ms) | TPOT mean / p99 (ms) "
-          "| ITL mean / p99 (ms) | E2E mean (ms) | max batch |")
+          "| ITL mean / p99 (ms) | E2E mean (ms) | max batch so far |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['request_rate']:g} | {r['completed']}/{r['completed'] + r['failed']} | {r['request_throughput']:.2f} "
+        print(f"| {r['request_rate']:g} | {r['completed']}/{r['completed'] + r['failed']} "
+              f"| {r['request_throughput']:.2f} "
               f"| {r['output_throughput']:.0f} | {r['ttft_ms']['mean']:.0f} / {r['ttft_ms']['p99']:.0f} "
               f"| {r['tpot_ms']['mean']:.1f} / {r['tpot_ms']['p99']:.1f} | {r['itl_ms']['mean']:.1f} / "
               f"{r['itl_ms']['p99']:.1f} | {r['e2e_ms']['mean']:.0f} | {r['server_batch_size_max']:.0f} |")

@@ -41,7 +41,8 @@ def build_app(engine: AsyncLLM, served_model_name: str, api_key: str | None = No
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, e: RequestValidationError):  # malformed JSON or a field of the wrong type
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}"
+                             for err in e.errors())
         return error_response(400, "BadRequestError", problems)
 
     @app.middleware("http")

@@ -99,7 +99,8 @@ def add_parsers(sub) -> None:
     serve.add_argument("--api-key", default=os.environ.get("MINIVLLM_API_KEY"),
                        help="require 'Authorization: Bearer KEY' on /v1 (default: $MINIVLLM_API_KEY, else none)")
     serve.add_argument("--served-model-name", help="the model name clients use (default: the model path)")
-    serve.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
+    serve.add_argument("--chat-template",
+                       help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
     serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_engine_arguments(serve)
     serve.set_defaults(func=cmd_serve)
