@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
         "bench", help="A/B-compare engine configurations on a workload",
         description="Run each configuration (arm) in its own processes, cross-check their greedy outputs, "
                     "time interleaved repeats, and compare output tokens/s to the first arm with a bootstrap "
-                    "95%% interval and a verdict.")
+                    "95% interval and a verdict.")
     bench.add_argument("model", help="checkpoint directory or .gguf file")
     bench.add_argument("--workload", default="random",
                        help=f"{', '.join(WORKLOADS)} or file:PATH.jsonl (default: random)")
@@ -28,13 +28,13 @@ def add_parser(sub) -> None:
     bench.add_argument("--max-input-len", type=int, default=None, help="scale prompt lengths down to this cap")
     bench.add_argument("--max-output-len", type=int, default=None, help="scale output lengths down to this cap")
     bench.add_argument("--seed", type=int, default=0, help="workload seed")
-    bench.add_argument("--temperature", type=float, default=0.6)
-    bench.add_argument("--top-k", type=int, default=-1)
-    bench.add_argument("--top-p", type=float, default=1.0)
-    bench.add_argument("--min-p", type=float, default=0.0)
+    bench.add_argument("--temperature", type=float, default=0.6, help="of the timed requests (default: 0.6)")
+    bench.add_argument("--top-k", type=int, default=-1, help="of the timed requests (default: off)")
+    bench.add_argument("--top-p", type=float, default=1.0, help="of the timed requests (default: off)")
+    bench.add_argument("--min-p", type=float, default=0.0, help="of the timed requests (default: off)")
     bench.add_argument("--json", default=None, metavar="PATH", help="write the result as JSON")
     bench.add_argument("--plot", default=None, metavar="PATH", help="write a PNG (needs minivllm[plot])")
-    bench.add_argument("--no-progress", dest="progress", action="store_false")
+    bench.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     bench.set_defaults(func=run)
 
 

@@ -1,10 +1,14 @@
 """The comparison as a PNG: per-repeat output throughput per arm, and each arm's TTFT distribution.
 
 matplotlib is an optional extra (``pip install 'minivllm[plot]'``); only this module imports it, and a
-``Figure`` is drawn without pyplot, so no GUI backend is touched.
+``Figure`` is drawn without pyplot, so no GUI backend is touched. A saved result (``--json``, say from
+a machine without matplotlib) is plotted with ``python -m minivllm.bench.plot RESULT.json OUT.png``.
 """
 
 from __future__ import annotations
+
+import json
+import sys
 
 
 def plot(result, path: str) -> None:
@@ -28,3 +32,14 @@ def plot(result, path: str) -> None:
     fig.suptitle(f"minivllm bench on {result.device}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def main(json_path: str, png_path: str) -> None:
+    from minivllm.bench.report import BenchResult
+
+    with open(json_path) as f:
+        plot(BenchResult.from_dict(json.load(f)), png_path)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from minivllm.bench.stats import Comparison, percentile
 
@@ -45,6 +45,8 @@ class ArmResult:
             "ttft_ms_p90": percentile(self.ttft_ms, 90),
             "tpot_ms_p50": percentile(self.tpot_ms, 50),
             "tpot_ms_p90": percentile(self.tpot_ms, 90),
+            "ttft_ms": self.ttft_ms,
+            "tpot_ms": self.tpot_ms,
             "peak_memory_bytes": self.peak_memory_bytes,
             "kv_blocks": self.kv_blocks,
             "preemptions": self.preemptions,
@@ -114,6 +116,14 @@ class BenchResult:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchResult:
+        """The inverse of :meth:`to_dict` (to re-plot or re-print a saved result)."""
+        arms = [ArmResult(**{f.name: arm[f.name] for f in fields(ArmResult)}) for arm in data["arms"]]
+        comparisons = [Comparison(**{f.name: c[f.name] for f in fields(Comparison)}) for c in data["comparisons"]]
+        top = {k: data[k] for k in ("workload", "num_prompts", "repeats", "device", "commit", "sampling")}
+        return cls(**top, arms=arms, comparisons=comparisons)
 
     def table(self) -> str:
         """The arms, one row each, then one line per comparison with its verdict."""

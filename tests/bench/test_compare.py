@@ -8,6 +8,8 @@ import pytest
 
 import minivllm.bench
 from minivllm import cli
+from minivllm.bench.plot import main as plot_main
+from minivllm.bench.report import BenchResult
 from minivllm.bench.stats import SAME
 from minivllm.core import plugins
 from tests.checkpoints import CORPUS
@@ -63,6 +65,7 @@ def test_bench_flags_a_wrong_arm_and_writes_table_json_and_png(llama_path, const
         assert arm["median_output_tokens_per_s"] > 0 and arm["ttft_ms_p50"] > 0 and arm["tpot_ms_p50"] > 0
         assert arm["peak_memory_bytes"] > 2**20 and arm["kv_blocks"] > 0 and arm["preemptions"] == [0, 0]
         assert (arm["dtype"], arm["attention_backend"]) == ("float32", "torch")
+        assert len(arm["ttft_ms"]) == 2 * 6 and arm["ttft_ms_p50"] <= arm["ttft_ms_p90"]
     assert base["outputs_agree"] is True and base["agreement_rate"] == 1.0
     assert wrong["outputs_agree"] is False and wrong["agreement_rate"] < 0.2
     (comparison,) = data["comparisons"]
@@ -77,3 +80,8 @@ def test_bench_flags_a_wrong_arm_and_writes_table_json_and_png(llama_path, const
     assert "(outputs disagree: not a win)" in table
     png = png_path.read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+
+    # a saved result reads back whole, and plots again without re-running
+    assert BenchResult.from_dict(data).to_dict() == data
+    plot_main(str(json_path), str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").read_bytes().startswith(b"\x89PNG")
