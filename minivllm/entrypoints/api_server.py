@@ -118,8 +118,8 @@ class _Run:
                 params = req.sampling_params(len(prompt), engine.max_model_len, logprobs)
                 self.streams.append(engine.generate(prompt, params, f"{self.id}-{i}"))
         except ValueError as e:
-            for i in range(len(self.streams)):
-                engine.abort(f"{self.id}-{i}")
+            for started in range(len(self.streams)):
+                engine.abort(f"{self.id}-{started}")
             raise APIError(400, "BadRequestError", f"prompt {i}: {e}" if len(prompts) > 1 else str(e)) from None
         self.num_prompt_tokens = sum(len(p) for p in prompts)
         self.num_completion_tokens = 0
@@ -138,6 +138,8 @@ class _Run:
             with contextlib.suppress(asyncio.CancelledError):
                 await whole
             raise APIError(499, "ClientClosedRequest", "the client disconnected")
+        if (error := whole.exception()) is not None:  # the engine loop failed (a bug, not bad input)
+            raise APIError(500, "InternalServerError", str(error))
         return whole.result()
 
     async def _outputs(self) -> AsyncIterator[tuple[int, StreamOutput]]:
@@ -235,11 +237,12 @@ class _Run:
             return None
         token = self._token_text
         if self.chat:
-            return {"content": [
-                {"token": token(tid), "logprob": lp, "bytes": list(token(tid).encode()),
-                 "top_logprobs": [{"token": token(t), "logprob": v, "bytes": list(token(t).encode())} for t, v in top]}
-                for tid, (lp, top) in zip(out.token_ids, out.logprobs)
-            ]}
+            def entry(token_id: int, logprob: float) -> dict:
+                text = token(token_id)
+                return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+            return {"content": [{**entry(tid, lp), "top_logprobs": [entry(t, v) for t, v in top]}
+                                for tid, (lp, top) in zip(out.token_ids, out.logprobs)]}
         tokens = [token(tid) for tid in out.token_ids]
         text_offset = []
         for text in tokens:

@@ -105,3 +105,25 @@ def test_close_fails_running_requests(llama_path):
     asyncio.run(main())
     with pytest.raises(RuntimeError, match="closed"):
         engine.generate("Hi", SamplingParams(), "late")
+
+
+def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, monkeypatch):
+    runner = engine.engine.runner
+    real, failures = runner.execute, []
+
+    def fail_once(batch):
+        if not failures:
+            failures.append(batch)
+            raise RuntimeError("boom")
+        return real(batch)
+
+    monkeypatch.setattr(runner, "execute", fail_once)
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+
+    async def main():
+        with pytest.raises(RuntimeError, match="boom"):
+            await collect(engine, "Hi", params, "unlucky")
+        return await collect(engine, "Hi", params, "lucky")
+
+    texts, tokens, reasons = asyncio.run(main())
+    assert len(failures) == 1 and len(tokens[0]) == 4 and engine.stats()["kv_used"] == 0
