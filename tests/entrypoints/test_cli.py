@@ -6,14 +6,12 @@ import subprocess
 import sys
 import time
 
+import httpx
+import openai
 import pytest
 
 from minivllm import LLM, SamplingParams
-from tests.entrypoints.test_sampling_api import TEMPLATE
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("uvicorn")
+from tests.entrypoints import TEMPLATE
 
 SMALL = ["--kvcache-block-size", "16", "--max-model-len", "128", "--num-kvcache-blocks", "64"]
 

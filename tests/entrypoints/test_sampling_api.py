@@ -8,9 +8,9 @@ from minivllm import LLM, SamplingParams
 from minivllm.core.detokenizer import IncrementalDetokenizer
 from minivllm.plugins.samplers.default import apply_penalties
 from tests.checkpoints import hf_greedy
+from tests.entrypoints import TEMPLATE
 
 PROMPT = "Once upon a time"
-TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,13 @@ import socket
 import threading
 import time
 
+import httpx
+import openai
 import pytest
+import uvicorn
 
 from tests.checkpoints import hf_greedy
-from tests.entrypoints.test_sampling_api import TEMPLATE
-
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-uvicorn = pytest.importorskip("uvicorn")
+from tests.entrypoints import TEMPLATE
 
 API_KEY = "test-key"
 MODEL = "tiny"
