@@ -181,3 +181,17 @@ def test_chat_applies_the_template(llm):
     assert out["tokens"] == llm.generate([out["prompt"]], greedy(max_tokens=8), use_tqdm=False)[0]["tokens"]
     two = llm.chat([messages, messages[1:]], greedy(max_tokens=8), chat_template=TEMPLATE, use_tqdm=False)
     assert two[0]["tokens"] == out["tokens"] and len(two) == 2
+
+
+def test_a_sampler_with_only_sample_still_works():
+    from minivllm.core.interfaces import Sampler
+    from minivllm.core.sequence import Sequence
+
+    class ArgmaxOnly(Sampler):
+        def sample(self, logits, params, steps):
+            return logits.argmax(dim=-1)
+
+    seqs = [Sequence([1, 2], SamplingParams(logprobs=2, repetition_penalty=2.0)), Sequence([3], SamplingParams())]
+    logits = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 1.0]])
+    out = ArgmaxOnly(3, torch.device("cpu")).sample_sequences(logits, seqs)
+    assert out.token_ids.tolist() == [2, 0] and out.logprobs is None  # the extras are ignored, not an error
