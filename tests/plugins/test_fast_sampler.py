@@ -104,3 +104,18 @@ def test_a_seeded_request_does_not_depend_on_its_batch(params):
     in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), [other, params, other], [5, step, 9])[1]) for step in range(20)]
     assert alone == in_batch
     assert len(set(alone)) > 1  # the step changes the draw
+
+
+def test_in_the_engine_greedy_matches_transformers_and_default_features_carry_over(llama_path):
+    from minivllm import LLM
+    from tests.checkpoints import hf_greedy, random_prompts
+
+    prompts = random_prompts(3, 5, 30, seed=7)
+    llm = LLM(llama_path, sampler="fast", kvcache_block_size=16, max_model_len=256)
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+    assert [o["tokens"] for o in llm.generate(prompts, greedy, use_tqdm=False)] == hf_greedy(llama_path, prompts, 8)
+    # penalties and logprobs come from `default`'s sample_sequences; top-k sampling from this sampler
+    params = SamplingParams(top_k=5, seed=3, max_tokens=6, ignore_eos=True, logprobs=2, repetition_penalty=1.3)
+    out = llm.generate(prompts, params, use_tqdm=False)
+    assert out == llm.generate(prompts, params, use_tqdm=False)  # seeded: reproducible
+    assert all(len(o["tokens"]) == 6 and len(o["logprobs"]) == 6 for o in out)
