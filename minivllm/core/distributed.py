@@ -83,8 +83,9 @@ class Groups:
 
 def init_groups(store: dist.Store, rank: int, world_size: int, device: torch.device) -> Groups:
     """Build this rank's groups; every rank calls it at the same time (each one waits for the others)."""
-    control_timeout = COLLECTIVE_TIMEOUT if rank == 0 else IDLE_TIMEOUT
-    control = _gloo(dist.PrefixStore("control", store), rank, world_size, control_timeout)
+    control = _gloo(dist.PrefixStore("control", store), rank, world_size, COLLECTIVE_TIMEOUT)
+    if rank > 0:
+        control.set_timeout(IDLE_TIMEOUT)  # after connecting: only the wait for commands is unbounded
     tp_store = dist.PrefixStore("tp", store)
     if device.type == "cuda":
         options = dist.ProcessGroupNCCL.Options()
