@@ -65,6 +65,7 @@ class AsyncLLM:
         self._owners: dict[int, str] = {}  # seq id -> request id; owned by the loop thread
         self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # outputs not yet handed over, per event loop
         self._inbox: list[tuple[str, object]] = []  # ("add", _Request) or ("abort", request_id)
+        self._active: set[str] = set()  # ids of requests not yet finished; guarded by the lock
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -84,6 +85,10 @@ class AsyncLLM:
         token_ids = self.encode(prompt)
         seqs = self.engine.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
         request = _Request(request_id, seqs, asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if request_id in self._active:
+                raise ValueError(f"request id {request_id!r} is already running")
+            self._active.add(request_id)
         self._post("add", request)
         return self._outputs(request)
 
@@ -186,16 +191,14 @@ class AsyncLLM:
             request.sent_chars[seq.seq_id], request.sent_tokens[seq.seq_id] = len(text), seq.num_output_tokens
             out = StreamOutput(
                 request_id=request.request_id, index=index, text=text[chars:],
-                token_ids=seq.output_token_ids[tokens:], logprobs=seq.logprobs[tokens:],
+                token_ids=seq.token_ids[seq.num_prompt_tokens + tokens :], logprobs=seq.logprobs[tokens:],
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
                 num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
                 finished=finished and seq is seqs[-1],
             )
             self._outbox.setdefault(request.loop, []).append((request.queue, out))
         if finished:
-            del self._requests[request.request_id]
-            for seq in request.seqs:
-                self._owners.pop(seq.seq_id, None)
+            self._forget(request)
             if not any(seq.finish_reason == "abort" for seq in request.seqs):
                 self.metrics.requests_finished += 1
 
@@ -204,10 +207,15 @@ class AsyncLLM:
             for seq in request.seqs:
                 self.engine.abort(seq)
             self._outbox.setdefault(request.loop, []).append((request.queue, error))
-            for seq in request.seqs:
-                self._owners.pop(seq.seq_id, None)
-        self._requests.clear()
+            self._forget(request)
         self._flush()
+
+    def _forget(self, request: _Request) -> None:
+        del self._requests[request.request_id]
+        for seq in request.seqs:
+            self._owners.pop(seq.seq_id, None)
+        with self._lock:
+            self._active.discard(request.request_id)
 
     def _flush(self) -> None:
         """Hand the step's outputs to their event loops: one wake-up per loop, not one per output."""

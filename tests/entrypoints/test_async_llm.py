@@ -127,3 +127,18 @@ def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, monkeypa
 
     texts, tokens, reasons = asyncio.run(main())
     assert len(failures) == 1 and len(tokens[0]) == 4 and engine.stats()["kv_used"] == 0
+
+
+def test_request_ids_are_unique_while_running(engine):
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+
+    async def main():
+        first = engine.generate("Hi", params, "same")
+        with pytest.raises(ValueError, match="already running"):
+            engine.generate("Hi", params, "same")
+        outs = [out async for out in first]
+        again = [out async for out in engine.generate("Hi", params, "same")]  # free again once finished
+        return outs, again
+
+    outs, again = asyncio.run(main())
+    assert sum(len(o.token_ids) for o in outs) == sum(len(o.token_ids) for o in again) == 5
