@@ -135,12 +135,11 @@ class BenchResult:
         lines = [head, cols]
         for i, arm in enumerate(self.arms):
             d = arm.to_dict()
-            lines.append(
-                f"{arm.name:<{width}}  {d['median_output_tokens_per_s']:>10.1f}  {d['median_total_tokens_per_s']:>11.1f}  "
-                f"{ms_pair(d['ttft_ms_p50'], d['ttft_ms_p90']):>17}  {ms_pair(d['tpot_ms_p50'], d['tpot_ms_p90']):>17}  "
-                f"{arm.peak_memory_bytes / 2**20:>9.0f}  {arm.kv_blocks:>9}  {sum(arm.preemptions):>7}  "
-                f"{arm.check_label(i == 0)}"
-            )
+            cells = [f"{d['median_output_tokens_per_s']:>10.1f}", f"{d['median_total_tokens_per_s']:>11.1f}",
+                     f"{ms_pair(d['ttft_ms_p50'], d['ttft_ms_p90']):>17}",
+                     f"{ms_pair(d['tpot_ms_p50'], d['tpot_ms_p90']):>17}", f"{arm.peak_memory_bytes / 2**20:>9.0f}",
+                     f"{arm.kv_blocks:>9}", f"{sum(arm.preemptions):>7}", arm.check_label(i == 0)]
+            lines.append(f"{arm.name:<{width}}  " + "  ".join(cells))
         by_name = {arm.name: arm for arm in self.arms}
         for c in self.comparisons:
             ci = f"[{c.ci95[0]:.3f}, {c.ci95[1]:.3f}]" if c.ci95 else "[single repeat]"

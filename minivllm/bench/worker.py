@@ -131,4 +131,7 @@ def main(spec_path: str, result_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:])
+    try:
+        main(*sys.argv[1:])
+    except ValueError as e:  # a bad request or config: the message says it all
+        sys.exit(f"error: {e}")

@@ -8,6 +8,8 @@ import pytest
 
 import minivllm.bench
 from minivllm import cli
+from minivllm.bench import ArmFailed
+from minivllm.bench import runner as bench_runner
 from minivllm.bench.plot import main as plot_main
 from minivllm.bench.report import BenchResult
 from minivllm.bench.stats import SAME
@@ -85,3 +87,16 @@ def test_bench_flags_a_wrong_arm_and_writes_table_json_and_png(llama_path, const
     assert BenchResult.from_dict(data).to_dict() == data
     plot_main(str(json_path), str(tmp_path / "again.png"))
     assert (tmp_path / "again.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_bad_request_fails_in_the_first_cross_check_before_any_timing(llama_path, tmp_path, monkeypatch):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": [1, 2, 3], "max_tokens": 4}\n{"prompt": [1, 99999], "max_tokens": 4}\n')
+    modes = []
+    run_arm = bench_runner.run_arm
+    monkeypatch.setattr(bench_runner, "run_arm", lambda arm, mode, *a: modes.append(mode) or run_arm(arm, mode, *a))
+    with pytest.raises(ArmFailed, match=r"(?s)arm sampler=default \(check run\) failed with exit code 1:.*"
+                                        r"error: request 1 of the workload: token id 99999 is outside the vocabulary"):
+        minivllm.bench.compare(llama_path, arms=[{"sampler": "default"}, {"sampler": "fast"}], workload=f"file:{path}",
+                               settings={"kvcache_block_size": 16, "max_model_len": 256}, progress=False)
+    assert modes == ["check"]

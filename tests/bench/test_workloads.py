@@ -40,7 +40,8 @@ def test_shared_prefix_requests_share_one_system_prompt():
 
 def test_file_workload_reads_text_and_token_prompts(tmp_path):
     path = tmp_path / "w.jsonl"
-    rows = [{"prompt": "hello there", "max_tokens": 5}, {"prompt": [1, 2, 3], "max_tokens": 50}, {"prompt": "x", "max_tokens": 2}]
+    rows = [{"prompt": "hello there", "max_tokens": 5}, {"prompt": [1, 2, 3], "max_tokens": 50},
+            {"prompt": "x", "max_tokens": 2}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     reqs = make_workload(f"file:{path}", max_output_len=10)
     assert [(r.prompt, r.max_tokens) for r in reqs] == [("hello there", 5), ([1, 2, 3], 10), ("x", 2)]
