@@ -8,13 +8,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
 import torch
 
-from minivllm import LLM, EngineConfig, SamplingParams
+from minivllm import LLM, SamplingParams
 from minivllm.core import plugins
 from minivllm.core.executor import WorkerError
 from tests.checkpoints import hf_greedy, random_prompts
