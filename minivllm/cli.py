@@ -1,4 +1,4 @@
-"""The ``minivllm`` command: ``generate`` and ``plugins``."""
+"""The ``minivllm`` command: ``generate``, ``chat``, ``serve``, ``bench`` and ``plugins``."""
 
 from __future__ import annotations
 
