@@ -6,7 +6,7 @@ import json
 import statistics
 from dataclasses import dataclass, field, fields
 
-from minivllm.bench.stats import Comparison, percentile
+from minivllm.bench.stats import MIN_REPEATS_FOR_VERDICT, Comparison, percentile
 
 FLOAT32 = "float32"
 
@@ -141,10 +141,11 @@ class BenchResult:
                      f"{arm.kv_blocks:>9}", f"{sum(arm.preemptions):>7}", arm.check_label(i == 0)]
             lines.append(f"{arm.name:<{width}}  " + "  ".join(cells))
         by_name = {arm.name: arm for arm in self.arms}
+        few = f" (a verdict needs {MIN_REPEATS_FOR_VERDICT} repeats)" if self.repeats < MIN_REPEATS_FOR_VERDICT else ""
         for c in self.comparisons:
             ci = f"[{c.ci95[0]:.3f}, {c.ci95[1]:.3f}]" if c.ci95 else "[single repeat]"
             flag = "  (outputs disagree: not a win)" if by_name[c.arm].outputs_agree is False else ""
-            lines.append(f"{c.arm} vs {c.baseline}: output tok/s x{c.ratio:.3f} {ci} -> {c.verdict}{flag}")
+            lines.append(f"{c.arm} vs {c.baseline}: output tok/s x{c.ratio:.3f} {ci} -> {c.verdict}{few}{flag}")
         return "\n".join(lines)
 
     def plot(self, path: str) -> None:

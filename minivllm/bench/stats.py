@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 
 FASTER, SLOWER, SAME = "faster", "slower", "no detectable difference"
+# fewer repeats claim nothing: two values of each arm fall wholly apart by chance a third of the time
+MIN_REPEATS_FOR_VERDICT = 3
 
 
 @dataclass
@@ -51,4 +53,5 @@ def verdict(ci95: list[float] | None) -> str:
 
 def compare_samples(baseline: str, arm: str, arm_values: list[float], baseline_values: list[float]) -> Comparison:
     ratio, ci = ratio_of_medians(arm_values, baseline_values)
-    return Comparison(baseline, arm, ratio, ci, verdict(ci))
+    enough = min(len(arm_values), len(baseline_values)) >= MIN_REPEATS_FOR_VERDICT
+    return Comparison(baseline, arm, ratio, ci, verdict(ci) if enough else SAME)

@@ -40,6 +40,12 @@ def test_a_single_repeat_gives_no_interval_and_no_claim():
     assert verdict(ci) == SAME
 
 
+def test_two_repeats_claim_nothing_however_far_apart():
+    comparison = compare_samples("a", "b", [200.0, 201.0], [100.0, 101.0])
+    assert comparison.ci95[0] > 1.0 and comparison.verdict == SAME
+    assert compare_samples("a", "b", [200.0, 201.0, 202.0], [100.0, 101.0, 102.0]).verdict == FASTER
+
+
 def test_verdict_reads_the_interval():
     assert verdict([1.01, 1.2]) == FASTER
     assert verdict([0.8, 0.99]) == SLOWER
