@@ -27,6 +27,7 @@ class TritonAttentionBackend(AttentionBackend):
         from minivllm.plugins.attention import triton_kernels
 
         self.kernels = triton_kernels
+        # (without CUDA only Triton's interpreter runs the kernels: any count works)
         self.num_sms = torch.cuda.get_device_properties().multi_processor_count if torch.cuda.is_available() else 8
 
     def prepare(self, meta: AttentionMetadata) -> None:
