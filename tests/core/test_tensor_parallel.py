@@ -1,6 +1,7 @@
 """Tensor parallelism on the CPU: gloo with 2 and 4 ranks gives the same greedy tokens as one rank and as
 transformers; workers load plugins, start and stop cleanly, and their failures surface as errors."""
 
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -29,11 +30,14 @@ TIGHT = dict(SMALL, num_kvcache_blocks=6)
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Rank 0 and each worker (which takes this process's threads / tp) run on one thread."""
+def one_thread_and_no_hang():
+    """Rank 0 and each worker (which takes this process's threads / tp) run on one thread. A test that
+    hangs (the failure these tests guard against) dumps every thread's stack and ends the run."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    faulthandler.dump_traceback_later(180, exit=True)
     yield
+    faulthandler.cancel_dump_traceback_later()
     torch.set_num_threads(threads)
 
 
