@@ -41,9 +41,9 @@ def check_tensor_parallel(hf_config, tp: int, device: torch.device) -> None:
     if kv_heads % tp and tp % kv_heads:
         raise ValueError(f"tensor_parallel_size={tp} neither divides nor is a multiple of the model's "
                          f"{kv_heads} key/value heads")
-    if hf_config.intermediate_size % tp:
-        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's intermediate_size="
-                         f"{hf_config.intermediate_size}")
+    mlp = getattr(hf_config, "intermediate_size", None)  # a plugin's architecture may have no such field
+    if mlp and mlp % tp:
+        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's intermediate_size={mlp}")
     if device.type == "cuda" and launched_by_torchrun() is None and tp > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={tp} exceeds the {torch.cuda.device_count()} visible CUDA devices")
 
