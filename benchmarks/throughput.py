@@ -89,6 +89,8 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
     from minivllm.core.sampling_params import SamplingParams
 
     extra = {"scheduler": args.scheduler} if args.scheduler else {}
+    if args.sampler:
+        extra["sampler"] = args.sampler
     config = EngineConfig(model=path, load_format="dummy", max_model_len=4096, enforce_eager=args.enforce_eager,
                           attention_backend=args.attention_backend, gpu_memory_utilization=args.gpu_memory_utilization,
                           **extra)
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--hf-prompts", type=int, default=32, help="prompts the transformers peer runs (0: skip)")
     parser.add_argument("--hf-batch", type=int, default=32)
     parser.add_argument("--scheduler", default=None)
+    parser.add_argument("--sampler", default=None)
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -167,6 +170,7 @@ def main() -> None:
         config = write_config(args.model, path)
         result = dict(model=args.model, device=torch.cuda.get_device_name(), num_seqs=args.num_seqs,
                       output_tokens=out_tokens, prompt_tokens=in_tokens, scheduler=args.scheduler or "fcfs",
+                      sampler=args.sampler or "default",
                       enforce_eager=args.enforce_eager)
         if args.hf_prompts:
             n = args.hf_prompts

@@ -8,6 +8,7 @@
 #   chunked  the same with scheduler="chunked" (no peer)
 #   big      Llama-3.1-8B and Qwen3-8B shapes, 64 sequences (no peer)
 #   ab       minivllm bench: fcfs vs chunked scheduler on the same workload, 2 interleaved repeats
+#   sampler  the workload with sampler="fast", and minivllm bench: default vs fast sampler, 3 repeats
 # Usage on the device machine:  bash scripts/gpu_check.sh [stage ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,10 @@ for stage in $stages; do
     ab) python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
         python3 -m minivllm.cli bench /tmp/qwen3-0.6b --ab scheduler=fcfs,chunked --set load_format=dummy \
           --repeats 2 --no-progress --json "$OUT/ab.json" 2>&1 | tee "$OUT/ab.log" || status=1 ;;
+    sampler) bench --model qwen3-0.6b --hf-prompts 0 --sampler fast
+        python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
+        python3 -m minivllm.cli bench /tmp/qwen3-0.6b --ab sampler=default,fast --set load_format=dummy \
+          --repeats 3 --no-progress --json "$OUT/ab_sampler.json" 2>&1 | tee "$OUT/ab_sampler.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done
