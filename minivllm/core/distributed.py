@@ -108,20 +108,34 @@ def _gloo(store: dist.Store, rank: int, world_size: int, timeout: timedelta) -> 
     return dist.ProcessGroupGloo(store, rank, world_size, options)
 
 
+# Commands travel in one broadcast of this many bytes (8 for the length, then the pickle); a longer
+# pickle sends its rest in a second broadcast. One round trip per step for all but the largest batches.
+COMMAND_BYTES = 16384
+
+
 def send_command(control, command: object) -> None:
-    """Rank 0: broadcast one picklable command to the other ranks (its size first, then its bytes)."""
-    payload = torch.frombuffer(bytearray(pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
-    control.broadcast(torch.tensor([payload.numel()], dtype=torch.int64), 0).wait()
-    control.broadcast(payload, 0).wait()
+    """Rank 0: broadcast one picklable command to the other ranks."""
+    data = pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL)
+    head = torch.zeros(COMMAND_BYTES, dtype=torch.uint8)
+    head[:8].view(torch.int64)[0] = len(data)
+    inline = min(len(data), COMMAND_BYTES - 8)
+    head[8 : 8 + inline] = torch.frombuffer(bytearray(data[:inline]), dtype=torch.uint8)
+    control.broadcast(head, 0).wait()
+    if len(data) > inline:
+        control.broadcast(torch.frombuffer(bytearray(data[inline:]), dtype=torch.uint8), 0).wait()
 
 
 def recv_command(control) -> object:
     """Ranks 1..N-1: wait for rank 0's next command."""
-    size = torch.empty(1, dtype=torch.int64)
-    control.broadcast(size, 0).wait()
-    payload = torch.empty(int(size), dtype=torch.uint8)
-    control.broadcast(payload, 0).wait()
-    return pickle.loads(payload.numpy().tobytes())
+    head = torch.empty(COMMAND_BYTES, dtype=torch.uint8)
+    control.broadcast(head, 0).wait()
+    size = int(head[:8].view(torch.int64)[0])
+    data = head[8 : 8 + size].numpy().tobytes()
+    if size > len(data):
+        rest = torch.empty(size - len(data), dtype=torch.uint8)
+        control.broadcast(rest, 0).wait()
+        data += rest.numpy().tobytes()
+    return pickle.loads(data)
 
 
 def all_reduce_min(control, value: int) -> int:
