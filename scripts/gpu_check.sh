@@ -7,7 +7,12 @@
 #   eager    the same without CUDA graphs (no peer)
 #   chunked  the same with scheduler="chunked" (no peer)
 #   big      Llama-3.1-8B and Qwen3-8B shapes, 64 sequences (no peer)
-#   ab       minivllm bench: fcfs vs chunked scheduler on the same workload, 2 interleaved repeats
+#   ab       minivllm bench, 64 prompts and 3 interleaved repeats each: scheduler fcfs vs chunked
+#            (random workload), kv_allocator simple vs prefix_cache (shared-prefix), enforce_eager true vs false
+#   attn     minivllm bench: attention_backend torch vs triton (32 short prompts: torch loops in Python)
+#   tp1      TP=1 throughput before and after tensor parallelism landed: trees of 300ebbe and 074673a
+#            (made here with `git archive` into .ab/, carried) beside the working tree, in one run
+#   serve    benchmarks/serve.py: the OpenAI server under Poisson arrivals (needs .whl-serve carried)
 #   sampler  the workload with sampler="fast", and minivllm bench: default vs fast sampler, 3 repeats
 # Usage on the device machine:  bash scripts/gpu_check.sh [stage ...]
 set -uo pipefail
@@ -21,6 +26,11 @@ python3 -c 'import torch, triton, transformers; print("torch", torch.__version__
 echo "commit ${MINIVLLM_COMMIT:-unknown (set MINIVLLM_COMMIT)}" | tee -a "$OUT/device.txt"
 status=0
 bench() { python3 benchmarks/throughput.py --json "$OUT/results.jsonl" "$@" 2>&1 | tee -a "$OUT/bench.log" || status=1; }
+ab() {  # minivllm bench on the Qwen3-0.6B shape with random weights, 3 interleaved repeats
+  python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
+    python3 -m minivllm.cli bench /tmp/qwen3-0.6b --set load_format=dummy --repeats 3 --no-progress "$@" 2>&1 |
+    tee -a "$OUT/ab.log" || status=1
+}
 for stage in $stages; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
@@ -30,13 +40,20 @@ for stage in $stages; do
     eager) bench --model qwen3-0.6b --hf-prompts 0 --enforce-eager ;;
     chunked) bench --model qwen3-0.6b --hf-prompts 0 --scheduler chunked ;;
     big) bench --model llama3-8b --num-seqs 64 --hf-prompts 0; bench --model qwen3-8b --num-seqs 64 --hf-prompts 0 ;;
-    ab) python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
-        python3 -m minivllm.cli bench /tmp/qwen3-0.6b --ab scheduler=fcfs,chunked --set load_format=dummy \
-          --repeats 2 --no-progress --json "$OUT/ab.json" 2>&1 | tee "$OUT/ab.log" || status=1 ;;
+    ab) ab --ab scheduler=fcfs,chunked --num-prompts 64 --json "$OUT/ab_scheduler.json"
+        ab --ab kv_allocator=simple,prefix_cache --workload shared-prefix --num-prompts 64 --json "$OUT/ab_kv.json"
+        ab --ab enforce_eager=true,false --num-prompts 64 --json "$OUT/ab_eager.json" ;;
+    attn) ab --ab attention_backend=torch,triton --num-prompts 32 --max-input-len 512 --max-output-len 256 \
+          --json "$OUT/ab_attn.json" ;;
+    tp1) for tree in .ab/300ebbe .ab/074673a .; do
+           echo "--- tree $tree"
+           PYTHONPATH=/tmp/site:$PWD/$tree python3 $tree/benchmarks/throughput.py --hf-prompts 0 2>&1 |
+             tee -a "$OUT/tp1.log" || status=1
+         done ;;
+    serve) python3 benchmarks/serve.py --model qwen3-0.6b --num-prompts 200 --request-rates 16,inf \
+             --json "$OUT/serve.jsonl" 2>&1 | tee "$OUT/serve.log" || status=1 ;;
     sampler) bench --model qwen3-0.6b --hf-prompts 0 --sampler fast
-        python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
-        python3 -m minivllm.cli bench /tmp/qwen3-0.6b --ab sampler=default,fast --set load_format=dummy \
-          --repeats 3 --no-progress --json "$OUT/ab_sampler.json" 2>&1 | tee "$OUT/ab_sampler.log" || status=1 ;;
+        ab --ab sampler=default,fast --json "$OUT/ab_sampler.json" ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done
