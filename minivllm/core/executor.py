@@ -66,14 +66,14 @@ class MultiprocExecutor:
         self._finalizer = weakref.finalize(self, _stop_workers, self._procs, self._stops)
         device = config.torch_device
         launch = distributed.launched_by_torchrun()
-        self._store = store = distributed.open_store(0, self.world_size)  # NCCL meets on it lazily
+        self._store = distributed.open_store(0, self.world_size)  # NCCL meets on it lazily
         if launch is None:
-            self._spawn(config, checkpoint, max_model_len, store.port)
-            self._wait_until_up(store)
+            self._spawn(config, checkpoint, max_model_len, self._store.port)
+            self._wait_until_up()
         elif device.type == "cuda":
             torch.cuda.set_device(launch.local_rank)
         try:
-            self._groups = distributed.init_groups(store, 0, self.world_size, device)
+            self._groups = distributed.init_groups(self._store, 0, self.world_size, device)
             self._runner = ModelRunner(config, checkpoint, max_model_len, self._groups.tp)
             distributed.all_reduce_min(self._groups.control, 1)  # every rank has built its runner
         except BaseException as e:
@@ -104,7 +104,8 @@ class MultiprocExecutor:
             except RuntimeError:
                 pass  # a rank is gone already; stopping below still works
         self._finalizer()
-        self.__dict__.pop("_groups", None)
+        for name in ("_groups", "_store"):
+            self.__dict__.pop(name, None)
 
     # --- internals --------------------------------------------------------------------------------
 
@@ -144,11 +145,11 @@ class MultiprocExecutor:
             self._stops.append(stop_w)
             self._reports.append(report_r)
 
-    def _wait_until_up(self, store) -> None:
+    def _wait_until_up(self) -> None:
         """Wait until every worker joined the store, failing fast if one dies first."""
         keys = [f"up/{rank}" for rank in range(1, self.world_size)]
         deadline = time.monotonic() + distributed.COLLECTIVE_TIMEOUT.total_seconds()
-        while not store.check(keys):
+        while not self._store.check(keys):
             if any(not p.is_alive() for p in self._procs) or time.monotonic() > deadline:
                 self._fail(RuntimeError("a tensor-parallel worker did not start"))
             time.sleep(0.01)
@@ -165,8 +166,11 @@ class MultiprocExecutor:
             elif not proc.is_alive() and proc.exitcode:
                 reports.append(f"rank {rank} exited with code {proc.exitcode}")
         self._finalizer()
-        self.__dict__.pop("_groups", None)  # drop the groups now, not at interpreter exit
-        self.__dict__.pop("_runner", None)
+        # drop the groups now, not whenever the garbage collector breaks the cycle through the traceback:
+        # the frames of the collectives and the model (finished) hold them
+        traceback.clear_frames(error.__traceback__)
+        for name in ("_groups", "_runner", "_store"):
+            self.__dict__.pop(name, None)
         if reports and isinstance(error, RuntimeError):  # what a collective raises when a peer is gone
             raise WorkerError("tensor-parallel worker failed:\n" + "\n".join(reports)) from error
         raise error  # rank 0's own error (the other ranks usually raised the same)
