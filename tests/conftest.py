@@ -7,6 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 
 from tests.checkpoints import make_checkpoint  # noqa: E402
+from tests.packages import pip_install_copy  # noqa: E402
 
 ARCHS = ["llama", "qwen2", "qwen3"]
 
@@ -25,15 +26,10 @@ def llama_path(checkpoints) -> str:
 
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> str:
-    """The throwaway plugin package of tests/fixtures, pip-installed (with its real entry point) into a
-    private directory that is put on sys.path; returns that directory (for subprocesses' PYTHONPATH)."""
-    import subprocess
+    """The throwaway plugin package of tests/fixtures, installed with its real entry point."""
     import sys
 
-    site = tmp_path_factory.mktemp("plugin_site")
-    source = os.path.join(os.path.dirname(__file__), "fixtures", "minivllm-test-plugin")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), source], check=True)
-    sys.path.insert(0, str(site))
-    yield str(site)
-    sys.path.remove(str(site))
+    site = pip_install_copy(os.path.join(os.path.dirname(__file__), "fixtures", "minivllm-test-plugin"),
+                            tmp_path_factory.mktemp("plugin_site"))
+    yield site
+    sys.path.remove(site)

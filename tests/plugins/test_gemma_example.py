@@ -15,6 +15,7 @@ import torch
 from minivllm import LLM, SamplingParams
 from minivllm.core import plugins
 from tests.checkpoints import hf_greedy, random_prompts, save_tokenizer
+from tests.packages import pip_install_copy
 
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "minivllm-gemma")
 # Gemma's shape, shrunk: head_dim is set apart from hidden_size // heads (256 in the released models)
@@ -29,15 +30,8 @@ SMALL = dict(kvcache_block_size=16, max_model_len=256, dtype="float32")
 
 @pytest.fixture(scope="module")
 def gemma_site(tmp_path_factory) -> str:
-    """A copy of the example pip-installed (no network, no build isolation) into a private directory put on
-    sys.path, as `pip install` would into site-packages; the copy keeps build files out of the tree."""
-    root = tmp_path_factory.mktemp("gemma_plugin")
-    source = shutil.copytree(EXAMPLE, root / "src",
-                             ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = str(root / "site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", site, str(source)], check=True)
-    sys.path.insert(0, site)
+    """The example, installed as `pip install` would (its entry point included)."""
+    site = pip_install_copy(EXAMPLE, tmp_path_factory.mktemp("gemma_plugin"))
     yield site
     sys.path.remove(site)
     for name in [m for m in sys.modules if m.split(".")[0] == "minivllm_gemma"]:
