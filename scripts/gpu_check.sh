@@ -8,7 +8,8 @@
 #   chunked  the same with scheduler="chunked" (no peer)
 #   big      Llama-3.1-8B and Qwen3-8B shapes, 64 sequences (no peer)
 #   ab       minivllm bench, 64 prompts and 3 interleaved repeats each: scheduler fcfs vs chunked
-#            (random workload), kv_allocator simple vs prefix_cache (shared-prefix), enforce_eager true vs false
+#            (random and prefill-heavy workloads), kv_allocator simple vs prefix_cache (shared-prefix),
+#            enforce_eager true vs false
 #   attn     minivllm bench: attention_backend torch vs triton (32 short prompts: torch loops in Python)
 #   tp1      TP=1 throughput before and after tensor parallelism landed: trees of 300ebbe and 074673a
 #            (made here with `git archive` into .ab/, carried) beside the working tree, in one run
@@ -41,6 +42,7 @@ for stage in $stages; do
     chunked) bench --model qwen3-0.6b --hf-prompts 0 --scheduler chunked ;;
     big) bench --model llama3-8b --num-seqs 64 --hf-prompts 0; bench --model qwen3-8b --num-seqs 64 --hf-prompts 0 ;;
     ab) ab --ab scheduler=fcfs,chunked --num-prompts 64 --json "$OUT/ab_scheduler.json"
+        ab --ab scheduler=fcfs,chunked --workload prefill-heavy --num-prompts 64 --json "$OUT/ab_scheduler_prefill.json"
         ab --ab kv_allocator=simple,prefix_cache --workload shared-prefix --num-prompts 64 --json "$OUT/ab_kv.json"
         ab --ab enforce_eager=true,false --num-prompts 64 --json "$OUT/ab_eager.json" ;;
     attn) ab --ab attention_backend=torch,triton --num-prompts 32 --max-input-len 512 --max-output-len 256 \
