@@ -6,6 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 
+from minivllm.core import plugins  # noqa: E402
 from tests.checkpoints import make_checkpoint  # noqa: E402
 from tests.packages import pip_install_copy  # noqa: E402
 
@@ -33,3 +34,16 @@ def plugin_site(tmp_path_factory) -> str:
                             tmp_path_factory.mktemp("plugin_site"))
     yield site
     sys.path.remove(site)
+
+
+@pytest.fixture
+def allow(monkeypatch):
+    """Set MINIVLLM_PLUGINS and reload; afterwards restore the default plugin state for other tests."""
+
+    def set_allowed(value):
+        monkeypatch.setenv("MINIVLLM_PLUGINS", value)
+        plugins.load_plugins(reload=True)
+
+    yield set_allowed
+    monkeypatch.undo()
+    plugins.load_plugins(reload=True)

@@ -11,17 +11,6 @@ from minivllm.core import plugins
 from minivllm.core.registry import Registry
 
 
-@pytest.fixture
-def allow(monkeypatch):
-    def set_allowed(value):
-        monkeypatch.setenv("MINIVLLM_PLUGINS", value)
-        plugins.load_plugins(reload=True)
-
-    yield set_allowed
-    monkeypatch.undo()
-    plugins.load_plugins(reload=True)
-
-
 def test_builtins_register_through_the_hooks():
     plugins.load_plugins(reload=True)
     assert plugins.models.names() == ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"]

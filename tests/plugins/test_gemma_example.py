@@ -39,19 +39,6 @@ def gemma_site(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def allow(monkeypatch):
-    """Set MINIVLLM_PLUGINS and reload; afterwards restore the default plugin state for other tests."""
-
-    def set_allowed(value):
-        monkeypatch.setenv("MINIVLLM_PLUGINS", value)
-        plugins.load_plugins(reload=True)
-
-    yield set_allowed
-    monkeypatch.undo()
-    plugins.load_plugins(reload=True)
-
-
-@pytest.fixture
 def gemma(gemma_site, allow):
     allow("gemma")
 
