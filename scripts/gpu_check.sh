@@ -16,6 +16,7 @@
 #   serve    benchmarks/serve.py: the OpenAI server under Poisson arrivals (needs .whl-serve carried)
 #   sampler  the workload with sampler="fast", and minivllm bench: default vs fast sampler, 3 repeats
 # Usage on the device machine:  bash scripts/gpu_check.sh [stage ...]
+# (scripts/gpu_prepare.sh, run first on the CPU machine, makes what it needs and prints the command)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_logs}
