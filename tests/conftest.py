@@ -1,4 +1,5 @@
 import os
+import sys
 
 # keep third-party plugins installed on this machine out of the tests; tests that need one set it
 os.environ.setdefault("MINIVLLM_PLUGINS", "")
@@ -28,10 +29,9 @@ def llama_path(checkpoints) -> str:
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> str:
     """The throwaway plugin package of tests/fixtures, installed with its real entry point."""
-    import sys
-
     site = pip_install_copy(os.path.join(os.path.dirname(__file__), "fixtures", "minivllm-test-plugin"),
                             tmp_path_factory.mktemp("plugin_site"))
+    sys.path.insert(0, site)
     yield site
     sys.path.remove(site)
 

@@ -7,11 +7,10 @@ import sys
 
 def pip_install_copy(source: str, root) -> str:
     """pip-install a copy of the package at `source` (no network, no build isolation) into `root`/site, as
-    `pip install` would into site-packages, and put that directory first on sys.path; the copy keeps build
-    files out of the tree. Returns the directory (for subprocesses' PYTHONPATH)."""
+    `pip install` would into site-packages; the copy keeps build files out of the tree. Returns the
+    directory, for sys.path and subprocesses' PYTHONPATH."""
     copy = shutil.copytree(source, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = str(root / "site")
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", site, str(copy)], check=True)
-    sys.path.insert(0, site)
     return site

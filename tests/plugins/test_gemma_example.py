@@ -32,6 +32,7 @@ SMALL = dict(kvcache_block_size=16, max_model_len=256, dtype="float32")
 def gemma_site(tmp_path_factory) -> str:
     """The example, installed as `pip install` would (its entry point included)."""
     site = pip_install_copy(EXAMPLE, tmp_path_factory.mktemp("gemma_plugin"))
+    sys.path.insert(0, site)
     yield site
     sys.path.remove(site)
     for name in [m for m in sys.modules if m.split(".")[0] == "minivllm_gemma"]:
