@@ -13,7 +13,7 @@
 #   attn     minivllm bench: attention_backend torch vs triton (32 short prompts: torch loops in Python)
 #   tp1      TP=1 throughput before and after tensor parallelism landed: trees of 300ebbe and 074673a
 #            (made here with `git archive` into .ab/, carried) beside the working tree, in one run
-#   serve    benchmarks/serve.py: the OpenAI server under Poisson arrivals (needs .whl-serve carried)
+#   serve    benchmarks/serve.py: the OpenAI server under Poisson arrivals (needs the server wheels gpu_prepare.sh adds to .whl)
 #   sampler  the workload with sampler="fast", and minivllm bench: default vs fast sampler, 3 repeats
 # Usage on the device machine:  bash scripts/gpu_check.sh [stage ...]
 # (scripts/gpu_prepare.sh, run first on the CPU machine, makes what it needs and prints the command)
