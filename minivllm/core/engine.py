@@ -65,6 +65,11 @@ class LLMEngine:
         self.scheduler.check_request(len(token_ids), min(len(token_ids) + params.max_tokens, self.max_model_len))
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer, and this checkpoint has none")
+        bad = next((t for t in params.stop_token_ids if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"stop token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        if params.top_k >= self.vocab_size:  # keeps every token: the same as no top-k, in every sampler
+            params = params.model_copy(update={"top_k": -1})
         seq = Sequence(token_ids, params)
         if not params.ignore_eos:
             seq.stop_token_ids |= self.eos_token_ids

@@ -8,20 +8,21 @@ MAX_LOGPROBS = 20  # as vLLM's default max_logprobs (and OpenAI's top_logprobs l
 
 
 class SamplingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # every float must be finite: an infinite temperature or penalty would poison a whole batch's step
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n: int = Field(1, ge=1, description="completions per prompt; they share the prompt's KV blocks")
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding")
     max_tokens: int = Field(64, ge=1)
     min_tokens: int = Field(0, ge=0, description="EOS, stop tokens and stop strings cannot end the output sooner")
     ignore_eos: bool = False
-    top_k: int = Field(-1, description="-1 or 0 keeps the whole vocabulary")
+    top_k: int = Field(-1, description="-1 or 0 keeps the whole vocabulary (so does any k >= its size)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages prompt and output tokens")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted once per output token seen")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted per occurrence in the output")
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     stop: list[str] = Field(default_factory=list, description="strings that end the output")
     stop_token_ids: list[int] = Field(default_factory=list)
     include_stop_str_in_output: bool = False

@@ -53,7 +53,10 @@ def test_bad_engine_settings(llama_path, kwargs, message):
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [({"temperature": -0.5}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"top_p": 0.0}, "top_p"),
-     ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2.0}, "min_p")],
+     ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2.0}, "min_p"),
+     ({"temperature": float("inf")}, "temperature"), ({"temperature": float("nan")}, "temperature"),
+     ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+     ({"presence_penalty": float("nan")}, "presence_penalty"), ({"seed": 2**64}, "seed")],
 )
 def test_bad_sampling_params(kwargs, field):
     with pytest.raises(ValidationError, match=field):
@@ -82,6 +85,17 @@ def test_bad_request_in_a_batch_is_rejected_before_any_work(llm, prompt, message
     assert llm.engine.allocator.num_free_blocks == 6
     first = llm.generate([good], params, use_tqdm=False)[0]
     assert len(first["tokens"]) == 8 and first["finish_reason"] == "length" and first["finished"]
+
+
+def test_bad_stop_token_id_is_rejected_and_huge_top_k_keeps_everything(llm):
+    prompt = [1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"prompt 0: stop token id 1000000000000 is outside the vocabulary \[0, 512\)"):
+        llm.generate([prompt], SamplingParams(stop_token_ids=[10**12], min_tokens=2), use_tqdm=False)
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    expected = llm.generate([prompt], greedy, use_tqdm=False)[0]["tokens"]
+    huge = greedy.model_copy(update={"top_k": 2**70, "temperature": 1e-6})
+    assert llm.generate([prompt], huge, use_tqdm=False)[0]["tokens"] == expected
+    assert llm.engine.allocator.num_free_blocks == 6
 
 
 def test_prompt_type_and_params_count_are_checked(llm):
