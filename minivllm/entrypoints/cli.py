@@ -48,7 +48,7 @@ def read_chat_template(value: str | None) -> str | None:
 
 
 def cmd_serve(args) -> None:
-    from minivllm.cli import default_model
+    from minivllm.core.default_model import default_model
     from minivllm.entrypoints.api_server import serve
     from minivllm.entrypoints.async_llm import AsyncLLM
 
@@ -61,7 +61,7 @@ def cmd_serve(args) -> None:
 def cmd_chat(args) -> None:
     """An interactive conversation on stdin/stdout; the reply streams as it is generated."""
     from minivllm import LLM, SamplingParams
-    from minivllm.cli import default_model
+    from minivllm.core.default_model import default_model
     from minivllm.entrypoints.chat import chat_prompt
 
     llm = LLM(args.model or default_model(), **engine_kwargs(args))

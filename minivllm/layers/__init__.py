@@ -1,7 +1,12 @@
-"""Building blocks for models, the stable surface model plugins may rely on."""
+"""Building blocks for models, the stable surface model plugins may rely on.
 
+Layers build on :mod:`minivllm.core` (its interfaces and the tensor-parallel handle), never the other way round:
+``Attention`` and ``TensorParallel`` live in core, which the runner uses too, and are re-exported here.
+"""
+
+from minivllm.core.interfaces.attention import Attention
+from minivllm.core.parallel import TensorParallel
 from minivllm.layers.activation import GeluAndMul, SiluAndMul
-from minivllm.layers.attention import Attention
 from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from minivllm.layers.linear import (
     ColumnParallelLinear,
@@ -12,7 +17,6 @@ from minivllm.layers.linear import (
 )
 from minivllm.layers.loading import default_weight_loader, load_packed_weights
 from minivllm.layers.norm import RMSNorm
-from minivllm.layers.parallel import TensorParallel
 from minivllm.layers.rotary import RotaryEmbedding
 
 __all__ = [

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivllm.layers.parallel import TensorParallel
+from minivllm.core.parallel import TensorParallel
 
 
 class VocabParallelEmbedding(nn.Module):

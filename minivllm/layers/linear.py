@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivllm.layers.parallel import TensorParallel
+from minivllm.core.parallel import TensorParallel
 
 
 class _Linear(nn.Module):

@@ -1,12 +1,13 @@
 """The five plugin interfaces. The engine talks to plugins only through these."""
 
-from minivllm.core.interfaces.attention import AttentionBackend, AttentionMetadata
+from minivllm.core.interfaces.attention import Attention, AttentionBackend, AttentionMetadata
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
 from minivllm.core.interfaces.sampler import Sampler, SamplerOutput, TokenLogprobs
 from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler
 
 __all__ = [
+    "Attention",
     "AttentionBackend",
     "AttentionMetadata",
     "KVAllocator",

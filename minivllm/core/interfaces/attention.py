@@ -1,4 +1,5 @@
-"""Attention backends: write new K/V into the paged cache and attend over each sequence's context."""
+"""Attention backends, which write new K/V into the paged cache and attend over each sequence's context, and
+the `Attention` layer through which a model calls them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -86,3 +88,28 @@ class AttentionBackend(ABC):
         scale: float,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         """Called by each attention layer: store k/v at ``meta.slot_mapping``, then attend causally."""
+
+
+class Attention(nn.Module):
+    """One decoder layer's attention over the paged KV cache, the layer through which a model reaches the
+    backend. Models build one per decoder layer with this rank's heads; the runner finds them in module
+    order, sizes the KV cache from their ``num_kv_heads`` and ``head_dim``, and binds each its slice."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, backend: AttentionBackend):
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.backend = backend
+        # bound by the model runner once the cache is allocated: [num_blocks, block_size, num_kv_heads, head_dim]
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """q [T, Hq * D], k/v [T, Hkv * D] -> [T, Hq * D]."""
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        out = self.backend.forward(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        return out.reshape(-1, self.num_heads * self.head_dim)

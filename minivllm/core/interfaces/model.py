@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from minivllm.core.interfaces.attention import AttentionBackend, AttentionMetadata
-from minivllm.layers.parallel import TensorParallel
+from minivllm.core.parallel import TensorParallel
 
 
 @dataclass
