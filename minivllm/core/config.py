@@ -73,13 +73,20 @@ class EngineConfig(BaseModel):
 
     @property
     def resolved_attention_backend(self) -> str:
-        """The backend name: the configured one, or for "auto" the first available of the preferred."""
+        """The backend name: the configured one, or for "auto" the first of the preferred that is available
+        and takes ``kvcache_block_size``. Only backends that passed the conformance kit on the device are
+        preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
-        preferred = ("flash_attn", "triton", "torch") if self.torch_device.type == "cuda" else ("torch",)
-        for name in preferred:
-            if name in plugins.attention_backends and plugins.attention_backends.get(name).is_available(
-                self.torch_device
-            ):
+        device, preferred = self.torch_device, ("triton", "torch") if self.torch_device.type == "cuda" else ("torch",)
+        refused = []
+        for name in filter(plugins.attention_backends.__contains__, preferred):
+            backend = plugins.attention_backends.get(name)
+            if not backend.is_available(device):
+                refused.append(f"{name} is not available")
+            elif not backend.supports_block_size(self.kvcache_block_size):
+                refused.append(f"{name} needs a multiple of {backend.block_size_multiple}")
+            else:
                 return name
-        raise ValueError(f"no attention backend is available on {self.torch_device}")
+        raise ValueError(f"no attention backend takes kvcache_block_size={self.kvcache_block_size} on {device}: "
+                         + "; ".join(refused or ["none of " + ", ".join(preferred) + " is registered"]))

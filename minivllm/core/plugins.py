@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import pluggy
 
 from minivllm.core import hookspecs
+from minivllm.core.interfaces import AttentionBackend, KVAllocator, Model, Sampler, Scheduler
 from minivllm.core.registry import Registry
 
 DEFAULT_PLUGINS = (
@@ -26,11 +27,11 @@ DEFAULT_PLUGINS = (
 )
 ENTRY_POINT_GROUP = "minivllm"
 
-models: Registry = Registry("model architecture")
-attention_backends: Registry = Registry("attention backend")
-schedulers: Registry = Registry("scheduler")
-kv_allocators: Registry = Registry("KV allocator")
-samplers: Registry = Registry("sampler")
+models: Registry[Model] = Registry("model architecture", Model)
+attention_backends: Registry[AttentionBackend] = Registry("attention backend", AttentionBackend)
+schedulers: Registry[Scheduler] = Registry("scheduler", Scheduler)
+kv_allocators: Registry[KVAllocator] = Registry("KV allocator", KVAllocator)
+samplers: Registry[Sampler] = Registry("sampler", Sampler)
 
 # hook name -> the registry it fills
 _REGISTRIES = {
@@ -67,6 +68,7 @@ def load_plugins(reload: bool = False) -> pluggy.PluginManager:
     else:
         for name in filter(None, (n.strip() for n in allowed.split(","))):
             pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    _check_hook_names(pm)
     for registry in _REGISTRIES.values():
         registry.clear()
     for hook_name, registry in _REGISTRIES.items():
@@ -74,6 +76,16 @@ def load_plugins(reload: bool = False) -> pluggy.PluginManager:
             impl.function(register=functools.partial(_register, registry, impl.plugin_name))
     _manager = pm
     return pm
+
+
+def _check_hook_names(pm: pluggy.PluginManager) -> None:
+    """A hook implementation whose name matches no hook (a misspelling) would be ignored: refuse it."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as e:
+        raise pluggy.PluginValidationError(
+            e.plugin, f"{e} (plugin {pm.get_name(e.plugin)!r}); the minivllm hooks are {', '.join(_REGISTRIES)}"
+        ) from None
 
 
 def _register(registry: Registry, source: str, name: str, target) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -13,11 +14,17 @@ T = TypeVar("T")
 class Entry:
     target: type | str  # the class, or "module:attr" imported on first use
     source: str  # name of the plugin that registered it
+    checked: bool = False  # whether ``target`` was resolved and found to implement the interface
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """Plugin classes of one kind by name. Each must subclass ``interface`` and implement all of its
+    abstract methods; that is checked when a class is first resolved (:meth:`get`), so that a lazy
+    ``"module:attr"`` target is imported only when it is used."""
+
+    def __init__(self, kind: str, interface: type[T]):
         self.kind = kind
+        self.interface = interface
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, target: type[T] | str, source: str = "?") -> None:
@@ -50,9 +57,23 @@ class Registry(Generic[T]):
             raise ValueError(f"unknown {self.kind} {name!r}; registered: {known}")
 
     def get(self, name: str) -> type[T]:
+        """The class registered as ``name``, imported if it was registered lazily. Raises TypeError,
+        naming the plugin, if it does not implement the interface."""
         self.check(name)
         entry = self._entries[name]
-        if isinstance(entry.target, str):
-            module, _, attr = entry.target.partition(":")
-            entry.target = getattr(importlib.import_module(module), attr)
+        if not entry.checked:
+            if isinstance(entry.target, str):
+                module, _, attr = entry.target.partition(":")
+                entry.target = getattr(importlib.import_module(module), attr)
+            self._check_interface(name, entry)
+            entry.checked = True
         return entry.target
+
+    def _check_interface(self, name: str, entry: Entry) -> None:
+        where = f"{self.kind} {name!r} (registered by plugin {entry.source!r})"
+        interface = f"{self.interface.__module__}.{self.interface.__qualname__}"
+        if not (isinstance(entry.target, type) and issubclass(entry.target, self.interface)):
+            raise TypeError(f"{where} is {entry.target!r}, which does not subclass {interface}")
+        if inspect.isabstract(entry.target):
+            missing = ", ".join(sorted(entry.target.__abstractmethods__))
+            raise TypeError(f"{where}: {entry.target.__qualname__} does not implement {missing} of {interface}")

@@ -3,11 +3,15 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
+from pluggy import PluginValidationError
 
+import minivllm
 from minivllm import LLM, EngineConfig, SamplingParams
 from minivllm.core import plugins
+from minivllm.core.interfaces import Sampler, Scheduler
 from minivllm.core.registry import Registry
 
 
@@ -46,7 +50,7 @@ def test_cli_lists_plugins_with_their_distribution(plugin_site):
 
 
 def test_registry_rejects_duplicates_and_lists_known_names():
-    reg = Registry("widget")
+    reg = Registry("widget", object)
     reg.register("a", "pkg.mod:A", source="one")
     with pytest.raises(ValueError, match="'a' is registered twice: by 'one' and by 'two'"):
         reg.register("a", "pkg.mod:B", source="two")
@@ -54,3 +58,48 @@ def test_registry_rejects_duplicates_and_lists_known_names():
         reg.register("b", "pkg.mod.B")
     with pytest.raises(ValueError, match="unknown widget 'c'; registered: a"):
         reg.get("c")
+
+
+def test_misspelled_hook_fails_loudly(monkeypatch):
+    plugin = types.ModuleType("misspelled_plugin")
+
+    @minivllm.hookimpl
+    def register_sampler(register):  # the hook is register_samplers
+        register("never", "pkg:Never")
+
+    plugin.register_sampler = register_sampler
+    monkeypatch.setitem(sys.modules, "misspelled_plugin", plugin)
+    monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", (*plugins.DEFAULT_PLUGINS, "misspelled_plugin"))
+    try:
+        with pytest.raises(PluginValidationError, match="unknown hook 'register_sampler' in plugin .*"
+                                                        "\\(plugin 'misspelled_plugin'\\); the minivllm hooks are "
+                                                        "register_models, register_attention_backends, "):
+            plugins.load_plugins(reload=True)
+    finally:
+        monkeypatch.undo()
+        plugins.load_plugins(reload=True)
+
+
+class NotASampler:
+    def sample(self, logits, batch):
+        return logits.argmax(dim=-1)
+
+
+class HalfAScheduler(Scheduler):
+    """Forgets schedule()."""
+
+
+def test_a_registered_class_must_implement_its_interface(monkeypatch):
+    reg = Registry("sampler", Sampler)
+    reg.register("duck", NotASampler, source="ducks")
+    reg.register("lazy_duck", "tests.core.test_plugins:NotASampler", source="ducks")
+    for name in ("duck", "lazy_duck"):
+        with pytest.raises(TypeError, match=f"sampler '{name}' \\(registered by plugin 'ducks'\\) is <class "
+                                            "'tests.core.test_plugins.NotASampler'>, which does not subclass "
+                                            "minivllm.core.interfaces.sampler.Sampler"):
+            reg.get(name)
+    schedulers = Registry("scheduler", Scheduler)
+    schedulers.register("half", HalfAScheduler, source="halves")
+    with pytest.raises(TypeError, match="scheduler 'half' \\(registered by plugin 'halves'\\): HalfAScheduler "
+                                        "does not implement schedule of minivllm.core.interfaces.scheduler.Scheduler"):
+        schedulers.get("half")

@@ -2,9 +2,11 @@
 
 import importlib.util
 
+import pytest
 import torch
 
 from minivllm.core import plugins
+from minivllm.core.config import EngineConfig
 
 
 def test_fast_backends_are_registered_but_need_cuda():
@@ -20,6 +22,19 @@ def test_fast_backends_are_registered_but_need_cuda():
 
 
 def test_auto_picks_torch_on_cpu(llama_path):
-    from minivllm.core.config import EngineConfig
-
     assert EngineConfig(model=llama_path, device="cpu").resolved_attention_backend == "torch"
+
+
+def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llama_path, monkeypatch):
+    """flash_attn has not passed the conformance kit on a GPU, so "auto" never picks it; a backend whose
+    block-size check fails is passed over, and when none is left the error says why."""
+    for name in ("triton", "flash_attn"):
+        monkeypatch.setattr(plugins.attention_backends.get(name), "is_available", classmethod(lambda cls, d: True))
+    # built without validation: CUDA is not here to pass the device check
+    cuda = dict(model=llama_path, device="cuda")
+    assert EngineConfig.model_construct(**cuda, kvcache_block_size=256).resolved_attention_backend == "triton"
+    monkeypatch.setattr(plugins.attention_backends.get("triton"), "block_size_multiple", 32)
+    assert EngineConfig.model_construct(**cuda, kvcache_block_size=16).resolved_attention_backend == "torch"
+    with pytest.raises(ValueError, match="no attention backend takes kvcache_block_size=24 on cuda: triton needs a "
+                                         "multiple of 32; torch needs a multiple of 16$"):
+        EngineConfig.model_construct(**cuda, kvcache_block_size=24).resolved_attention_backend

@@ -54,8 +54,12 @@ class AttentionBackend(ABC):
     supports_cuda_graphs: ClassVar[bool] = False
 
     @classmethod
+    def supports_block_size(cls, block_size: int) -> bool:
+        return block_size % cls.block_size_multiple == 0
+
+    @classmethod
     def check_block_size(cls, block_size: int) -> None:
-        if block_size % cls.block_size_multiple:
+        if not cls.supports_block_size(block_size):
             raise ValueError(
                 f"kvcache_block_size={block_size} is not supported by the {cls.__name__} attention backend: "
                 f"it needs a multiple of {cls.block_size_multiple}"

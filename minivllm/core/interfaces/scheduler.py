@@ -5,10 +5,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from minivllm.core.config import EngineConfig
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.sequence import Sequence, SequenceStatus
+
+if TYPE_CHECKING:  # the config validates plugin names against the registries, which hold this interface
+    from minivllm.core.config import EngineConfig
 
 
 @dataclass
