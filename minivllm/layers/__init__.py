@@ -7,6 +7,7 @@ Layers build on :mod:`minivllm.core` (its interfaces and the tensor-parallel han
 from minivllm.core.interfaces.attention import Attention
 from minivllm.core.parallel import TensorParallel
 from minivllm.layers.activation import GeluAndMul, SiluAndMul
+from minivllm.layers.decoder import DecoderAttention, DecoderForCausalLM, DecoderLayer, GatedMLP
 from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from minivllm.layers.linear import (
     ColumnParallelLinear,
@@ -22,6 +23,10 @@ from minivllm.layers.rotary import RotaryEmbedding
 __all__ = [
     "Attention",
     "ColumnParallelLinear",
+    "DecoderAttention",
+    "DecoderForCausalLM",
+    "DecoderLayer",
+    "GatedMLP",
     "GeluAndMul",
     "MergedColumnParallelLinear",
     "ParallelLMHead",

@@ -30,7 +30,8 @@ def _kernels():
 
     @triton.jit
     def rms_norm_kernel(x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, eps, heads, stride_xt, stride_xh,
-                        stride_rt, N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr):
+                        stride_rt, N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
+                        UNIT_OFFSET: tl.constexpr):
         # one row of N per program; rows are (token, head) pairs of a [T, H, N] view
         row = tl.program_id(0)
         t = row // heads
@@ -43,9 +44,12 @@ def _kernels():
             tl.store(res_out_ptr + row * N + offs, x, mask=mask)
         xf = x.to(tl.float32)
         rstd = tl.rsqrt(tl.sum(xf * xf, 0) / N + eps)
-        normed = (xf * rstd).to(x.dtype).to(tl.float32)
         w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * N + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+        if UNIT_OFFSET:  # Gemma: scaled by (1 + weight) in float32, then rounded
+            out = xf * rstd * (1.0 + w)
+        else:  # Llama: rounded to x's dtype, then scaled by the weight
+            out = (xf * rstd).to(x.dtype).to(tl.float32) * w
+        tl.store(out_ptr + row * N + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def silu_and_mul_kernel(x_ptr, out_ptr, stride_xt, d, BLOCK: tl.constexpr):
@@ -92,9 +96,10 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return x, x.shape[1], x.stride(0), x.stride(1)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
-             residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """x [T, N] or [T, H, N] (per-head norm). With ``residual`` [T, N]: (norm(x + residual), x + residual)."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+             unit_offset: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """x [T, N] or [T, H, N] (per-head norm). With ``residual`` [T, N]: (norm(x + residual), x + residual).
+    ``unit_offset`` scales by ``1 + weight`` before rounding, as :class:`~minivllm.layers.RMSNorm`'s option."""
     triton, kernel, _, _ = _kernels()
     view, heads, stride_t, stride_h = _rows(x)
     n = view.shape[-1]
@@ -103,7 +108,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float,
     res = residual if residual is not None else view
     kernel[(view.shape[0] * heads,)](view, res, out, res_out, weight, eps, heads, stride_t, stride_h,
                                      res.stride(0), N=n, BLOCK=triton.next_power_of_2(n),
-                                     HAS_RES=residual is not None, num_warps=4 if n <= 2048 else 8)
+                                     HAS_RES=residual is not None, UNIT_OFFSET=unit_offset,
+                                     num_warps=4 if n <= 2048 else 8)
     return out if residual is None else (out, res_out)
 
 

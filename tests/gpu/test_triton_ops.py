@@ -20,14 +20,15 @@ def close(out, ref, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("hidden", [64, 1000])
-def test_rms_norm_with_residual(dtype, hidden, device):
-    norm = RMSNorm(hidden, eps=1e-6).to(device)
-    norm.weight.data = torch.rand(hidden, device=device) + 0.5
+@pytest.mark.parametrize("unit_offset", [False, True])  # Gemma's (1 + weight), centred on 0
+def test_rms_norm_with_residual(dtype, hidden, unit_offset, device):
+    norm = RMSNorm(hidden, eps=1e-6, unit_offset=unit_offset).to(device)
+    norm.weight.data = torch.rand(hidden, device=device) + (-0.5 if unit_offset else 0.5)
     x = torch.randn(37, hidden, dtype=dtype, device=device)
     residual = torch.randn(37, hidden, dtype=dtype, device=device)
     norm = norm.to(dtype)
-    close(triton_ops.rms_norm(x, norm.weight, norm.eps), norm._norm(x), dtype)
-    out, res = triton_ops.rms_norm(x, norm.weight, norm.eps, residual)
+    close(triton_ops.rms_norm(x, norm.weight, norm.eps, unit_offset=unit_offset), norm._norm(x), dtype)
+    out, res = triton_ops.rms_norm(x, norm.weight, norm.eps, residual, unit_offset)
     assert torch.equal(res, x + residual)
     close(out, norm._norm(x + residual), dtype)
 
