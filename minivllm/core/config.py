@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -19,9 +20,6 @@ class EngineConfig(BaseModel):
     max_num_seqs: int = Field(512, ge=1)
     max_num_batched_tokens: int = Field(16384, ge=1)
     max_model_len: int = Field(4096, ge=2)
-    long_prefill_token_threshold: int = Field(
-        0, ge=0, description="chunked scheduler: most prefill tokens one sequence gets per step (0 = no cap)"
-    )
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, ge=1, le=8)
     enforce_eager: bool = False
@@ -35,6 +33,9 @@ class EngineConfig(BaseModel):
     load_format: Literal["auto", "safetensors", "gguf", "dummy"] = "auto"
     attention_backend: str = "auto"
     scheduler: str = "fcfs"
+    scheduler_options: dict[str, Any] = Field(
+        default_factory=dict, description="the scheduler's own settings, a JSON object on the command line"
+    )
     kv_allocator: str = "prefix_cache"
     sampler: str = "default"
 
@@ -44,6 +45,11 @@ class EngineConfig(BaseModel):
         if not os.path.exists(v):
             raise ValueError(f"model path {v!r} does not exist (no model hub is used: pass a local checkpoint)")
         return v
+
+    @field_validator("scheduler_options", mode="before")
+    @classmethod
+    def _json_object(cls, v):
+        return json.loads(v) if isinstance(v, str) else v  # as the command line and `bench --set` give it
 
     @field_validator("num_kvcache_blocks")
     @classmethod
@@ -58,6 +64,7 @@ class EngineConfig(BaseModel):
         if self.attention_backend != "auto":
             plugins.attention_backends.check(self.attention_backend)
         plugins.schedulers.check(self.scheduler)
+        plugins.schedulers.options(self.scheduler, self.scheduler_options)
         plugins.kv_allocators.check(self.kv_allocator)
         plugins.samplers.check(self.sampler)
         if self.device == "cuda" and not torch.cuda.is_available():

@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 T = TypeVar("T")
 
@@ -68,6 +70,22 @@ class Registry(Generic[T]):
             self._check_interface(name, entry)
             entry.checked = True
         return entry.target
+
+    def options(self, name: str, values: dict[str, Any]) -> BaseModel:
+        """``values`` validated against the plugin's ``Options`` model; raises ValueError naming the plugin
+        and each bad field."""
+        model = self.get(name).Options
+        try:
+            return model.model_validate(values)
+        except ValidationError as e:
+            known = ", ".join(model.model_fields) or "none"
+            problems = [
+                f"{self.kind} {name!r} has no option {err['loc'][0]!r} (its options: {known})"
+                if err["type"] == "extra_forbidden"
+                else f"{self.kind} {name!r} option {'.'.join(map(str, err['loc']))!r}: {err['msg']}"
+                for err in e.errors()
+            ]
+            raise ValueError("; ".join(problems)) from None
 
     def _check_interface(self, name: str, entry: Entry) -> None:
         where = f"{self.kind} {name!r} (registered by plugin {entry.source!r})"

@@ -24,6 +24,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         kwargs: dict = {"default": None, "help": field.description or f"default: {field.default}"}
         if typing.get_origin(annotation) is typing.Literal:
             kwargs["choices"] = typing.get_args(annotation)
+        elif typing.get_origin(annotation) is dict:
+            kwargs["metavar"] = "JSON"  # EngineConfig parses the object
         elif annotation in (int, float):
             kwargs["type"] = annotation
         elif not (annotation is str or isinstance(annotation, types.UnionType)):

@@ -1,12 +1,14 @@
 """The chunked-prefill policy: mixed decode + prefill steps within the budget, and greedy parity
 with transformers when prompts are far longer than the budget."""
 
+import argparse
 import random
 
 import pytest
 
 from minivllm import LLM, EngineConfig, SamplingParams
 from minivllm.core.sequence import Sequence
+from minivllm.entrypoints.cli import add_engine_arguments, engine_kwargs
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
 from tests.plugins.scheduling import run_step
@@ -36,7 +38,7 @@ def test_a_step_mixes_decode_and_prefill_chunks(llama_path):
 
 
 def test_long_prefill_threshold_caps_each_sequence(llama_path):
-    sched = make(llama_path, 100, max_num_batched_tokens=64, long_prefill_token_threshold=16)
+    sched = make(llama_path, 100, max_num_batched_tokens=64, scheduler_options={"long_prefill_token_threshold": 16})
     a, b = Sequence([5] * 40, SamplingParams()), Sequence([6] * 40, SamplingParams())
     sched.add(a), sched.add(b)
     assert run_step(sched).num_new_tokens == [16, 16]
@@ -72,8 +74,8 @@ def test_parity_with_shared_prefix_and_small_cache(checkpoints):
     prefix = random_prompts(1, 100, 100, seed=8)[0]
     prompts = [prefix + tail for tail in random_prompts(6, 5, 60, seed=9)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=40, kvcache_block_size=16, num_kvcache_blocks=24,
-              max_model_len=512)
+    llm = LLM(path, scheduler="chunked", scheduler_options={"long_prefill_token_threshold": 24},
+              max_num_batched_tokens=40, kvcache_block_size=16, num_kvcache_blocks=24, max_model_len=512)
     got = [o["tokens"] for o in llm.generate(prompts, params, use_tqdm=False)]
     assert got == hf_greedy(path, prompts, params.max_tokens)
     assert llm.engine.scheduler.num_preemptions > 0
@@ -87,3 +89,28 @@ def test_fcfs_rejects_what_chunked_accepts(llama_path):
             [prompt], GREEDY, use_tqdm=False)
     llm = LLM(llama_path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=256)
     assert len(llm.generate([prompt], GREEDY, use_tqdm=False)[0]["tokens"]) == GREEDY.max_tokens
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "options", "message"),
+    [
+        ("chunked", {"long_prefill_token_threshold": -1}, "scheduler 'chunked' option 'long_prefill_token_threshold': "
+                                                          "Input should be greater than or equal to 0"),
+        ("chunked", {"long_prefill_threshold": 8}, "scheduler 'chunked' has no option 'long_prefill_threshold' "
+                                                   "\\(its options: long_prefill_token_threshold\\)"),
+        ("fcfs", {"long_prefill_token_threshold": 8}, "scheduler 'fcfs' has no option 'long_prefill_token_threshold' "
+                                                      "\\(its options: none\\)"),
+        ("chunked", "{not json", "scheduler_options\n  Value error, Expecting property name"),
+    ],
+)
+def test_options_are_validated_naming_the_plugin_and_field(llama_path, scheduler, options, message):
+    with pytest.raises(ValueError, match=message):
+        EngineConfig(model=llama_path, scheduler=scheduler, scheduler_options=options)
+
+
+def test_options_come_as_json_from_the_command_line(llama_path):
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    args = parser.parse_args(["--scheduler", "chunked", "--scheduler-options", '{"long_prefill_token_threshold": 8}'])
+    config = EngineConfig(model=llama_path, **engine_kwargs(args))
+    assert ChunkedPrefillScheduler(config, PrefixCacheAllocator(4, 16), 256).options.long_prefill_token_threshold == 8

@@ -3,6 +3,7 @@
 from minivllm.core.interfaces.attention import Attention, AttentionBackend, AttentionMetadata
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
+from minivllm.core.interfaces.options import PluginOptions
 from minivllm.core.interfaces.sampler import Sampler, SamplerOutput, TokenLogprobs
 from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler
 
@@ -13,6 +14,7 @@ __all__ = [
     "KVAllocator",
     "Model",
     "ModelContext",
+    "PluginOptions",
     "Sampler",
     "SamplerOutput",
     "ScheduledBatch",

@@ -5,9 +5,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from minivllm.core.interfaces.kv_allocator import KVAllocator
+from minivllm.core.interfaces.options import PluginOptions
 from minivllm.core.sequence import Sequence, SequenceStatus
 
 if TYPE_CHECKING:  # the config validates plugin names against the registries, which hold this interface
@@ -40,8 +41,13 @@ class Scheduler(ABC):
     """Owns the waiting and running queues and the KV allocator. The engine calls :meth:`add` for new
     requests, :meth:`schedule` at the start of each step and :meth:`finish` for sequences that end."""
 
+    #: the policy's own settings, given as the config's ``scheduler_options`` (validated there, naming the
+    #: field) and read as ``self.options``; a policy with settings subclasses it
+    Options: ClassVar[type[PluginOptions]] = PluginOptions
+
     def __init__(self, config: EngineConfig, allocator: KVAllocator, max_model_len: int):
         self.config = config
+        self.options = self.Options.model_validate(config.scheduler_options)
         self.allocator = allocator
         self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
