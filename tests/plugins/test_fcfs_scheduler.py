@@ -57,12 +57,10 @@ def test_lone_sequence_preempting_itself_is_impossible_for_admitted_requests(lla
     sched.check_request(10, 32)
 
 
-def test_prompt_over_budget_is_rejected_and_resumed_sequences_run_alone(llama_path):
+def test_requests_that_could_outgrow_the_budget_are_rejected(llama_path):
+    """A resumed sequence is recomputed whole in one step: its prompt and generated tokens must fit the budget."""
     sched = make(llama_path, 100, max_num_batched_tokens=64)
-    with pytest.raises(ValueError, match="exceeds max_num_batched_tokens=64"):
-        sched.check_request(65, 70)
-    long, short = seqs(70, 10)  # as after preemption: 70 tokens to recompute
-    sched.waiting.extend([long, short])
-    step = run_step(sched)
-    assert step.seqs == [long] and step.num_new_tokens == [70]
-    assert run_step(sched).seqs == [short]
+    with pytest.raises(ValueError, match="a request of up to 70 tokens \\(a prompt of 60 plus max_tokens\\) exceeds "
+                                         "max_num_batched_tokens=64"):
+        sched.check_request(60, 70)
+    sched.check_request(60, 64)

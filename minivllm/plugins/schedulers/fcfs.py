@@ -4,7 +4,9 @@ Prefill takes waiting sequences in order while the token budget (``max_num_batch
 sequence limit (``max_num_seqs``) and the free blocks allow; prefix-cache hits are not recomputed.
 Otherwise every running sequence decodes one token. When blocks run out during decode, the newest
 running sequence is preempted (its KV dropped, to be recomputed) and goes back to the front of the
-queue, so it resumes first.
+queue, so it resumes first. A sequence is computed whole in one step, when it starts and again when it
+resumes, so a request whose prompt plus ``max_tokens`` exceeds the budget is refused up front (as vLLM
+refuses sequences longer than ``max_num_batched_tokens`` without chunked prefill).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from minivllm.core.sequence import SequenceStatus
 class FCFSScheduler(Scheduler):
     def check_request(self, num_prompt_tokens: int, max_total_tokens: int) -> None:
         super().check_request(num_prompt_tokens, max_total_tokens)
-        if num_prompt_tokens > self.config.max_num_batched_tokens:
+        if max_total_tokens > self.config.max_num_batched_tokens:
             raise ValueError(
-                f"prompt of {num_prompt_tokens} tokens exceeds max_num_batched_tokens="
-                f"{self.config.max_num_batched_tokens}: the fcfs scheduler prefills a prompt in one step; "
-                "raise max_num_batched_tokens or use scheduler='chunked'"
+                f"a request of up to {max_total_tokens} tokens (a prompt of {num_prompt_tokens} plus max_tokens) "
+                f"exceeds max_num_batched_tokens={self.config.max_num_batched_tokens}: the fcfs scheduler computes a "
+                "sequence whole in one step, when it starts and again when it resumes after preemption; raise "
+                "max_num_batched_tokens, lower max_tokens or use scheduler='chunked'"
             )
 
     def schedule(self) -> ScheduledBatch:
@@ -31,9 +34,8 @@ class FCFSScheduler(Scheduler):
         batch = ScheduledBatch()
         while self.waiting and len(self.running) < self.config.max_num_seqs:
             seq = self.match_head()
-            num_new = len(seq) - seq.num_computed_tokens
-            # a sequence resumed after preemption may exceed the budget; it then runs alone
-            if batch and batch.num_tokens + num_new > self.config.max_num_batched_tokens:
+            num_new = len(seq) - seq.num_computed_tokens  # within the budget: check_request saw to it
+            if batch.num_tokens + num_new > self.config.max_num_batched_tokens:
                 self.unmatch(seq)
                 break
             if not self.admit_head(seq, num_new):
