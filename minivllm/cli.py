@@ -1,10 +1,12 @@
-"""The ``minivllm`` command: ``generate``, ``chat``, ``serve``, ``bench`` and ``plugins``."""
+"""The ``minivllm`` command: ``generate``, ``chat``, ``serve``, ``bench``, ``plugins`` and ``check-plugin``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import textwrap
 
 from minivllm.core.default_model import default_model
 
@@ -38,6 +40,28 @@ def cmd_plugins(args) -> None:
             print(f"  {registry.kind}: {name}  (from {registry.source(name)})")
 
 
+def cmd_check_plugin(args) -> None:
+    from minivllm.testing import check_plugin
+
+    logging.getLogger("minivllm").setLevel(logging.WARNING)  # the engines the kit builds would drown the verdicts
+    results = check_plugin(args.kind, args.name, json.loads(args.options) if args.options else None)
+    for r in results:
+        print(f"{r.outcome.upper():8}{r.contract.name}: {r.contract.summary}")
+        if r.detail:
+            print(textwrap.indent(r.detail, " " * 8))
+    broken = [r.contract.name for r in results if r.outcome == "failed"]
+    checked = sum(r.outcome != "skipped" for r in results)
+    if broken:
+        verdict = f"{len(broken)} of {len(results)} contracts broken ({', '.join(broken)})"
+    elif checked:
+        verdict = f"every contract kept ({checked} checked, {len(results) - checked} skipped)"
+    else:
+        verdict = "nothing checked: every contract was skipped here"
+    print(f"{args.kind} {args.name!r}: {verdict}")
+    if broken:
+        raise SystemExit(1)
+
+
 def add_bench_parser(sub) -> None:
     from minivllm.bench.cli import add_parser  # arguments only: the benchmark itself imports on use
 
@@ -66,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     gen.set_defaults(func=cmd_generate)
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
     plug.set_defaults(func=cmd_plugins)
+    check = sub.add_parser("check-plugin", help="run the conformance kit on a registered plugin (exit 1 if it "
+                                                "breaks a contract)")
+    check.add_argument("kind", choices=["scheduler", "kv_allocator", "sampler", "attention_backend", "model"])
+    check.add_argument("name", help="the name it is registered under (a model: its architecture name)")
+    check.add_argument("--options", help="the plugin's options, a JSON object (schedulers)")
+    check.set_defaults(func=cmd_check_plugin)
     add_entrypoint_parsers(sub)
     add_bench_parser(sub)
     args = parser.parse_args(argv)

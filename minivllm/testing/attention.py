@@ -1,0 +1,174 @@
+"""Attention backend contracts: on the batches the runner builds, the output equals plain attention and the
+new K/V land in their cache slots.
+
+A case is one step's batch: each sequence has a cached context (its K/V already in the paged cache) and
+new tokens, a whole prompt, a chunk over the context or one decode token (one-token prompts too), on
+shuffled blocks. The kit writes the context into the cache, builds the ``AttentionMetadata`` as the
+runner does, calls ``prepare`` and ``forward`` as the runner and the ``Attention`` layer do, and compares
+with softmax(q kᵀ · scale) v over each sequence's context in float64, with no cache. It runs on the CPU
+when the backend is available there, else on the GPU when there is one it runs on, else it is skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from minivllm.core.interfaces import AttentionBackend, AttentionMetadata
+from minivllm.testing.kit import Contract, ContractFailure, ContractSkipped, registry
+
+
+class Case:
+    """One step's batch, ``seqs`` as (cached context, new tokens) pairs; ``padding`` decode rows with slot -1
+    (as CUDA graphs pad a batch) must write nothing."""
+
+    def __init__(self, what: str, seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int,
+                 head_dim: int, block_size: int, padding: int = 0):
+        self.what, self.seqs, self.padding = what, seqs, padding
+        self.num_heads, self.num_kv_heads, self.head_dim, self.block_size = num_heads, num_kv_heads, head_dim, block_size
+
+    def describe(self, dtype: torch.dtype, device: torch.device) -> str:
+        rows = ", ".join(f"({ctx} cached, {new} new)" for ctx, new in self.seqs)
+        pad = f", then {self.padding} padding rows (slot -1, seq_len 1)" if self.padding else ""
+        return (f"{self.what}: backend(num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim="
+                f"{self.head_dim}, block_size={self.block_size}, dtype={dtype}) on {device}; sequences {rows}{pad}; "
+                "each sequence's blocks drawn at random from the cache, q/k/v from torch.randn (seed 0)")
+
+
+def layout(case: Case, device: torch.device, dtype: torch.dtype):
+    """The cache with each context's K/V in place, the new tokens' q/k/v, the metadata, and every
+    sequence's full K/V (context then new) for the reference."""
+    g = torch.Generator().manual_seed(0)
+    bs, hkv, d = case.block_size, case.num_kv_heads, case.head_dim
+    tables = [-(-(ctx + new) // bs) for ctx, new in case.seqs]
+    num_blocks = sum(tables) + 3
+    order = torch.randperm(num_blocks, generator=g).tolist()
+    k_cache = torch.randn(num_blocks, bs, hkv, d, generator=g).to(device, dtype)  # stale contents everywhere
+    v_cache = torch.randn(num_blocks, bs, hkv, d, generator=g).to(device, dtype)
+    q, k, v, slots, full, block_tables = [], [], [], [], [], []
+    for (ctx, new), num in zip(case.seqs, tables):
+        blocks, order = order[:num], order[num:]
+        keys = torch.randn(ctx + new, hkv, d, generator=g).to(device, dtype)
+        values = torch.randn(ctx + new, hkv, d, generator=g).to(device, dtype)
+        seq_slots = [blocks[pos // bs] * bs + pos % bs for pos in range(ctx + new)]
+        k_cache.view(-1, hkv, d)[seq_slots[:ctx]] = keys[:ctx]  # the cached context, as earlier steps left it
+        v_cache.view(-1, hkv, d)[seq_slots[:ctx]] = values[:ctx]
+        q.append(torch.randn(new, case.num_heads, d, generator=g).to(device, dtype))
+        k.append(keys[ctx:])
+        v.append(values[ctx:])
+        slots += seq_slots[ctx:]
+        full.append((keys, values))
+        block_tables.append(blocks)
+    for _ in range(case.padding):
+        q.append(torch.randn(1, case.num_heads, d, generator=g).to(device, dtype))
+        k.append(torch.randn(1, hkv, d, generator=g).to(device, dtype))
+        v.append(torch.randn(1, hkv, d, generator=g).to(device, dtype))
+        slots.append(-1)
+        block_tables.append([0])
+    news = [new for _, new in case.seqs] + [1] * case.padding
+    lens = [ctx + new for ctx, new in case.seqs] + [1] * case.padding
+    starts = [0]
+    for n in news:
+        starts.append(starts[-1] + n)
+    width = max(map(len, block_tables))
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(lens, dtype=torch.int32, device=device),
+        block_tables=torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32, device=device),
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        max_query_len=max(news), max_seq_len=max(lens), query_start_loc_host=starts, seq_lens_host=lens,
+    )
+    return k_cache, v_cache, torch.cat(q), torch.cat(k), torch.cat(v), meta, full
+
+
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of the last ``len(q)`` positions over ``keys``/``values``, in float64.
+    q [n, Hq, D], keys/values [L, Hkv, D] -> [n, Hq, D]."""
+    n, length = q.shape[0], keys.shape[0]
+    group = q.shape[1] // keys.shape[1]
+    k = keys.double().repeat_interleave(group, dim=1)
+    vv = values.double().repeat_interleave(group, dim=1)
+    scores = torch.einsum("nhd,lhd->hnl", q.double(), k) * scale
+    visible = torch.arange(length)[None, :] <= (length - n + torch.arange(n))[:, None]  # [n, L]
+    scores = scores.masked_fill(~visible.to(scores.device), float("-inf"))
+    return torch.einsum("hnl,lhd->nhd", scores.softmax(-1), vv)
+
+
+def device_for(plugin: str, backend: type[AttentionBackend]) -> torch.device:
+    cpu = torch.device("cpu")
+    if backend.is_available(cpu):
+        return cpu
+    if torch.cuda.is_available() and backend.is_available(torch.device("cuda")):
+        return torch.device("cuda")
+    gpu = "nor on this machine's GPU" if torch.cuda.is_available() else "and there is no GPU here"
+    raise ContractSkipped(f"attention backend {plugin!r} is not available on the CPU {gpu}: run the kit where it runs")
+
+
+def check_case(contract: str, plugin: str, case: Case) -> None:
+    backend_cls = registry("attention_backend").get(plugin)
+    device = device_for(plugin, backend_cls)
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+    k_cache, v_cache, q, k, v, meta, full = layout(case, device, dtype)
+    before_k, before_v = k_cache.clone(), v_cache.clone()
+    backend = backend_cls(case.num_heads, case.num_kv_heads, case.head_dim, case.block_size, dtype)
+    scale = case.head_dim**-0.5
+    backend.prepare(meta)
+    out = backend.forward(q, k, v, k_cache, v_cache, meta, scale)
+    if out.shape != q.shape:
+        raise ContractFailure(contract, f"forward returned shape {tuple(out.shape)} for q of {tuple(q.shape)}",
+                              case.describe(dtype, device))
+    if contract == "kv_store":
+        expected_k, expected_v = before_k.view(-1, *before_k.shape[2:]), before_v.view(-1, *before_v.shape[2:])
+        real = meta.slot_mapping >= 0
+        expected_k[meta.slot_mapping[real]] = k[real]
+        expected_v[meta.slot_mapping[real]] = v[real]
+        for name, got, want in (("K", k_cache, expected_k), ("V", v_cache, expected_v)):
+            wrong = (got.view(-1, *got.shape[2:]) != want).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            if wrong:
+                raise ContractFailure(contract, f"after forward, the {name} cache differs from the expected at slots "
+                                      f"{wrong[:8]} (the new tokens' slots are {meta.slot_mapping.tolist()}; every "
+                                      "other slot must be left as it was)", case.describe(dtype, device))
+        return
+    starts = meta.query_start_loc_host
+    for i, ((ctx, new), (keys, values)) in enumerate(zip(case.seqs, full)):
+        want = reference(q[starts[i]:starts[i + 1]], keys, values, scale)
+        error = (out[starts[i]:starts[i + 1]].double() - want).abs()  # [new, Hq, D]
+        if error.max() > tolerance:
+            token, head = divmod(int(error.amax(dim=2).argmax()), case.num_heads)
+            raise ContractFailure(contract, f"sequence {i} ({ctx} cached, {new} new): new token {token} (position "
+                                  f"{ctx + token}), query head {head} differs from the reference by "
+                                  f"{float(error.max()):.3g} (tolerance {tolerance})", case.describe(dtype, device))
+
+
+def batches(bs: int, heads: int, kv_heads: int, head_dim: int) -> list[Case]:
+    """A prefill batch, a mixed batch and a decode batch of one shape, smallest first."""
+    return [
+        Case("prefill", [(0, 1), (0, 5), (0, bs + 3)], heads, kv_heads, head_dim, bs),
+        Case("mixed", [(0, 17), (bs, 7), (2 * bs + 1, 1), (0, 1), (bs - 1, 2)], heads, kv_heads, head_dim, bs),
+        Case("decode", [(3 * bs // 2, 1), (bs - 1, 1), (0, 1), (2 * bs, 1)], heads, kv_heads, head_dim, bs),
+    ]
+
+
+def cases_contract(name: str, summary: str, cases) -> Contract:
+    def run(plugin: str, options: dict) -> None:
+        if options:
+            raise ValueError("attention backends take no options")
+        multiple = registry("attention_backend").get(plugin).block_size_multiple
+        for case in cases(multiple):
+            check_case(name, plugin, case)
+
+    return Contract("attention_backend", name, summary, run)
+
+
+CONTRACTS = [
+    cases_contract("matches_reference", "equal to plain attention on prefill, chunk-over-cache, decode and mixed "
+                   "batches, one-token prompts included", lambda m: batches(m, 4, 2, 64)),
+    cases_contract("gqa", "equal to plain attention with 1, 2, 4 and 8 query heads per KV head",
+                   lambda m: [c for heads, kv in ((4, 4), (4, 2), (8, 2), (8, 1)) for c in batches(m, heads, kv, 32)]),
+    cases_contract("block_sizes", "equal to plain attention with every block size it accepts (1, 2 and 4 times its "
+                   "block_size_multiple)", lambda m: [c for bs in (m, 2 * m, 4 * m) for c in batches(bs, 4, 2, 32)]),
+    cases_contract("kv_store", "forward writes each new token's K and V at its slot, padding rows (slot -1) nowhere, "
+                   "and leaves every other slot alone",
+                   lambda m: [Case("mixed", [(0, 5), (m, 3), (m + 2, 1)], 4, 2, 32, m),
+                              Case("decode", [(m + 2, 1), (3, 1)], 4, 2, 32, m, padding=2)]),
+]

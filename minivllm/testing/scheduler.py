@@ -1,0 +1,314 @@
+"""Scheduler contracts, checked by driving the scheduler as the engine does, with no model.
+
+The kit plays the engine. Before each step it adds the requests that arrive (after ``check_request``, as
+the engine validates them) and aborts those due (``finish``), then calls ``schedule()``, advances each
+scheduled sequence's computed tokens, appends a token to each sequence whose new tokens reach its end,
+and finishes (``finish``) those that reached ``max_tokens``. The allocator is the built-in
+``prefix_cache``, watched. Each contract runs hand-made cases, then random workloads; a failing workload is
+shrunk (requests dropped, sizes halved) to the smallest that still fails, and that is the reproduction.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import dataclass, replace
+
+from minivllm.core.config import EngineConfig
+from minivllm.core.interfaces import KVAllocator, ScheduledBatch
+from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.testing.kit import Contract, ContractFailure, registry
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt_len: int
+    max_tokens: int
+    arrival: int = 0  # added before this step
+    abort: int | None = None  # aborted before this step, if still unfinished
+    group: int = 0  # requests of one group share their first tokens ...
+    prefix: int = 0  # ... this many of them
+
+    def tokens(self, index: int) -> list[int]:
+        shared = [1 + (self.group * 131 + i * 7) % 97 for i in range(min(self.prefix, self.prompt_len))]
+        return shared + [100 + (index * 53 + i * 11) % 397 for i in range(self.prompt_len - len(shared))]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    requests: tuple[Request, ...]
+    num_blocks: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    block_size: int = 16
+    max_model_len: int = 256
+
+    def describe(self, scheduler: str, options: dict) -> str:
+        opts = f", scheduler_options={options}" if options else ""
+        lines = [f"EngineConfig(scheduler={scheduler!r}{opts}, kvcache_block_size={self.block_size}, "
+                 f"max_num_batched_tokens={self.max_num_batched_tokens}, max_num_seqs={self.max_num_seqs}), a "
+                 f"prefix_cache allocator of {self.num_blocks} blocks, max_model_len={self.max_model_len}; requests:"]
+        for i, r in enumerate(self.requests):
+            mates = [j for j, o in enumerate(self.requests) if j != i and o.prefix and o.group == r.group]
+            shared = f" (the first {r.prefix} shared with request {', '.join(map(str, mates))})" if r.prefix and mates else ""
+            abort = f", aborted before step {r.abort}" if r.abort is not None else ""
+            lines.append(f"  {i}: {r.prompt_len} prompt tokens{shared}, max_tokens={r.max_tokens}, added before step "
+                         f"{r.arrival}{abort}")
+        return "\n".join(lines)
+
+
+class Violation(Exception):
+    def __init__(self, check: str, step: int, message: str):
+        super().__init__(f"at step {step}: {message}")
+        self.check = check
+
+
+class WatchedAllocator(KVAllocator):
+    """The real allocator, recording what ``match_prefix`` returned for each sequence."""
+
+    def __init__(self, inner: KVAllocator):
+        super().__init__(inner.num_blocks, inner.block_size, inner.enable_prefix_caching)
+        self.inner = inner
+        self.matched: dict[int, int] = {}  # seq_id -> tokens matched, since the kit last cleared it
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.inner.num_free_blocks
+
+    def match_prefix(self, seq: Sequence) -> int:
+        self.matched[seq.seq_id] = self.inner.match_prefix(seq)
+        return self.matched[seq.seq_id]
+
+    def allocate(self, seq: Sequence, num_tokens: int) -> bool:
+        return self.inner.allocate(seq, num_tokens)
+
+    def free(self, seq: Sequence) -> None:
+        self.inner.free(seq)
+
+
+# what the simulation checks; "batch" (a batch the engine can run) always
+LIMITS, BLOCKS, PROGRESS, PREFIX = "limits", "blocks", "progress", "prefix"
+
+
+class Engine:
+    """The engine's side of the scheduler contract, checking ``checks`` as it goes."""
+
+    def __init__(self, name: str, options: dict, scenario: Scenario, checks: set[str]):
+        config = EngineConfig(model=tempfile.gettempdir(), device="cpu", scheduler=name, scheduler_options=options,
+                              kvcache_block_size=scenario.block_size, max_model_len=scenario.max_model_len,
+                              max_num_batched_tokens=scenario.max_num_batched_tokens,
+                              max_num_seqs=scenario.max_num_seqs)
+        inner = registry("kv_allocator").get("prefix_cache")(scenario.num_blocks, scenario.block_size, True)
+        self.allocator = WatchedAllocator(inner)
+        self.scheduler = registry("scheduler").get(name)(config, self.allocator, scenario.max_model_len)
+        self.scenario, self.checks = scenario, checks
+        self.seqs: dict[int, Sequence] = {}  # request index -> its sequence, once accepted
+        self.step = 0
+
+    def fail(self, check: str, message: str) -> None:
+        if check in self.checks or check == "batch":
+            raise Violation(check, self.step, message)
+
+    def run(self) -> None:
+        s = self.scenario
+        limit = 20 * sum(r.prompt_len + r.max_tokens for r in s.requests) + 50
+        while True:
+            self._arrive_and_abort()
+            unfinished = [i for i, seq in self.seqs.items() if not seq.is_finished]
+            if not unfinished and all(r.arrival < self.step for r in s.requests):
+                break
+            if unfinished and self.step > limit:
+                self.fail(PROGRESS, f"requests {unfinished} are unfinished after {limit} steps")
+                return  # stuck, but that is another contract's business
+            if unfinished:
+                self._step(unfinished)
+            self.step += 1
+        if self.allocator.num_free_blocks != s.num_blocks:
+            self.fail(BLOCKS, f"every request is done, but only {self.allocator.num_free_blocks} of {s.num_blocks} "
+                              "KV blocks are free: blocks leaked")
+
+    def _arrive_and_abort(self) -> None:
+        for i, r in enumerate(self.scenario.requests):
+            if r.arrival == self.step:
+                seq = Sequence(r.tokens(i), SamplingParams(max_tokens=r.max_tokens, ignore_eos=True))
+                try:
+                    self.scheduler.check_request(r.prompt_len, min(r.prompt_len + r.max_tokens, self.scenario.max_model_len))
+                except ValueError:
+                    continue  # refused up front, as documented: not this contract's business
+                self.scheduler.add(seq)
+                self.seqs[i] = seq
+            if r.abort == self.step and i in self.seqs and not self.seqs[i].is_finished:
+                self._finish(i, "aborted")
+
+    def _finish(self, i: int, why: str) -> None:
+        seq = self.seqs[i]
+        self.scheduler.finish(seq)
+        seq.status = SequenceStatus.FINISHED
+        if seq.block_table:
+            self.fail(BLOCKS, f"request {i} was {why}, and finish() left it holding KV blocks {seq.block_table}")
+        self._account()
+
+    def _account(self) -> None:
+        """The free blocks and the blocks unfinished sequences hold add up to the whole cache."""
+        held = {b for seq in self.seqs.values() if not seq.is_finished for b in seq.block_table}
+        free = self.allocator.num_free_blocks
+        if free + len(held) != self.scenario.num_blocks:
+            self.fail(BLOCKS, f"{free} KV blocks are free and unfinished requests hold {len(held)}, but the cache has "
+                              f"{self.scenario.num_blocks}: {self.scenario.num_blocks - free - len(held)} leaked")
+
+    def _step(self, unfinished: list[int]) -> None:
+        s, index = self.scenario, {seq.seq_id: i for i, seq in self.seqs.items()}
+        fresh = {i for i in unfinished if self.seqs[i].num_computed_tokens == 0}
+        self.allocator.matched.clear()
+        batch: ScheduledBatch = self.scheduler.schedule()
+        if not batch:
+            self.fail(PROGRESS, f"schedule() returned an empty batch while requests {unfinished} are unfinished")
+            return
+        self._check_batch(batch, index)
+        if batch.num_tokens > s.max_num_batched_tokens:
+            self.fail(LIMITS, f"the batch has {batch.num_tokens} new tokens, over max_num_batched_tokens="
+                              f"{s.max_num_batched_tokens} (requests {[index[q.seq_id] for q in batch.seqs]}, "
+                              f"tokens {batch.num_new_tokens})")
+        if len(batch) > s.max_num_seqs:
+            self.fail(LIMITS, f"the batch has {len(batch)} sequences, over max_num_seqs={s.max_num_seqs}")
+        for seq in batch.seqs:
+            i = index[seq.seq_id]
+            if i in fresh and seq.seq_id not in self.allocator.matched:
+                self.fail(PREFIX, f"request {i} was scheduled without asking the allocator for its prefix-cache hits "
+                                  "(match_prefix)")
+            elif i in fresh and seq.num_computed_tokens != self.allocator.matched[seq.seq_id]:
+                self.fail(PREFIX, f"request {i} starts at token {seq.num_computed_tokens}, but the prefix cache "
+                                  f"held its first {self.allocator.matched[seq.seq_id]}: hits must count as computed")
+        for seq in batch.preempted:
+            if seq in batch.seqs:
+                continue  # preempted, then admitted again from the start within the same step
+            if seq.block_table or seq.num_computed_tokens or seq.is_finished:
+                self.fail(BLOCKS, f"request {index[seq.seq_id]} was preempted but holds blocks {seq.block_table} and "
+                                  f"{seq.num_computed_tokens} computed tokens (it must give both up, to be recomputed)")
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            if seq.num_computed_tokens == len(seq):
+                seq.append(1 + (self.step * 7 + index[seq.seq_id]) % 50)
+                if seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= s.max_model_len:
+                    self._finish(index[seq.seq_id], "finished")
+        self._account()
+
+    def _check_batch(self, batch: ScheduledBatch, index: dict[int, int]) -> None:
+        """What the engine needs to run a batch at all."""
+        if len(batch.num_new_tokens) != len(batch.seqs) or len({id(q) for q in batch.seqs}) != len(batch.seqs):
+            self.fail("batch", "the batch lists a sequence twice, or not one token count per sequence")
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            i = index.get(seq.seq_id)
+            if i is None or seq.is_finished:
+                self.fail("batch", f"the batch holds a sequence that is not running (request {i}, {seq})")
+            if not 1 <= n <= len(seq) - seq.num_computed_tokens:
+                self.fail("batch", f"request {i} is given {n} new tokens, but {len(seq) - seq.num_computed_tokens} "
+                                   "are left to compute")
+            if len(seq.block_table) < self.allocator.blocks_for(seq.num_computed_tokens + n):
+                self.fail("batch", f"request {i} computes up to token {seq.num_computed_tokens + n} but holds only "
+                                   f"{len(seq.block_table)} blocks of {self.scenario.block_size}")
+
+
+def violation(name: str, options: dict, scenario: Scenario, checks: set[str]) -> Violation | None:
+    engine = Engine(name, options, scenario, checks)
+    try:
+        engine.run()
+    except Violation as v:
+        return v
+    except Exception as e:  # noqa: BLE001 - a crash inside the scheduler breaks the contract under test
+        return Violation("crash", engine.step, f"the scheduler raised {type(e).__name__}: {e}")
+    return None
+
+
+def shrink(name: str, options: dict, scenario: Scenario, checks: set[str], check: str) -> tuple[Scenario, Violation]:
+    """The smallest variant of a failing scenario that still fails the same check: drop requests one at a
+    time, then halve prompts and max_tokens, while it keeps failing."""
+    found = violation(name, options, scenario, checks)
+    changed = True
+    while changed:
+        changed = False
+        for i in range(len(scenario.requests)):
+            reqs = list(scenario.requests)
+            candidates = [reqs[:i] + reqs[i + 1:],
+                          reqs[:i] + [replace(reqs[i], max_tokens=max(1, reqs[i].max_tokens // 2))] + reqs[i + 1:],
+                          reqs[:i] + [replace(reqs[i], prompt_len=max(1, reqs[i].prompt_len // 2))] + reqs[i + 1:]]
+            for cand in candidates:
+                smaller = replace(scenario, requests=tuple(cand))
+                if cand and smaller != scenario:
+                    v = violation(name, options, smaller, checks)
+                    if v is not None and v.check == check:
+                        scenario, found, changed = smaller, v, True
+                        break
+            if changed:
+                break
+    return scenario, found
+
+
+def random_scenario(rng: random.Random, num_requests: int, aborts: bool) -> Scenario:
+    block_size = 16
+    requests = []
+    for _ in range(num_requests):
+        prompt_len = rng.randint(1, 120)
+        requests.append(Request(prompt_len, rng.randint(1, 24), arrival=rng.randint(0, 12),
+                                abort=rng.randint(1, 40) if aborts and rng.random() < 0.25 else None,
+                                group=rng.randint(0, 2), prefix=rng.choice([0, 0, 16, 32, 48])))
+    return Scenario(tuple(requests), num_blocks=rng.randint(6, 24), block_size=block_size,
+                    max_num_batched_tokens=rng.choice([16, 32, 48, 64, 128, 256]), max_num_seqs=rng.randint(1, 6))
+
+
+def scenario_contract(name: str, summary: str, checks: set[str], cases: list[Scenario], aborts: bool) -> Contract:
+    def run(plugin: str, options: dict) -> None:
+        rng = random.Random(0)
+        randoms = [random_scenario(rng, n, aborts) for n in (2, 4, 8, 8, 16, 16, 32)]
+        for scenario in cases + randoms:
+            v = violation(plugin, options, scenario, checks)
+            if v is not None:
+                small, v = shrink(plugin, options, scenario, checks, v.check)
+                raise ContractFailure(name, str(v), small.describe(plugin, options))
+
+    return Contract("scheduler", name, summary, run)
+
+
+def long_prompts(plugin: str, options: dict) -> None:
+    """A prompt longer than the token budget is refused by check_request or scheduled within the budget
+    until it finishes; a request that could never fit in the whole KV cache is refused up front."""
+    cache = Scenario((Request(100, 60),), num_blocks=8, max_num_batched_tokens=256, max_num_seqs=4)
+    sched = Engine(plugin, options, cache, set()).scheduler
+    try:
+        sched.check_request(100, 160)  # 10 blocks of 16 into a cache of 8
+    except ValueError:
+        pass
+    else:
+        raise ContractFailure("long_prompts", "check_request accepted a request of up to 160 tokens (10 blocks) into "
+                              "a KV cache of 8 blocks: it could never finish", cache.describe(plugin, options))
+    long = Scenario((Request(100, 4), Request(10, 8)), num_blocks=32, max_num_batched_tokens=32, max_num_seqs=4)
+    v = violation(plugin, options, long, {LIMITS, BLOCKS, PROGRESS})
+    if v is not None:
+        raise ContractFailure("long_prompts", f"a prompt longer than max_num_batched_tokens, accepted by check_request, "
+                              f"must be scheduled within the budget until it finishes; {v}",
+                              long.describe(plugin, options))
+
+
+BUDGET = Scenario((Request(20, 3), Request(20, 3), Request(20, 3), Request(5, 3)), num_blocks=16,
+                  max_num_batched_tokens=32, max_num_seqs=2)
+FINISH = Scenario((Request(20, 2),), num_blocks=16, max_num_batched_tokens=64, max_num_seqs=4)
+ABORT = Scenario((Request(20, 8, abort=2), Request(20, 8, abort=1), Request(40, 8, arrival=1, abort=1)),
+                 num_blocks=16, max_num_batched_tokens=32, max_num_seqs=1)
+# the second request is preempted with 48 tokens and resumes with only 32 of them cached: 17 to recompute
+PREEMPT = Scenario((Request(16, 40), Request(16, 40)), num_blocks=6, max_num_batched_tokens=16, max_num_seqs=4)
+HITS = Scenario((Request(40, 1, group=1, prefix=40), Request(45, 2, arrival=3, group=1, prefix=40)), num_blocks=16,
+                max_num_batched_tokens=64, max_num_seqs=4)
+
+CONTRACTS = [
+    scenario_contract("limits", "the token budget (max_num_batched_tokens) and the seats (max_num_seqs) are never "
+                      "exceeded", {LIMITS}, [BUDGET, PREEMPT], aborts=False),
+    scenario_contract("blocks", "every KV block comes back on finish, abort and preemption; nothing leaks",
+                      {BLOCKS}, [FINISH, ABORT, PREEMPT], aborts=True),
+    scenario_contract("progress", "a batch is never empty while work is unfinished, and every accepted request "
+                      "finishes", {PROGRESS}, [PREEMPT], aborts=True),
+    scenario_contract("prefix_hits", "prefix-cache hits are counted as computed, not recomputed", {PREFIX}, [HITS],
+                      aborts=False),
+    Contract("scheduler", "long_prompts", "a prompt over the token budget is handled or refused up front; a request "
+             "larger than the KV cache is refused up front", long_prompts),
+]
