@@ -3,7 +3,7 @@
 from minivllm.core.interfaces.attention import AttentionBackend, AttentionMetadata
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
-from minivllm.core.interfaces.sampler import Sampler, SamplerOutput, TokenLogprobs
+from minivllm.core.interfaces.sampler import Sampler, SamplingBatch, TokenLogprobs
 from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler
 
 __all__ = [
@@ -13,7 +13,7 @@ __all__ = [
     "Model",
     "ModelContext",
     "Sampler",
-    "SamplerOutput",
+    "SamplingBatch",
     "ScheduledBatch",
     "Scheduler",
     "TokenLogprobs",
