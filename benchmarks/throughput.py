@@ -97,7 +97,7 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
     start = time.perf_counter()
     engine = LLMEngine(config)
     startup = time.perf_counter() - start
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.executor.runner.model.parameters())
 
     def generate(token_lists, params):
         seqs = [engine.make_sequence(t, p) for t, p in zip(token_lists, params)]

@@ -54,6 +54,7 @@ class LLM:
         try:
             while self.engine.has_unfinished():
                 updated = self.engine.step()
+                _raise_failed(updated, requests)
                 generated += len(updated)
                 bar.set_postfix_str(f"{generated / max(bar.format_dict['elapsed'], 1e-9):.0f} tok/s", refresh=False)
                 bar.update(sum(seq.is_finished for seq in updated))
@@ -82,7 +83,9 @@ class LLM:
         sent = dict.fromkeys(where, 0)  # characters of each sequence's text already yielded
         try:
             while self.engine.has_unfinished():
-                for seq in self.engine.step():
+                updated = self.engine.step()
+                _raise_failed(updated, requests)
+                for seq in updated:
                     text = releasable_text(seq) if seq.detokenizer is not None else ""
                     delta, sent[seq.seq_id] = text[sent[seq.seq_id] :], len(text)
                     index, j = where[seq.seq_id]
@@ -143,3 +146,12 @@ class LLM:
             if not isinstance(p, str) and not (isinstance(p, SequenceABC) and all(isinstance(t, int) for t in p)):
                 raise TypeError(f"a prompt must be a string or a list of token ids, got {type(p).__name__}")
         return [p if isinstance(p, str) else list(p) for p in prompts]
+
+
+def _raise_failed(updated: list[Sequence], requests: list[list[Sequence]]) -> None:
+    """A request that made a step fail (the engine finished it with ``finish_reason="error"``) ends the
+    call with that error, naming the prompt; the caller's ``finally`` aborts the rest."""
+    for seq in updated:
+        if seq.finish_reason == "error":
+            index = next(i for i, group in enumerate(requests) if seq in group)
+            raise RuntimeError(f"prompt {index}: {seq.error}")

@@ -121,7 +121,7 @@ def main(spec_path: str, result_path: str) -> None:
         result = check(engine, spec, prompts, max_tokens) if spec["mode"] == "check" else timed(
             engine, spec, prompts, max_tokens)
         device = engine.config.torch_device
-        result.update(dtype=str(engine.runner.dtype).removeprefix("torch."), device=device_name(device),
+        result.update(dtype=str(engine.executor.runner.dtype).removeprefix("torch."), device=device_name(device),
                       attention_backend=engine.config.resolved_attention_backend,
                       kv_blocks=engine.allocator.num_blocks)
     finally:

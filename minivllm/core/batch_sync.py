@@ -2,7 +2,8 @@
 
 The other ranks mirror every running sequence (its tokens and block table), so a step sends only what
 changed since that sequence last ran: a new sequence's prompt once, then the tokens sampled since (one
-per decode step), the block-table entries added since, and the ids of sequences that ended.
+per decode step; a token still pending on rank 0 is sent once it is known, and the mirror reads it on the
+device meanwhile, as rank 0 does), the block-table entries added since, and the ids of sequences that ended.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from minivllm.core.sequence import Sequence
 
 
 # One scheduled sequence, as a plain tuple (it pickles several times faster than a dataclass):
-# (seq_id, num_computed_tokens, num_new_tokens,
-#  new_token_ids: the tokens the mirror lacks (the whole prompt the first time),
+# (seq_id, num_computed_tokens, num_new_tokens, num_pending_tokens,
+#  new_token_ids: the known tokens the mirror lacks (the whole prompt the first time),
 #  table_keep: how many leading block-table entries the mirror keeps, new_blocks: the entries after those,
 #  first: (num_prompt_tokens, params) the first time the sequence runs, else None)
-SeqDelta = tuple[int, int, int, list[int], int, list[int], tuple[int, SamplingParams] | None]
+SeqDelta = tuple[int, int, int, int, list[int], int, list[int], tuple[int, SamplingParams] | None]
 
 
 @dataclass
@@ -56,8 +57,9 @@ class BatchEncoder:
             keep = len(sent.block_table)
             if seq.block_table[:keep] != sent.block_table:  # freed and reallocated (preemption)
                 keep = 0
-            deltas.append((seq.seq_id, seq.num_computed_tokens, n, new_tokens, keep, seq.block_table[keep:], first))
-            sent.num_tokens = len(seq)
+            deltas.append((seq.seq_id, seq.num_computed_tokens, n, seq.num_pending_tokens, new_tokens, keep,
+                           seq.block_table[keep:], first))
+            sent.num_tokens = len(seq.token_ids)
             sent.block_table = list(seq.block_table)
         return BatchDelta(deltas, ended)
 
@@ -72,7 +74,7 @@ class BatchMirror:
         for sid in delta.ended:
             del self._seqs[sid]
         batch = ScheduledBatch()
-        for seq_id, num_computed, num_new, new_tokens, table_keep, new_blocks, first in delta.seqs:
+        for seq_id, num_computed, num_new, num_pending, new_tokens, table_keep, new_blocks, first in delta.seqs:
             if first is not None:
                 num_prompt_tokens, params = first
                 seq = self._seqs[seq_id] = Sequence(new_tokens, params)
@@ -83,5 +85,6 @@ class BatchMirror:
             del seq.block_table[table_keep:]
             seq.block_table.extend(new_blocks)
             seq.num_computed_tokens = num_computed
+            seq.num_pending_tokens = num_pending
             batch.add(seq, num_new)
         return batch

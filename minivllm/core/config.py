@@ -23,6 +23,9 @@ class EngineConfig(BaseModel):
     gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(1, ge=1, le=8)
     enforce_eager: bool = False
+    async_scheduling: bool | None = Field(
+        None, description="plan the next step while the device runs this one (None: on with CUDA, off on the CPU)"
+    )
     kvcache_block_size: int = Field(256, ge=1)
     num_kvcache_blocks: int = Field(-1, description="-1 sizes the cache from memory; otherwise a block count")
     cpu_kvcache_space_gib: float = Field(4.0, gt=0.0, description="KV cache budget when running on the CPU")
@@ -77,6 +80,13 @@ class EngineConfig(BaseModel):
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    @property
+    def resolved_async_scheduling(self) -> bool:
+        """Overlap pays where the device runs apart from the host; on the CPU it would only delay stops."""
+        if self.async_scheduling is not None:
+            return self.async_scheduling
+        return self.torch_device.type == "cuda"
 
     @property
     def resolved_attention_backend(self) -> str:

@@ -1,18 +1,43 @@
-"""The engine: composes the plugins the config names; each step is schedule -> run -> update."""
+"""The engine: composes the plugins the config names; each step is schedule -> submit -> update.
+
+**Async scheduling** (``async_scheduling``, on by default with CUDA). Without it a step is strictly
+schedule -> run on the device -> wait for the sampled tokens -> update, and the GPU idles while the host
+does the rest. With it the engine plans step N+1 while the device still runs step N: it advances each
+sequence as if step N's token were known already (the token is *pending*: counted in ``len(seq)``, its
+value still on the device), submits step N+1 — whose decode inputs the runner takes on the device from
+step N's sampled tokens — and only then waits for step N's tokens and applies them (appending, stop
+conditions, finishing). A sequence that step N ends (a stop token, a stop string) has already been given
+step N+1's work; that token is dropped when it arrives, so nothing of it shows (text, tokens, logprobs,
+counts). What the host can know in advance it uses: a sequence whose pending token is its last by
+``max_tokens`` or ``max_model_len`` leaves the scheduler (and frees its blocks) as soon as that token is
+submitted, so no step is wasted on it. Both modes run the same code; only which step's tokens are
+collected after a submit differs (the one just submitted, or the one before).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.detokenizer import IncrementalDetokenizer
-from minivllm.core.executor import create_executor
+from minivllm.core.executor import WorkerError, create_executor
+from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.core.step import StepFuture
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Submitted:
+    """A step on the device: the sequences that sample in it, and its future tokens."""
+
+    seqs: list[Sequence]
+    future: StepFuture
 
 
 class LLMEngine:
@@ -28,25 +53,27 @@ class LLMEngine:
         self.vocab_size = hf.vocab_size
         self.tokenizer = self.checkpoint.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self.checkpoint.eos_token_ids(self.tokenizer)
-        # the ModelRunner itself, or with tensor parallelism an executor driving one runner per rank
-        self.runner = create_executor(config, self.checkpoint, self.max_model_len)
+        # one ModelRunner in this process, or with tensor parallelism one per rank
+        self.executor = create_executor(config, self.checkpoint, self.max_model_len)
         num_blocks = config.num_kvcache_blocks
         if num_blocks == -1:
-            num_blocks = self.runner.num_blocks_from_memory(config.max_num_seqs, self.max_model_len)
-        self.runner.allocate_kv_cache(num_blocks)
+            num_blocks = self.executor.num_blocks_from_memory(config.max_num_seqs, self.max_model_len)
+        self.executor.allocate_kv_cache(num_blocks)
         logger.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); room for %.1f sequences of max_model_len=%d",
-            num_blocks, config.kvcache_block_size, num_blocks * self.runner.block_bytes / 2**30,
+            num_blocks, config.kvcache_block_size, num_blocks * self.executor.block_bytes / 2**30,
             num_blocks * config.kvcache_block_size / self.max_model_len, self.max_model_len,
         )
         self.allocator = plugins.kv_allocators.get(config.kv_allocator)(
             num_blocks, config.kvcache_block_size, config.enable_prefix_caching
         )
         self.scheduler = plugins.schedulers.get(config.scheduler)(config, self.allocator, self.max_model_len)
+        self.async_scheduling = config.resolved_async_scheduling
+        self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next
 
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent)."""
-        self.runner.close()
+        self.executor.close()
 
     def make_sequence(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> Sequence:
         """Validate a request; raises ValueError naming the problem. Nothing is queued. With
@@ -92,26 +119,58 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     def abort(self, seq: Sequence) -> None:
-        """Stop a sequence now and free its KV blocks."""
+        """Stop a sequence now and free its KV blocks (a token in flight for it is dropped on arrival)."""
         if not seq.is_finished:
             self._finish(seq, "abort")
 
     def step(self) -> list[Sequence]:
-        """Run one step; returns the sequences that got a new token (finished ones included)."""
+        """Run one step; returns the sequences that got a new token (finished ones included). With async
+        scheduling these are the tokens of the step submitted by the previous call."""
         batch = self.scheduler.schedule()
-        if not batch:
-            return []
-        tokens, logprobs = self.runner.execute(batch)
-        sampled = iter(zip(tokens, logprobs or [None] * len(tokens)))
+        if not batch and self.scheduler.has_unfinished():
+            raise RuntimeError(
+                f"the {self.config.scheduler!r} scheduler returned an empty batch while {len(self.scheduler.running)} "
+                f"running and {len(self.scheduler.waiting)} waiting sequences are unfinished: a scheduler bug "
+                "(Scheduler.schedule must make progress)"
+            )
+        try:
+            submitted = self._submit(batch) if batch else None
+        except WorkerError:
+            raise
+        except Exception as e:  # a request the validation let through, or a plugin's bug: find who caused it
+            if self.config.tensor_parallel_size > 1:
+                raise  # the other ranks may have run the step: no way back
+            return self._isolate(batch, e)
+        if self.async_scheduling:
+            done, self._in_flight = self._in_flight, submitted
+        else:
+            done = submitted
+        return self._collect(done) if done is not None else []
+
+    def _submit(self, batch: ScheduledBatch) -> _Submitted:
+        """Queue the batch on the device and advance its sequences as if its tokens were known."""
+        seqs = batch.sampling_seqs()
+        future = self.executor.submit(batch)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+        for seq in seqs:
+            seq.num_pending_tokens += 1
+            if seq.num_generated_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
+                self.scheduler.finish(seq)  # this token is its last: its blocks are not needed any more
+        return _Submitted(seqs, future)
+
+    def _collect(self, submitted: _Submitted) -> list[Sequence]:
+        """Wait for a submitted step's tokens and apply them: append, check stop conditions, finish."""
+        sampled = submitted.future.result().sampled
         updated = []
-        for seq, num_new in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += num_new
-            if seq.num_computed_tokens < len(seq):  # a prefill chunk: nothing sampled yet
+        for seq in submitted.seqs:
+            seq.num_pending_tokens -= 1
+            if seq.is_finished:  # ended (stop, abort) while this step ran: its token is dropped
                 continue
-            token, token_logprobs = next(sampled)
+            token, token_logprobs = sampled[seq.seq_id]
             seq.append(token)
             if token_logprobs is not None:
                 seq.logprobs.append(token_logprobs)
@@ -119,6 +178,42 @@ class LLMEngine:
             if reason:
                 self._finish(seq, reason)
             updated.append(seq)
+        return updated
+
+    def _isolate(self, batch: ScheduledBatch, error: Exception) -> list[Sequence]:
+        """A step failed before reaching the device. Run its sequences again in halves, synchronously,
+        until the ones that fail alone are found; those end with ``finish_reason="error"``, the rest go on.
+        Returns every sequence updated meanwhile (the step in flight's included)."""
+        logger.warning("a step of %d sequences failed (%s: %s); retrying it in parts", len(batch),
+                       type(error).__name__, error)
+        updated = self._collect(self._in_flight) if self._in_flight is not None else []
+        self._in_flight = None
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            live = ScheduledBatch()
+            for seq, n in zip(part.seqs, part.num_new_tokens):
+                if not seq.is_finished:
+                    live.add(seq, n)
+            if not live:
+                continue
+            try:
+                submitted = self._submit(live)
+            except WorkerError:
+                raise
+            except Exception as e:
+                if len(live) == 1:
+                    seq = live.seqs[0]
+                    seq.error = f"{type(e).__name__}: {e}"
+                    self._finish(seq, "error")
+                    updated.append(seq)
+                else:
+                    half = len(live) // 2
+                    for lo, hi in ((half, len(live)), (0, half)):
+                        sub = ScheduledBatch(live.seqs[lo:hi], live.num_new_tokens[lo:hi])
+                        parts.append(sub)
+                continue
+            updated += self._collect(submitted)
         return updated
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
@@ -129,7 +224,7 @@ class LLMEngine:
         if may_stop and token in seq.stop_token_ids:
             reason = "stop"
             seq.stop_reason = token if token in params.stop_token_ids else None  # None: EOS
-        elif seq.num_output_tokens >= params.max_tokens or len(seq) >= self.max_model_len:
+        elif seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_model_len:
             reason = "length"
         if seq.detokenizer is not None:
             delta = seq.detokenizer.push([token], final=reason is not None)

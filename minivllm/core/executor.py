@@ -1,44 +1,78 @@
-"""Executors: where the model runs. ``tensor_parallel_size=1`` is the :class:`ModelRunner` itself, in
-this process; otherwise a :class:`MultiprocExecutor` drives one runner per rank.
+"""Executors: where the model runs. The engine talks to an :class:`Executor` only. With
+``tensor_parallel_size=1`` it is an :class:`InProcessExecutor` around one :class:`ModelRunner`; otherwise
+a :class:`MultiprocExecutor` drives one runner per rank.
 
-Rank 0 is this process. It sends every call to the other ranks over the control group, then makes the
-same call on its own runner, so every rank runs the same forward (the layers' collectives meet). Each
-rank also samples, with the same logits and seed, but only rank 0's tokens count: they reach the other
-ranks in the next step's delta. Sampling everywhere keeps the runner's code path the same on all ranks
-and costs no time, since the ranks run side by side.
+Rank 0 is this process. It sends every command to the other ranks over the control group, then runs it
+on its own runner, so every rank runs the same forward (the layers' collectives meet). Each rank also
+samples, with the same logits and seed, but only rank 0's tokens count: the other ranks keep theirs on
+the device for the next step's pending tokens (see ModelRunner.prepare) and learn their values in the
+next step's delta. Sampling everywhere keeps the runner's code path the same on all ranks and costs no
+time, since the ranks run side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import threading
 import time
 import traceback
 import weakref
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 
 from minivllm.core import distributed, plugins
-from minivllm.core.batch_sync import BatchEncoder, BatchMirror
+from minivllm.core.batch_sync import BatchDelta, BatchEncoder, BatchMirror
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.runner import ModelRunner
+from minivllm.core.step import StepFuture, StepOutput
 
 
-AGREE_ON_MIN = {"num_blocks_from_memory"}  # runner calls whose result must be the same on every rank
+class Executor(ABC):
+    """The engine calls, in this order: :meth:`num_blocks_from_memory` (when the cache is sized from
+    memory), :meth:`allocate_kv_cache` once, :meth:`submit` every step, :meth:`close` at the end."""
+
+    #: rank 0's runner, for inspection (its dtype, model, CUDA graphs); the engine never calls it directly
+    runner: ModelRunner
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of K and V of one block on one rank (rank 0's share of the KV heads)."""
+        return self.runner.block_bytes
+
+    @abstractmethod
+    def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
+        """How many KV blocks every rank can hold."""
+
+    @abstractmethod
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Allocate the cache on every rank (and capture CUDA graphs)."""
+
+    @abstractmethod
+    def submit(self, batch: ScheduledBatch) -> StepFuture:
+        """Queue one step on every rank; its future's ``result()`` gives rank 0's sampled tokens."""
+
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        """:meth:`submit`, waiting for the result."""
+        return self.submit(batch).result()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop whatever the executor started (idempotent)."""
 
 
-def create_executor(config: EngineConfig, checkpoint: Checkpoint, max_model_len: int):
+def create_executor(config: EngineConfig, checkpoint: Checkpoint, max_model_len: int) -> Executor:
     """Validate the tensor-parallel layout, then start the ranks. Under torchrun, ranks other than 0
     serve rank 0 here and exit the process when it closes."""
     tp = config.tensor_parallel_size
     distributed.check_tensor_parallel(checkpoint.hf_config, tp, config.torch_device)
     if tp == 1:
-        return ModelRunner(config, checkpoint, max_model_len)
+        return InProcessExecutor(ModelRunner(config, checkpoint, max_model_len))
     launch = distributed.launched_by_torchrun()
     if launch is not None:
         if launch.world_size != tp:
@@ -50,13 +84,61 @@ def create_executor(config: EngineConfig, checkpoint: Checkpoint, max_model_len:
     return MultiprocExecutor(config, checkpoint, max_model_len)
 
 
+class InProcessExecutor(Executor):
+    """One runner in this process."""
+
+    def __init__(self, runner: ModelRunner):
+        self.runner = runner
+
+    def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
+        return self.runner.num_blocks_from_memory(max_num_seqs, max_model_len)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.runner.allocate_kv_cache(num_blocks)
+
+    def submit(self, batch: ScheduledBatch) -> StepFuture:
+        return self.runner.submit(batch)
+
+    def close(self) -> None:
+        """Nothing to stop in-process."""
+
+
 class WorkerError(RuntimeError):
     """A tensor-parallel rank failed; the engine cannot go on."""
 
 
-class MultiprocExecutor:
-    """Rank 0's side: starts ranks 1..N-1 (or meets them under torchrun), builds rank 0's runner, and
-    offers the runner's methods, each run on every rank."""
+# --- the commands rank 0 sends; each runs the same way on every rank -------------------------------
+
+
+@dataclass
+class _MeasureKVCache:
+    max_num_seqs: int
+    max_model_len: int
+
+    def run(self, runner: ModelRunner, mirror: BatchMirror | None, control) -> int:
+        # every rank must agree on one count: the smallest any can hold
+        return distributed.all_reduce_min(control, runner.num_blocks_from_memory(self.max_num_seqs, self.max_model_len))
+
+
+@dataclass
+class _AllocateKVCache:
+    num_blocks: int
+
+    def run(self, runner: ModelRunner, mirror: BatchMirror | None, control) -> None:
+        runner.allocate_kv_cache(self.num_blocks)
+
+
+@dataclass
+class _Step:
+    delta: BatchDelta
+
+    def run(self, runner: ModelRunner, mirror: BatchMirror | None, control) -> StepFuture:
+        return runner.submit(mirror.apply(self.delta), fetch=False)
+
+
+class MultiprocExecutor(Executor):
+    """Rank 0's side: starts ranks 1..N-1 (or meets them under torchrun), builds rank 0's runner, and runs
+    each command on every rank."""
 
     def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int):
         self.world_size = config.tensor_parallel_size
@@ -74,27 +156,19 @@ class MultiprocExecutor:
             torch.cuda.set_device(launch.local_rank)
         try:
             self._groups = distributed.init_groups(self._store, 0, self.world_size, device)
-            self._runner = ModelRunner(config, checkpoint, max_model_len, self._groups.tp)
+            self.runner = ModelRunner(config, checkpoint, max_model_len, self._groups.tp)
             distributed.all_reduce_min(self._groups.control, 1)  # every rank has built its runner
         except BaseException as e:
             self._fail(e)
 
-    # --- the runner's interface, on every rank ---------------------------------------------------
-
     def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
-        return self._call("num_blocks_from_memory", max_num_seqs, max_model_len)
+        return self._run(_MeasureKVCache(max_num_seqs, max_model_len))
 
-    def execute(self, batch: ScheduledBatch):  # ModelRunner.execute's result
-        return self._call("execute", self._encoder.encode(batch), batch=batch)
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self._run(_AllocateKVCache(num_blocks))
 
-    def __getattr__(self, name: str):
-        """Any other public runner method runs on every rank and returns rank 0's result; other runner
-        attributes are rank 0's (``block_bytes``: rank 0's share of the KV heads)."""
-        if name.startswith("_"):
-            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
-        if callable(getattr(ModelRunner, name, None)):
-            return functools.partial(self._call, name)
-        return getattr(self._runner, name)
+    def submit(self, batch: ScheduledBatch) -> StepFuture:
+        return self._run(_Step(self._encoder.encode(batch)), lambda: self.runner.submit(batch))
 
     def close(self) -> None:
         """Stop the other ranks (idempotent)."""
@@ -109,19 +183,18 @@ class MultiprocExecutor:
 
     # --- internals --------------------------------------------------------------------------------
 
-    def _call(self, method: str, *args, batch: ScheduledBatch | None = None):
+    def _run(self, command, on_rank0=None):
+        """Send ``command`` to the other ranks, then run it here (``on_rank0`` instead, where rank 0 has
+        what the command carries in a richer form: the batch itself rather than its delta)."""
         if self._failed is not None:
             raise WorkerError("the tensor-parallel workers failed earlier; build a new LLM") from self._failed
         if not self._finalizer.alive:
             raise RuntimeError("this LLM is closed")
         try:
-            distributed.send_command(self._groups.control, (method, args))
-            if method == "execute":
-                return self._runner.execute(batch)
-            result = getattr(self._runner, method)(*args)
-            if method in AGREE_ON_MIN:
-                result = distributed.all_reduce_min(self._groups.control, result)
-            return result
+            distributed.send_command(self._groups.control, command)
+            if on_rank0 is not None:
+                return on_rank0()
+            return command.run(self.runner, None, self._groups.control)  # rank 0 mirrors nothing
         except BaseException as e:
             self._fail(e)
 
@@ -169,7 +242,7 @@ class MultiprocExecutor:
         # drop the groups now, not whenever the garbage collector breaks the cycle through the traceback:
         # the frames of the collectives and the model (finished) hold them
         traceback.clear_frames(error.__traceback__)
-        for name in ("_groups", "_runner", "_store"):
+        for name in ("_groups", "runner", "_store"):
             self.__dict__.pop(name, None)
         if reports and isinstance(error, RuntimeError):  # what a collective raises when a peer is gone
             raise WorkerError("tensor-parallel worker failed:\n" + "\n".join(reports)) from error
@@ -227,10 +300,4 @@ def run_worker(rank, world_size, port, config, checkpoint, max_model_len, device
     distributed.all_reduce_min(groups.control, 1)  # tell rank 0 this runner is built
     mirror = BatchMirror()
     while (command := distributed.recv_command(groups.control)) is not None:
-        method, args = command
-        if method == "execute":
-            runner.execute(mirror.apply(*args))
-        else:
-            result = getattr(runner, method)(*args)
-            if method in AGREE_ON_MIN:
-                distributed.all_reduce_min(groups.control, result)
+        command.run(runner, mirror, groups.control)

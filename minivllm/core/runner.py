@@ -14,9 +14,11 @@ from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.cuda_graphs import DecodeGraphs
-from minivllm.core.interfaces import AttentionMetadata, ModelContext, ScheduledBatch, TokenLogprobs
+from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
+from minivllm.core.sampling import compute_logprobs, needs_processing, process_logits, to_device
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
+from minivllm.core.step import StepFuture, StepOutput
 from minivllm.layers import Attention, TensorParallel
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,12 @@ class ModelRunner:
         else:
             self.model.load_weights(checkpoint.weights())
         self.model.eval()
+        self.vocab_size = hf.vocab_size
         self.sampler = plugins.samplers.get(config.sampler)(hf.vocab_size, self.device, config.seed)
+        # the last step's sampled tokens on the device, and each sampling sequence's row in them: the
+        # next step reads pending tokens there (see prepare)
+        self._last_sampled = torch.empty(0, dtype=torch.int64)
+        self._last_rows: dict[int, int] = {}
         self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.kv_cache = torch.empty(0)
         self.graphs: DecodeGraphs | None = None
@@ -90,9 +97,6 @@ class ModelRunner:
         g = torch.Generator(device=self.device).manual_seed(seed)
         for param in self.model.parameters():
             param.data.uniform_(-0.05, 0.05, generator=g)
-
-    def close(self) -> None:
-        """The executor interface's shutdown: in-process there is nothing to stop."""
 
     # --- KV cache ---------------------------------------------------------------------------
 
@@ -195,9 +199,12 @@ class ModelRunner:
 
     def prepare(self, batch: ScheduledBatch) -> StepInputs:
         """Flatten the batch into token, position and attention-metadata tensors: two host-to-device
-        copies, one of the int64 fields and one of the int32 fields."""
+        copies, one of the int64 fields and one of the int32 fields. A token the host does not know yet
+        (pending: sampled by the previous step, see engine.py) is taken on the device from that step's
+        sampled tokens."""
         bs = self.block_size
         input_ids, positions, slots, logits_indices, sample_seqs = [], [], [], [], []
+        gather_dst, gather_src = [], []  # input rows of pending tokens; their rows in the last step's tokens
         query_start, seq_lens, tables = [0], [], []  # tables: the block tables, flat and zero-padded
         max_blocks = max(len(seq.block_table) for seq in batch.seqs)
         padding = [0] * max_blocks
@@ -207,22 +214,29 @@ class ModelRunner:
             table = seq.block_table
             tables += table
             tables += padding[len(table) :]
+            known = len(seq.token_ids)
             if n == 1:  # decode: plain Python beats numpy for one token
-                input_ids.append(seq.token_ids[start])
+                input_ids.append(seq.token_ids[start] if start < known else 0)
                 positions.append(start)
                 slots.append(table[start // bs] * bs + start % bs)
             else:
                 input_ids += seq.token_ids[start:end]
+                input_ids += [0] * (end - max(start, known))
                 pos = np.arange(start, end)
                 positions += pos.tolist()
                 slots += (np.asarray(table)[pos // bs] * bs + pos % bs).tolist()
+            if end > known:  # the last position holds the pending token (never more than one)
+                gather_dst.append(len(input_ids) - 1)
+                gather_src.append(self._last_rows[seq.seq_id])
             query_start.append(query_start[-1] + n)
             seq_lens.append(end)
-            if end == len(seq):
+            if batch.samples(seq, n):
                 logits_indices.append(query_start[-1] - 1)
                 sample_seqs.append(seq)
-        input_ids, positions, slots, logits_indices = self._packed([input_ids, positions, slots, logits_indices],
-                                                                   np.int64)
+        int64 = self._packed([input_ids, positions, slots, logits_indices, gather_dst, gather_src], np.int64)
+        input_ids, positions, slots, logits_indices, gather_dst, gather_src = int64
+        if len(gather_dst):
+            input_ids.index_copy_(0, gather_dst, self._last_sampled.index_select(0, gather_src))
         query_start_loc, seq_lens_t, tables = self._packed([query_start, seq_lens, tables], np.int32)
         meta = AttentionMetadata(
             query_start_loc=query_start_loc,
@@ -258,17 +272,36 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch) -> tuple[list[int], list[TokenLogprobs | None] | None]:
-        """Run one step; returns the sampled token of each sequence whose new tokens reach its end,
-        in batch order, and their logprobs (None when no sequence asked for any)."""
+    def submit(self, batch: ScheduledBatch, fetch: bool = True) -> StepFuture:
+        """Queue one step on the device: the forward pass, then sampling for the sequences whose new
+        tokens reach their end (core logits processing, the sampler, logprobs). Returns at once on CUDA;
+        ``result()`` of what it returns waits for the tokens. ``fetch=False`` (the other tensor-parallel
+        ranks) skips bringing them to the host."""
         inputs = self.prepare(batch)
         meta = inputs.meta
         if self.graphs is not None and meta.is_decode_only and meta.num_seqs <= self.graphs.max_batch_size:
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, meta)
         else:
             hidden = self._forward(batch, inputs)
-        if not inputs.sample_seqs:
-            return [], None
-        logits = self.model.compute_logits(hidden[inputs.logits_indices]).float()
-        out = self.sampler.sample_sequences(logits, inputs.sample_seqs)
-        return out.token_ids.tolist(), out.logprobs
+        seqs = inputs.sample_seqs
+        if not seqs:
+            return StepFuture([])
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [S, V] in the model's dtype
+        params = [seq.params for seq in seqs]
+        sampling = SamplingBatch(params, [seq.num_generated_tokens for seq in seqs], self.vocab_size)
+        processed = logits
+        if needs_processing(seqs):
+            pending = None
+            if any(seq.num_pending_tokens for seq in seqs):  # a row's pending token is its last input token
+                has = to_device([seq.num_pending_tokens > 0 for seq in seqs], self.device)
+                pending = torch.where(has, inputs.input_ids[inputs.logits_indices], self.vocab_size)
+            processed = process_logits(logits, seqs, pending)
+        tokens = self.sampler.sample(processed, sampling)
+        self._last_sampled, self._last_rows = tokens, {seq.seq_id: row for row, seq in enumerate(seqs)}
+        if not fetch:
+            return StepFuture([])
+        return StepFuture([seq.seq_id for seq in seqs], tokens, compute_logprobs(logits, tokens, sampling))
+
+    def execute(self, batch: ScheduledBatch) -> StepOutput:
+        """:meth:`submit`, waiting for the result."""
+        return self.submit(batch).result()

@@ -148,7 +148,7 @@ class AsyncLLM:
                 continue
             try:
                 updated = self.engine.step()
-            except Exception as e:  # a bug, not bad input (that is refused before it is queued)
+            except Exception as e:  # the engine could not tell whose request failed the step
                 logger.exception("engine step failed; failing the running requests")
                 self._fail_all(e)
                 continue
@@ -158,7 +158,12 @@ class AsyncLLM:
             for seq in updated:
                 by_request.setdefault(self._owners[seq.seq_id], []).append(seq)
             for request_id, seqs in by_request.items():
-                self._emit(self._requests[request_id], seqs, now)
+                request = self._requests[request_id]
+                failed = next((seq for seq in seqs if seq.finish_reason == "error"), None)
+                if failed is not None:  # this request made a step fail (the others in it went on)
+                    self._fail(request, RuntimeError(failed.error))
+                else:
+                    self._emit(request, seqs, now)
             self._flush()
         self._fail_all(RuntimeError("the engine was closed"))
 
@@ -202,12 +207,16 @@ class AsyncLLM:
             if not any(seq.finish_reason == "abort" for seq in request.seqs):
                 self.metrics.requests_finished += 1
 
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        """End the request with ``error``, raised by its iterator; its other sequences are aborted."""
+        for seq in request.seqs:
+            self.engine.abort(seq)
+        self._outbox.setdefault(request.loop, []).append((request.queue, error))
+        self._forget(request)
+
     def _fail_all(self, error: BaseException) -> None:
         for request in list(self._requests.values()):
-            for seq in request.seqs:
-                self.engine.abort(seq)
-            self._outbox.setdefault(request.loop, []).append((request.queue, error))
-            self._forget(request)
+            self._fail(request, error)
         self._flush()
 
     def _forget(self, request: _Request) -> None:

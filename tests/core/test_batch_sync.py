@@ -25,6 +25,8 @@ def _same(batch, mirrored):
         assert copy.num_prompt_tokens == seq.num_prompt_tokens
         assert copy.block_table == seq.block_table
         assert copy.num_computed_tokens == seq.num_computed_tokens
+        assert copy.num_pending_tokens == seq.num_pending_tokens
+        assert len(copy) == len(seq)
         assert copy.params == seq.params
 
 
@@ -34,28 +36,29 @@ def test_decode_steps_send_only_what_changed():
     for seq in seqs:
         seq.block_table = [seq.seq_id * 10, seq.seq_id * 10 + 1]
     delta, mirrored = _ship(encoder, mirror, seqs, [len(s) for s in seqs])  # prefill: the whole prompt once
-    assert [d[3] for d in delta.seqs] == [s.token_ids for s in seqs]
+    assert [d[4] for d in delta.seqs] == [s.token_ids for s in seqs]
     for seq in seqs:
         seq.num_computed_tokens = len(seq)
         seq.append(7)
     delta, mirrored = _ship(encoder, mirror, seqs, [1, 1, 1])
     _same(ScheduledBatch(seqs, [1, 1, 1]), mirrored)
     # one new token, no block-table entries, no first-time info per sequence
-    assert [(d[3], d[4], d[5], d[6]) for d in delta.seqs] == [([7], 2, [], None)] * 3
+    assert [(d[4], d[5], d[6], d[7]) for d in delta.seqs] == [([7], 2, [], None)] * 3
     seqs[1].block_table.append(99)
     seqs[1].num_computed_tokens += 1
     seqs[1].append(8)
     delta, mirrored = _ship(encoder, mirror, seqs[1:2], [1])
-    assert delta.seqs[0][3:6] == ([8], 2, [99])
+    assert delta.seqs[0][4:7] == ([8], 2, [99])
     _same(ScheduledBatch(seqs[1:2], [1]), mirrored)
 
 
 def test_random_schedules_with_preemption_and_ends():
     """Random steps of a small scheduler-like loop: prefill chunks, decode, preemption (blocks freed
-    and reallocated), finished sequences; after every step the mirror equals rank 0."""
+    and reallocated), tokens that stay pending for a step (async scheduling), finished sequences; after
+    every step the mirror equals rank 0."""
     rng = random.Random(0)
     encoder, mirror = BatchEncoder(), BatchMirror()
-    live = []
+    live, pending = [], []
     next_block = 0
     for _ in range(300):
         if len(live) < 6 and rng.random() < 0.3:
@@ -76,9 +79,16 @@ def test_random_schedules_with_preemption_and_ends():
             batch.add(seq, n)
         delta = encoder.encode(batch)
         _same(batch, mirror.apply(pickle.loads(pickle.dumps(delta))))
+        for seq in pending:  # the previous step's tokens arrive
+            seq.num_pending_tokens -= 1
+            seq.append(rng.randrange(500))
+        pending = []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):  # the engine's update
             seq.num_computed_tokens += n
-            if seq.num_computed_tokens == len(seq):
+            if seq.num_computed_tokens == len(seq) and seq.num_pending_tokens == 0 and rng.random() < 0.5:
+                seq.num_pending_tokens += 1
+                pending.append(seq)
+            elif seq.num_computed_tokens == len(seq):
                 seq.append(rng.randrange(500))
                 if rng.random() < 0.1:
                     seq.status = SequenceStatus.FINISHED

@@ -114,11 +114,11 @@ def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, se
 
 
 def test_one_rank_stays_in_process(llama_path):
-    from minivllm.core.runner import ModelRunner
+    from minivllm.core.executor import InProcessExecutor
 
     before = _children()
     llm = LLM(llama_path, **SMALL)
-    assert type(llm.engine.runner) is ModelRunner  # no executor in between
+    assert type(llm.engine.executor) is InProcessExecutor
     assert _children() == before
     llm.close()
 

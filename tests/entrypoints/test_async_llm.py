@@ -107,26 +107,37 @@ def test_close_fails_running_requests(llama_path):
         engine.generate("Hi", SamplingParams(), "late")
 
 
-def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, monkeypatch):
-    runner = engine.engine.runner
-    real, failures = runner.execute, []
+def test_a_failing_request_fails_alone_and_the_loop_goes_on(llama_path):
+    """A sampler that raises on one request's rows (a bad request the validation let through): that
+    request gets the error, the requests batched with it finish normally, and no block is left behind."""
+    from minivllm.core import plugins
+    from minivllm.plugins.samplers.default import DefaultSampler
 
-    def fail_once(batch):
-        if not failures:
-            failures.append(batch)
-            raise RuntimeError("boom")
-        return real(batch)
+    class Touchy(DefaultSampler):
+        def sample(self, logits, batch):
+            if any(p.seed == 13 for p in batch.params):
+                raise ValueError("seed 13 is unlucky")
+            return super().sample(logits, batch)
 
-    monkeypatch.setattr(runner, "execute", fail_once)
-    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    plugins.load_plugins()
+    plugins.samplers.register("touchy", Touchy, source="test")
+    engine = AsyncLLM(llama_path, sampler="touchy", **SETTINGS)
+    ok = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
     async def main():
-        with pytest.raises(RuntimeError, match="boom"):
-            await collect(engine, "Hi", params, "unlucky")
-        return await collect(engine, "Hi", params, "lucky")
+        lucky = [asyncio.create_task(collect(engine, f"Hi {i}", ok, f"lucky{i}")) for i in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="ValueError: seed 13 is unlucky"):
+            await collect(engine, "Hi", SamplingParams(seed=13, max_tokens=8), "unlucky")
+        return await asyncio.gather(*lucky)
 
-    texts, tokens, reasons = asyncio.run(main())
-    assert len(failures) == 1 and len(tokens[0]) == 4 and engine.stats()["kv_used"] == 0
+    try:
+        results = asyncio.run(main())
+        assert [len(tokens[0]) for _, tokens, _ in results] == [8, 8, 8]
+        assert engine.stats()["kv_used"] == 0 and engine.stats()["running"] == 0
+    finally:
+        engine.close()
+        plugins.load_plugins(reload=True)
 
 
 def test_request_ids_are_unique_while_running(engine):

@@ -6,7 +6,7 @@ import torch
 
 from minivllm import LLM, SamplingParams
 from minivllm.core.detokenizer import IncrementalDetokenizer
-from minivllm.plugins.samplers.default import apply_penalties
+from minivllm.core.sampling import apply_penalties
 from tests.checkpoints import hf_greedy
 from tests.entrypoints import TEMPLATE
 
@@ -92,8 +92,12 @@ def test_presence_and_frequency_penalties():
     seqs = [Seq(SamplingParams(frequency_penalty=0.5, presence_penalty=1.0), [1], [3, 3, 5]),
             Seq(SamplingParams(repetition_penalty=2.0), [1], [2])]
     logits[1, 1], logits[1, 2], logits[1, 4] = 4.0, -4.0, 4.0
-    out = apply_penalties(logits, seqs)
+    out = apply_penalties(logits, seqs, None)
     assert out[0].tolist() == [0, 0, 0, -2.0, 0, -1.5, 0, 0]
+    assert out[1].tolist() == [0, 2.0, -8.0, 0, 4.0, 0, 0, 0]
+    # a token still in flight (async scheduling) is part of the output already; 8 (the vocabulary) = none
+    out = apply_penalties(logits, seqs, torch.tensor([5, 8]))
+    assert out[0].tolist() == [0, 0, 0, -2.0, 0, -2.0, 0, 0]
     assert out[1].tolist() == [0, 2.0, -8.0, 0, 4.0, 0, 0, 0]
 
 
@@ -183,15 +187,30 @@ def test_chat_applies_the_template(llm):
     assert two[0]["tokens"] == out["tokens"] and len(two) == 2
 
 
-def test_a_sampler_with_only_sample_still_works():
+def test_a_sampler_with_only_sample_gets_penalties_bans_and_logprobs_from_the_core(llama_path):
+    """A third-party sampler that picks the argmax and knows nothing else: the core's penalties,
+    min_tokens ban and logprobs make it behave exactly like greedy decoding with the default sampler."""
+    from minivllm.core import plugins
     from minivllm.core.interfaces import Sampler
-    from minivllm.core.sequence import Sequence
 
     class ArgmaxOnly(Sampler):
-        def sample(self, logits, params, steps):
+        def sample(self, logits, batch):
             return logits.argmax(dim=-1)
 
-    seqs = [Sequence([1, 2], SamplingParams(logprobs=2, repetition_penalty=2.0)), Sequence([3], SamplingParams())]
-    logits = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 1.0]])
-    out = ArgmaxOnly(3, torch.device("cpu")).sample_sequences(logits, seqs)
-    assert out.token_ids.tolist() == [2, 0] and out.logprobs is None  # the extras are ignored, not an error
+    plugins.load_plugins()
+    plugins.samplers.register("argmax_only", ArgmaxOnly, source="test")
+    try:
+        settings = dict(kvcache_block_size=16, max_model_len=128)
+        plain, default = LLM(llama_path, sampler="argmax_only", **settings), LLM(llama_path, **settings)
+        eos = default.generate(PROMPT, greedy(max_tokens=6), use_tqdm=False)[0]["tokens"][2]
+        for llm in (plain, default):
+            llm.engine.eos_token_ids.add(eos)
+        params = dict(max_tokens=12, repetition_penalty=1.5, frequency_penalty=0.3, logprobs=2, min_tokens=4)
+        got = plain.generate(PROMPT, SamplingParams(temperature=1.0, **params), use_tqdm=False)[0]
+        want = default.generate(PROMPT, SamplingParams(temperature=0.0, **params), use_tqdm=False)[0]
+        assert got["tokens"] == want["tokens"] and got["logprobs"] == want["logprobs"]
+        assert len(got["logprobs"]) == len(got["tokens"]) >= 4 and eos not in got["tokens"][:4]
+        unpenalised = default.generate(PROMPT, greedy(max_tokens=12), use_tqdm=False)[0]["tokens"]
+        assert got["tokens"] != unpenalised[: len(got["tokens"])]  # the penalties did change something
+    finally:
+        plugins.load_plugins(reload=True)

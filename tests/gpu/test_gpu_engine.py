@@ -22,7 +22,7 @@ def _generate(llm, prompts, params=GREEDY):
 def test_parity_with_graphs(checkpoints, arch, block_size):
     path = checkpoints[arch]
     llm = LLM(path, kvcache_block_size=block_size, max_model_len=512, max_num_seqs=24, **CUDA)
-    assert llm.engine.runner.graphs is not None
+    assert llm.engine.executor.runner.graphs is not None
     prompts = random_prompts(20, 3, 90, seed=1)  # 20 sequences: replays the graph of 24, padded
     assert _generate(llm, prompts) == hf_greedy(path, prompts, GREEDY.max_tokens, device="cuda")
     prefix = random_prompts(1, 40, 40, seed=2)[0]
@@ -50,7 +50,7 @@ def test_eager_matches_graphs(checkpoints):
     path = checkpoints["qwen3"]
     prompts = random_prompts(5, 3, 50, seed=5)
     eager = LLM(path, kvcache_block_size=16, max_model_len=512, enforce_eager=True, **CUDA)
-    assert eager.engine.runner.graphs is None
+    assert eager.engine.executor.runner.graphs is None
     graphs = LLM(path, kvcache_block_size=16, max_model_len=512, **CUDA)
     assert _generate(eager, prompts) == _generate(graphs, prompts)
 

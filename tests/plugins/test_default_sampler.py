@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from minivllm.core.interfaces import SamplingBatch
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.plugins.samplers.default import DefaultSampler
 
@@ -12,9 +13,13 @@ LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
 CHI2_CRIT = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}
 
 
+def rows(params: list[SamplingParams], steps: list[int]) -> SamplingBatch:
+    return SamplingBatch(params, steps, len(LOGITS))
+
+
 def draw(params: SamplingParams, n: int = N, seed: int = 0) -> torch.Tensor:
     sampler = DefaultSampler(len(LOGITS), torch.device("cpu"), seed=seed)
-    return sampler.sample(LOGITS.repeat(n, 1), [params] * n, [0] * n)
+    return sampler.sample(LOGITS.repeat(n, 1), rows([params] * n, [0] * n))
 
 
 def assert_distribution(samples: torch.Tensor, expected: torch.Tensor) -> None:
@@ -58,9 +63,10 @@ def test_min_p_drops_tokens_below_a_share_of_the_best():
 def test_a_seeded_request_does_not_depend_on_its_batch():
     seeded = SamplingParams(seed=1234)
     sampler = DefaultSampler(len(LOGITS), torch.device("cpu"), seed=0)
-    alone = [int(sampler.sample(LOGITS[None], [seeded], [step])[0]) for step in range(20)]
+    alone = [int(sampler.sample(LOGITS[None], rows([seeded], [step]))[0]) for step in range(20)]
     other = SamplingParams()
-    in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), [other, seeded, other], [5, step, 9])[1]) for step in range(20)]
+    in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), rows([other, seeded, other], [5, step, 9]))[1])
+                for step in range(20)]
     assert alone == in_batch
     assert len(set(alone)) > 1  # the step changes the draw
 
@@ -68,5 +74,5 @@ def test_a_seeded_request_does_not_depend_on_its_batch():
 def test_mixed_batch_keeps_greedy_rows_greedy():
     params = [SamplingParams(temperature=0.0), SamplingParams(temperature=1.0)] * 500
     sampler = DefaultSampler(len(LOGITS), torch.device("cpu"), seed=0)
-    out = sampler.sample(LOGITS.repeat(1000, 1), params, [0] * 1000)
+    out = sampler.sample(LOGITS.repeat(1000, 1), rows(params, [0] * 1000))
     assert out[0::2].eq(0).all() and out[1::2].ne(0).any()

@@ -7,6 +7,7 @@ against the exact target distribution, and a chi-square homogeneity test of its 
 import pytest
 import torch
 
+from minivllm.core.interfaces import SamplingBatch
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.plugins.samplers.default import DefaultSampler
 from minivllm.plugins.samplers.fast import FastSampler
@@ -16,6 +17,10 @@ LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
 PROBS = LOGITS.softmax(-1)  # cumulative: .40 .65 .80 ...
 # chi-square critical values at p = 0.001 by degrees of freedom
 CHI2_CRIT = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32}
+
+
+def rows(params: list[SamplingParams], steps: list[int]) -> SamplingBatch:
+    return SamplingBatch(params, steps, len(LOGITS))
 
 
 def renormalised(keep: torch.Tensor, probs: torch.Tensor = PROBS) -> torch.Tensor:
@@ -55,10 +60,10 @@ def chi2_same(a: torch.Tensor, b: torch.Tensor) -> None:
     assert chi2 < CHI2_CRIT[len(total) - 1], f"fast vs default: chi2={chi2:.1f}; {a.tolist()} vs {b.tolist()}"
 
 
-def counts(sampler_cls, params: list[SamplingParams], rows: slice = slice(None), seed: int = 0) -> torch.Tensor:
+def counts(sampler_cls, params: list[SamplingParams], which: slice = slice(None), seed: int = 0) -> torch.Tensor:
     sampler = sampler_cls(len(LOGITS), torch.device("cpu"), seed=seed)
-    out = sampler.sample(LOGITS.repeat(len(params), 1), params, [0] * len(params))
-    return torch.bincount(out[rows], minlength=len(LOGITS)).double()
+    out = sampler.sample(LOGITS.repeat(len(params), 1), rows(params, [0] * len(params)))
+    return torch.bincount(out[which], minlength=len(LOGITS)).double()
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -84,24 +89,27 @@ def test_full_vocabulary_paths_draw_the_same_tokens_as_default(case):
     """Without a top-k pre-filter the noise covers the whole vocabulary as `default`'s does, and
     argmax(logits - log e) picks what argmax(softmax / e) picks: the same tokens from the same seed."""
     params = [CASES[case][0], SamplingParams(top_k=3), SamplingParams(temperature=0.0)] * 100
-    fast = FastSampler(len(LOGITS), torch.device("cpu"), seed=5).sample(LOGITS.repeat(300, 1), params, [0] * 300)
-    default = DefaultSampler(len(LOGITS), torch.device("cpu"), seed=5).sample(LOGITS.repeat(300, 1), params, [0] * 300)
+    logits, batch = LOGITS.repeat(300, 1), rows(params, [0] * 300)
+    fast = FastSampler(len(LOGITS), torch.device("cpu"), seed=5).sample(logits, batch)
+    default = DefaultSampler(len(LOGITS), torch.device("cpu"), seed=5).sample(logits, batch)
     assert fast.tolist() == default.tolist()
 
 
 def test_greedy_rows_stay_greedy_in_every_path():
     for other in (SamplingParams(), SamplingParams(top_k=2), SamplingParams(top_p=0.5)):
         params = [SamplingParams(temperature=0.0), other] * 500
-        out = FastSampler(len(LOGITS), torch.device("cpu"), seed=0).sample(LOGITS.repeat(1000, 1), params, [0] * 1000)
+        sampler = FastSampler(len(LOGITS), torch.device("cpu"), seed=0)
+        out = sampler.sample(LOGITS.repeat(1000, 1), rows(params, [0] * 1000))
         assert out[0::2].eq(0).all() and out[1::2].ne(0).any()
 
 
 @pytest.mark.parametrize("params", [SamplingParams(seed=1234), SamplingParams(seed=1234, top_k=4)])
 def test_a_seeded_request_does_not_depend_on_its_batch(params):
     sampler = FastSampler(len(LOGITS), torch.device("cpu"), seed=0)
-    alone = [int(sampler.sample(LOGITS[None], [params], [step])[0]) for step in range(20)]
+    alone = [int(sampler.sample(LOGITS[None], rows([params], [step]))[0]) for step in range(20)]
     other = SamplingParams(top_k=2)
-    in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), [other, params, other], [5, step, 9])[1]) for step in range(20)]
+    in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), rows([other, params, other], [5, step, 9]))[1])
+                for step in range(20)]
     assert alone == in_batch
     assert len(set(alone)) > 1  # the step changes the draw
 
@@ -114,7 +122,7 @@ def test_in_the_engine_greedy_matches_transformers_and_default_features_carry_ov
     llm = LLM(llama_path, sampler="fast", kvcache_block_size=16, max_model_len=256)
     greedy = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     assert [o["tokens"] for o in llm.generate(prompts, greedy, use_tqdm=False)] == hf_greedy(llama_path, prompts, 8)
-    # penalties and logprobs come from `default`'s sample_sequences; top-k sampling from this sampler
+    # penalties and logprobs come from the core; top-k sampling from this sampler
     params = SamplingParams(top_k=5, seed=3, max_tokens=6, ignore_eos=True, logprobs=2, repetition_penalty=1.3)
     out = llm.generate(prompts, params, use_tqdm=False)
     assert out == llm.generate(prompts, params, use_tqdm=False)  # seeded: reproducible

@@ -4,7 +4,7 @@ from minivllm.core.interfaces.attention import Attention, AttentionBackend, Atte
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
 from minivllm.core.interfaces.options import PluginOptions
-from minivllm.core.interfaces.sampler import Sampler, SamplerOutput, TokenLogprobs
+from minivllm.core.interfaces.sampler import Sampler, SamplingBatch, TokenLogprobs
 from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler
 
 __all__ = [
@@ -16,7 +16,7 @@ __all__ = [
     "ModelContext",
     "PluginOptions",
     "Sampler",
-    "SamplerOutput",
+    "SamplingBatch",
     "ScheduledBatch",
     "Scheduler",
     "TokenLogprobs",

@@ -1,4 +1,11 @@
-"""Samplers: turn a batch of logits into next tokens, on the device."""
+"""Samplers: pick each row's next token from its logits, on the device.
+
+A sampler only picks tokens. Everything else a request asks for is the core's (``core/sampling.py``),
+applied the same way whatever sampler runs: the repetition / presence / frequency penalties and the
+``min_tokens`` ban on stop tokens change the logits before :meth:`Sampler.sample` sees them, and
+``logprobs`` are computed from the raw logits afterwards. A sampler honours temperature (0 = greedy),
+top-k, top-p, min-p and per-request seeds.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +15,50 @@ from dataclasses import dataclass
 import torch
 
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.sequence import Sequence
 
 # one generated token's log-probabilities: (the sampled token's, [(token id, logprob)] of the top k)
 TokenLogprobs = tuple[float, list[tuple[int, float]]]
 
 
 @dataclass
-class SamplerOutput:
-    token_ids: torch.Tensor  # [B] int64, still on the device
-    logprobs: list[TokenLogprobs | None] | None = None  # per row (None where params.logprobs is None)
+class SamplingBatch:
+    """The rows that sample this step, as the runner hands them to :meth:`Sampler.sample`."""
+
+    params: list[SamplingParams]  # one per row
+    # per row: tokens the sequence generated before this one; with ``seed`` it keys the row's own noise,
+    # so a seeded request's tokens do not depend on what it is batched with
+    steps: list[int]
+    vocab_size: int
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    @property
+    def all_greedy(self) -> bool:
+        return all(p.greedy for p in self.params)
+
+    def top_k(self) -> list[int]:
+        """Per row: its top-k, or ``vocab_size`` where top-k is off (greedy rows count as off)."""
+        vocab = self.vocab_size
+        return [p.top_k if 0 < p.top_k < vocab and not p.greedy else vocab for p in self.params]
 
 
 class Sampler(ABC):
-    """Called by the model runner once per step, through :meth:`sample_sequences`, with the logits of the
-    sequences that sample."""
+    """Called by the model runner once per step with the logits of the rows that sample. One instance
+    per runner (per rank with tensor parallelism: every rank samples the same rows alike)."""
 
     def __init__(self, vocab_size: int, device: torch.device, seed: int = 0):
         self.vocab_size = vocab_size
         self.device = device
+        # the shared random state of rows without a seed (engine-wide ``seed``)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
     @abstractmethod
     def sample(
         self,
-        logits: torch.Tensor,  # [B, vocab_size] float32
-        params: list[SamplingParams],  # one per row
-        steps: list[int],  # per row: how many tokens the sequence generated so far (seeds the per-request RNG)
+        logits: torch.Tensor,  # [B, vocab_size]: float32, or the model's dtype when the core changed nothing
+        batch: SamplingBatch,  # one row per logits row
     ) -> torch.Tensor:  # [B] int64, still on the device
-        """Sample one token per row. Must not synchronise with the host per row."""
-
-    def sample_sequences(
-        self,
-        logits: torch.Tensor,  # [B, vocab_size] float32
-        seqs: list[Sequence],  # one per row: params, prompt and output tokens, stop_token_ids
-    ) -> SamplerOutput:
-        """What the runner calls. Samplers that honour the token-history settings (penalties,
-        ``min_tokens``) or return ``logprobs`` override this; the default ignores them and calls
-        :meth:`sample`."""
-        params = [seq.params for seq in seqs]
-        return SamplerOutput(self.sample(logits, params, [seq.num_output_tokens for seq in seqs]))
+        """Sample one token per row. Must not synchronise with the host (the engine plans the next step
+        while this one runs), nor change ``logits`` in place."""

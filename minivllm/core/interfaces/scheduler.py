@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.options import PluginOptions
-from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.core.sequence import Sequence, SequenceQueue, SequenceStatus
 
 if TYPE_CHECKING:  # the config validates plugin names against the registries, which hold this interface
     from minivllm.core.config import EngineConfig
@@ -19,7 +18,7 @@ if TYPE_CHECKING:  # the config validates plugin names against the registries, w
 class ScheduledBatch:
     """One step's work: ``seqs[i]`` computes ``num_new_tokens[i]`` tokens starting at its
     ``num_computed_tokens`` (a whole prompt, a chunk of one, or one decode token). A sequence samples a
-    token when those tokens reach the end of what it holds."""
+    token when those tokens reach the end of what it holds (:meth:`samples`: the one place that rule lives)."""
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
@@ -28,6 +27,16 @@ class ScheduledBatch:
     def add(self, seq: Sequence, num_new_tokens: int) -> None:
         self.seqs.append(seq)
         self.num_new_tokens.append(num_new_tokens)
+
+    @staticmethod
+    def samples(seq: Sequence, num_new_tokens: int) -> bool:
+        """Whether ``seq`` samples a token in a step that computes ``num_new_tokens`` of it (read before
+        the step advances ``num_computed_tokens``): a prefill chunk short of the end samples nothing."""
+        return seq.num_computed_tokens + num_new_tokens == len(seq)
+
+    def sampling_seqs(self) -> list[Sequence]:
+        """The sequences that sample in this step, in batch order (the rows of the step's logits)."""
+        return [seq for seq, n in zip(self.seqs, self.num_new_tokens) if self.samples(seq, n)]
 
     @property
     def num_tokens(self) -> int:
@@ -50,8 +59,8 @@ class Scheduler(ABC):
         self.options = self.Options.model_validate(config.scheduler_options)
         self.allocator = allocator
         self.max_model_len = max_model_len
-        self.waiting: deque[Sequence] = deque()
-        self.running: list[Sequence] = []
+        self.waiting = SequenceQueue()
+        self.running = SequenceQueue()
         self.num_preemptions = 0
 
     def check_request(self, num_prompt_tokens: int, max_total_tokens: int) -> None:
@@ -110,11 +119,10 @@ class Scheduler(ABC):
         return True
 
     def finish(self, seq: Sequence) -> None:
-        """Remove a finished or aborted sequence from the queues and free its blocks."""
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+        """Remove a sequence that ends (or will end with the token a step in flight samples for it, see
+        engine.py) from the queues and free its blocks. O(1); called at most twice per sequence."""
+        if not self.running.discard(seq):
+            self.waiting.discard(seq)
         self.allocator.free(seq)
 
     def preempt(self, seq: Sequence) -> None:

@@ -85,9 +85,10 @@ class PrefixCacheAllocator(KVAllocator):
         return True
 
     def _publish(self, seq: Sequence, num_tokens: int) -> None:
-        """Hash the blocks that ``num_tokens`` fills, so later sequences can reuse them."""
+        """Hash the blocks that ``num_tokens`` fills with tokens the host knows (a pending token's block
+        is hashed by a later call), so later sequences can reuse them."""
         done = self.num_hashed.get(seq.seq_id, 0)
-        full = min(num_tokens, len(seq)) // self.block_size
+        full = min(num_tokens, len(seq.token_ids)) // self.block_size
         for i in range(done, full):
             block = self.blocks[seq.block_table[i]]
             prev = self.blocks[seq.block_table[i - 1]].hash if i else None

@@ -14,43 +14,46 @@ min-p. Here, by batch:
 
 Seeded rows draw their noise as in `default` (from (seed, step)), so they do not depend on their batch;
 their tokens differ from `default`'s because the noise covers candidates, not the whole vocabulary.
-Penalties, min_tokens and logprobs are `default`'s (this class only replaces :meth:`sample`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from minivllm.plugins.samplers.default import DefaultSampler, apply_top_k_top_p_min_p, exponential_noise, to_device
+from minivllm.core.interfaces import Sampler
+from minivllm.core.sampling import to_device
+from minivllm.plugins.samplers.default import apply_top_k_top_p_min_p, exponential_noise
 
 
-class FastSampler(DefaultSampler):
-    def sample(self, logits, params, steps):
-        if all(p.greedy for p in params):
+class FastSampler(Sampler):
+    def sample(self, logits, batch):
+        logits = logits.float()
+        if batch.all_greedy:
             return logits.argmax(dim=-1)
+        params = batch.params
         device = logits.device
         vocab = logits.shape[-1]
         sampling = [p for p in params if not p.greedy]
         greedy_tokens = logits.argmax(dim=-1) if len(sampling) < len(params) else None
         temperature = to_device([1.0 if p.greedy else p.temperature for p in params], device)
         logits = logits / temperature[:, None]
-        # per row: its top-k, `vocab` where off (greedy rows count as off: their sample is discarded)
-        top_k = [p.top_k if 0 < p.top_k < vocab and not p.greedy else vocab for p in params]
+        top_k = batch.top_k()
         if all(0 < p.top_k < vocab for p in sampling):
-            sampled = self._race_top_k(logits, params, steps, top_k)
+            sampled = self._race_top_k(logits, batch, top_k)
         elif any(p.top_p < 1.0 for p in sampling):
             top_p = to_device([p.top_p for p in params], device)
             min_p = to_device([p.min_p for p in params], device)
             logits = apply_top_k_top_p_min_p(logits, to_device(top_k, device), top_p, min_p)
-            sampled = self._gumbel_max(logits, params, steps)
+            sampled = self._gumbel_max(logits, batch)
         else:
-            sampled = self._gumbel_max(self._thresholds(logits, params, top_k), params, steps)
+            sampled = self._gumbel_max(self._thresholds(logits, params, top_k), batch)
         if greedy_tokens is None:
             return sampled
         return torch.where(to_device([p.greedy for p in params], device), greedy_tokens, sampled)
 
-    def _race_top_k(self, logits, params, steps, top_k: list[int]) -> torch.Tensor:
+    def _race_top_k(self, logits, batch, top_k: list[int]) -> torch.Tensor:
         device = logits.device
+        params = batch.params
         k = max(k for p, k in zip(params, top_k) if not p.greedy)
         values, ids = logits.topk(k, dim=-1)  # [B, k], descending
         probs = (values - logits.logsumexp(dim=-1, keepdim=True)).exp()  # [B, k], over the whole row
@@ -60,8 +63,7 @@ class FastSampler(DefaultSampler):
             remove |= (probs.cumsum(dim=-1) - probs) >= to_device([p.top_p for p in params], device)[:, None]
         if any(p.min_p > 0.0 for p in params):
             remove |= probs < to_device([p.min_p for p in params], device)[:, None] * probs[:, :1]
-        scores = probs.masked_fill_(remove, 0.0).div_(exponential_noise(probs.shape, params, steps, self.generator,
-                                                                         device))
+        scores = probs.masked_fill_(remove, 0.0).div_(exponential_noise(probs.shape, batch, self.generator, device))
         return ids.gather(1, scores.argmax(dim=-1, keepdim=True))[:, 0]
 
     @staticmethod
@@ -81,6 +83,6 @@ class FastSampler(DefaultSampler):
             logits = logits.masked_fill(logits < floor, float("-inf"))
         return logits
 
-    def _gumbel_max(self, logits, params, steps) -> torch.Tensor:
-        noise = exponential_noise(logits.shape, params, steps, self.generator, logits.device)
+    def _gumbel_max(self, logits, batch) -> torch.Tensor:
+        noise = exponential_noise(logits.shape, batch, self.generator, logits.device)
         return (logits - noise.log_()).argmax(dim=-1)
