@@ -151,8 +151,6 @@ def batches(bs: int, heads: int, kv_heads: int, head_dim: int) -> list[Case]:
 
 def cases_contract(name: str, summary: str, cases) -> Contract:
     def run(plugin: str, options: dict) -> None:
-        if options:
-            raise ValueError("attention backends take no options")
         multiple = registry("attention_backend").get(plugin).block_size_multiple
         for case in cases(multiple):
             check_case(name, plugin, case)

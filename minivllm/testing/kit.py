@@ -50,8 +50,8 @@ class Contract:
     run: Callable[[str, dict[str, Any]], None]  # (registered plugin name, plugin options)
 
     def check(self, plugin: str, options: dict[str, Any] | None = None) -> None:
-        plugins.load_plugins()
-        registry(self.kind).check(plugin)
+        """``options``: the plugin's own settings, for kinds whose plugins take them (schedulers)."""
+        validate(self.kind, plugin, options)
         self.run(plugin, options or {})
 
     def __str__(self) -> str:
@@ -63,6 +63,15 @@ def registry(kind: str):
     if kind not in SUITES:
         raise ValueError(f"unknown plugin kind {kind!r}; kinds: {', '.join(SUITES)}")
     return plugins.registries()[SUITES[kind][0]]
+
+
+def validate(kind: str, name: str, options: dict[str, Any] | None) -> None:
+    """Raise ValueError unless ``name`` is a registered plugin of ``kind`` and takes ``options``."""
+    registry(kind).check(name)
+    if options and kind != "scheduler":
+        raise ValueError(f"{kind} plugins take no options")
+    if options:
+        registry(kind).options(name, options)
 
 
 def contracts(kind: str) -> list[Contract]:
@@ -81,8 +90,8 @@ class Result:
 def check_plugin(kind: str, name: str, options: dict[str, Any] | None = None) -> list[Result]:
     """Run every contract of ``kind`` on the plugin registered as ``name``. An exception other than a
     contract failure (the plugin crashed where the kit did not catch it) fails that contract too. An unknown
-    kind or name raises ValueError listing the known ones."""
-    registry(kind).check(name)
+    kind or name, or options the plugin does not take, raise ValueError first."""
+    validate(kind, name, options)
     results = []
     for contract in contracts(kind):
         try:

@@ -2,7 +2,8 @@
 
 The kit plays the scheduler: it admits sequences (``match_prefix``, then ``allocate`` for a first chunk,
 ``free`` when that fails), grows them (tokens appended, ``allocate`` for more) and frees them (finish,
-abort or preemption), on prompts drawn from a tiny alphabet so that prefixes often repeat and often
+abort or preemption; the engine may free a sequence twice, the second time with its table empty), on
+prompts drawn from a tiny alphabet so that prefixes often repeat and often
 differ by one token. After every call it compares the allocator with what a correct one must report: the
 blocks it counts free plus the blocks live sequences hold make up the cache, and a block is shared only
 where ``match_prefix`` attached it for identical tokens. A failing sequence of calls is shrunk to the
@@ -36,7 +37,7 @@ class Op:
         if self.kind == "grow":
             return f"s{self.seq}.token_ids += {list(self.tokens)}; allocate(s{self.seq}, {self.chunk} more tokens) " \
                    f"(free(s{self.seq}) if that fails: preemption)"
-        return f"free(s{self.seq})"
+        return f"free(s{self.seq})"  # a second free of the same sequence finds its table empty
 
 
 class Violation(Exception):
@@ -51,6 +52,7 @@ class Scheduler:
     def __init__(self, allocator: KVAllocator, checks: set[str]):
         self.alloc, self.checks = allocator, checks
         self.seqs: dict[int, Sequence] = {}  # live sequences
+        self.freed: dict[int, Sequence] = {}  # sequences freed once: the engine may free them again
         self.allocated: dict[int, int] = {}  # tokens each live sequence has blocks for
         self.contents: dict[int, tuple[int, ...]] = {}  # block -> the tokens up to its end it was filled with
         self.index = 0
@@ -67,6 +69,8 @@ class Scheduler:
                 self._grow(op)
             elif op.kind == "free" and op.seq in self.seqs:
                 self._free(op.seq)
+            elif op.kind == "free" and op.seq in self.freed:
+                self.alloc.free(self.freed[op.seq])
             self._account()
         for sid in list(self.seqs):
             self._free(sid)
@@ -135,7 +139,7 @@ class Scheduler:
         return True
 
     def _free(self, sid: int) -> None:
-        seq = self.seqs.pop(sid)
+        seq = self.freed[sid] = self.seqs.pop(sid)
         del self.allocated[sid]
         self.alloc.free(seq)
         if seq.block_table:
@@ -156,9 +160,12 @@ class Scheduler:
 def random_ops(rng: random.Random, num_ops: int, block_size: int) -> list[Op]:
     """Calls in the proportions a busy scheduler makes them, over prompts of a 3-token alphabet."""
     docs = [[rng.randrange(3) for _ in range(4 * block_size)] for _ in range(3)]
-    ops, live, next_id = [], [], 0
+    ops, live, freed, next_id = [], [], [], 0
     for _ in range(num_ops):
         roll = rng.random()
+        if roll < 0.03 and freed:
+            ops.append(Op("free", rng.choice(freed)))  # finish called twice, as the engine may
+            continue
         if roll < 0.3 or not live:
             doc = rng.choice(docs)
             keep = rng.randint(0, len(doc))
@@ -173,6 +180,7 @@ def random_ops(rng: random.Random, num_ops: int, block_size: int) -> list[Op]:
         else:
             sid = rng.choice(live)
             live.remove(sid)
+            freed.append(sid)
             ops.append(Op("free", sid))
     return ops
 
@@ -209,8 +217,6 @@ def shrink(plugin: str, setup, ops: list[Op], checks: set[str], v: Violation) ->
 
 def ops_contract(name: str, summary: str, checks: set[str]) -> Contract:
     def run(plugin: str, options: dict) -> None:
-        if options:
-            raise ValueError("KV allocators take no options")
         rng = random.Random(0)
         for num_ops in (20, 60, 200, 600, 2000):
             for setup in ((12, 4, True), (12, 4, False), (24, 16, True)):  # num_blocks, block_size, caching

@@ -1,11 +1,13 @@
 """Scheduler contracts, checked by driving the scheduler as the engine does, with no model.
 
-The kit plays the engine. Before each step it adds the requests that arrive (after ``check_request``, as
-the engine validates them) and aborts those due (``finish``), then calls ``schedule()``, advances each
-scheduled sequence's computed tokens, appends a token to each sequence whose new tokens reach its end,
-and finishes (``finish``) those that reached ``max_tokens``. The allocator is the built-in
-``prefix_cache``, watched. Each contract runs hand-made cases, then random workloads; a failing workload is
-shrunk (requests dropped, sizes halved) to the smallest that still fails, and that is the reproduction.
+The kit plays the engine (``engine.py``'s step, the model aside). Before each step it adds the requests
+that arrive (after ``check_request``, as the engine validates them) and aborts those due (``finish``);
+then it calls ``schedule()``, advances each scheduled sequence's computed tokens, gives each sequence that
+samples a pending token (finishing at once one whose token is its last by length), and applies the
+tokens, finishing the sequences they end: at once, or a step later with ``async_scheduling``. The
+allocator is the built-in ``prefix_cache``, watched. Each contract runs hand-made cases, then random
+workloads; a failing workload is shrunk (requests dropped, sizes halved) to the smallest that still
+fails, and that is the reproduction.
 """
 
 from __future__ import annotations
@@ -43,17 +45,19 @@ class Scenario:
     max_num_seqs: int
     block_size: int = 16
     max_model_len: int = 256
+    async_scheduling: bool = False  # each step is planned before the previous step's tokens are known
 
     def describe(self, scheduler: str, options: dict) -> str:
         opts = f", scheduler_options={options}" if options else ""
         lines = [f"EngineConfig(scheduler={scheduler!r}{opts}, kvcache_block_size={self.block_size}, "
-                 f"max_num_batched_tokens={self.max_num_batched_tokens}, max_num_seqs={self.max_num_seqs}), a "
-                 f"prefix_cache allocator of {self.num_blocks} blocks, max_model_len={self.max_model_len}; requests:"]
+                 f"max_num_batched_tokens={self.max_num_batched_tokens}, max_num_seqs={self.max_num_seqs}, "
+                 f"async_scheduling={self.async_scheduling}), a prefix_cache allocator of {self.num_blocks} blocks, "
+                 f"max_model_len={self.max_model_len}; requests:"]
         for i, r in enumerate(self.requests):
-            mates = [j for j, o in enumerate(self.requests) if j != i and o.prefix and o.group == r.group]
-            shared = f" (the first {r.prefix} shared with request {', '.join(map(str, mates))})" if r.prefix and mates else ""
+            mates = any(j != i and o.prefix and o.group == r.group for j, o in enumerate(self.requests))
+            shared = f" (its first {min(r.prefix, r.prompt_len)} are prefix {r.group}'s)" if r.prefix and mates else ""
             abort = f", aborted before step {r.abort}" if r.abort is not None else ""
-            lines.append(f"  {i}: {r.prompt_len} prompt tokens{shared}, max_tokens={r.max_tokens}, added before step "
+            lines.append(f"  {i}: a {r.prompt_len}-token prompt{shared}, max_tokens={r.max_tokens}, added before step "
                          f"{r.arrival}{abort}")
         return "\n".join(lines)
 
@@ -92,18 +96,20 @@ LIMITS, BLOCKS, PROGRESS, PREFIX = "limits", "blocks", "progress", "prefix"
 
 
 class Engine:
-    """The engine's side of the scheduler contract, checking ``checks`` as it goes."""
+    """The engine's side of the scheduler contract (engine.py's step, model aside), checking ``checks``."""
 
     def __init__(self, name: str, options: dict, scenario: Scenario, checks: set[str]):
         config = EngineConfig(model=tempfile.gettempdir(), device="cpu", scheduler=name, scheduler_options=options,
                               kvcache_block_size=scenario.block_size, max_model_len=scenario.max_model_len,
                               max_num_batched_tokens=scenario.max_num_batched_tokens,
-                              max_num_seqs=scenario.max_num_seqs)
+                              max_num_seqs=scenario.max_num_seqs, async_scheduling=scenario.async_scheduling)
         inner = registry("kv_allocator").get("prefix_cache")(scenario.num_blocks, scenario.block_size, True)
         self.allocator = WatchedAllocator(inner)
         self.scheduler = registry("scheduler").get(name)(config, self.allocator, scenario.max_model_len)
         self.scenario, self.checks = scenario, checks
         self.seqs: dict[int, Sequence] = {}  # request index -> its sequence, once accepted
+        self.left: set[int] = set()  # requests whose last token is in flight: finished early, as the engine does
+        self.in_flight: list[Sequence] | None = None  # async scheduling: the step whose tokens come next
         self.step = 0
 
     def fail(self, check: str, message: str) -> None:
@@ -115,14 +121,20 @@ class Engine:
         limit = 20 * sum(r.prompt_len + r.max_tokens for r in s.requests) + 50
         while True:
             self._arrive_and_abort()
-            unfinished = [i for i, seq in self.seqs.items() if not seq.is_finished]
-            if not unfinished and all(r.arrival < self.step for r in s.requests):
+            unfinished = [i for i, seq in self.seqs.items() if not seq.is_finished and i not in self.left]
+            if not unfinished and self.in_flight is None and all(r.arrival < self.step for r in s.requests):
                 break
             if unfinished and self.step > limit:
                 self.fail(PROGRESS, f"requests {unfinished} are unfinished after {limit} steps")
                 return  # stuck, but that is another contract's business
-            if unfinished:
-                self._step(unfinished)
+            submitted = self._schedule_and_submit(unfinished) if unfinished else None
+            if s.async_scheduling:
+                done, self.in_flight = self.in_flight, submitted
+            else:
+                done = submitted
+            if done is not None:
+                self._collect(done)
+            self._account()
             self.step += 1
         if self.allocator.num_free_blocks != s.num_blocks:
             self.fail(BLOCKS, f"every request is done, but only {self.allocator.num_free_blocks} of {s.num_blocks} "
@@ -147,7 +159,6 @@ class Engine:
         seq.status = SequenceStatus.FINISHED
         if seq.block_table:
             self.fail(BLOCKS, f"request {i} was {why}, and finish() left it holding KV blocks {seq.block_table}")
-        self._account()
 
     def _account(self) -> None:
         """The free blocks and the blocks unfinished sequences hold add up to the whole cache."""
@@ -157,14 +168,14 @@ class Engine:
             self.fail(BLOCKS, f"{free} KV blocks are free and unfinished requests hold {len(held)}, but the cache has "
                               f"{self.scenario.num_blocks}: {self.scenario.num_blocks - free - len(held)} leaked")
 
-    def _step(self, unfinished: list[int]) -> None:
+    def _schedule_and_submit(self, unfinished: list[int]) -> list[Sequence] | None:
         s, index = self.scenario, {seq.seq_id: i for i, seq in self.seqs.items()}
         fresh = {i for i in unfinished if self.seqs[i].num_computed_tokens == 0}
         self.allocator.matched.clear()
         batch: ScheduledBatch = self.scheduler.schedule()
         if not batch:
             self.fail(PROGRESS, f"schedule() returned an empty batch while requests {unfinished} are unfinished")
-            return
+            return None
         self._check_batch(batch, index)
         if batch.num_tokens > s.max_num_batched_tokens:
             self.fail(LIMITS, f"the batch has {batch.num_tokens} new tokens, over max_num_batched_tokens="
@@ -186,13 +197,29 @@ class Engine:
             if seq.block_table or seq.num_computed_tokens or seq.is_finished:
                 self.fail(BLOCKS, f"request {index[seq.seq_id]} was preempted but holds blocks {seq.block_table} and "
                                   f"{seq.num_computed_tokens} computed tokens (it must give both up, to be recomputed)")
+        sampling = batch.sampling_seqs()
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
-            if seq.num_computed_tokens == len(seq):
-                seq.append(1 + (self.step * 7 + index[seq.seq_id]) % 50)
-                if seq.num_output_tokens >= seq.params.max_tokens or len(seq) >= s.max_model_len:
-                    self._finish(index[seq.seq_id], "finished")
-        self._account()
+        for seq in sampling:
+            seq.num_pending_tokens += 1
+            if seq.num_generated_tokens >= seq.params.max_tokens or len(seq) >= s.max_model_len:
+                self.left.add(index[seq.seq_id])  # its last token is in flight: it leaves the scheduler now
+                self.scheduler.finish(seq)
+                if seq.block_table:
+                    self.fail(BLOCKS, f"request {index[seq.seq_id]} ended, and finish() left it holding KV blocks "
+                                      f"{seq.block_table}")
+        return sampling
+
+    def _collect(self, sampled: list[Sequence]) -> None:
+        """The step's tokens arrive: append them and finish the sequences they end."""
+        index = {seq.seq_id: i for i, seq in self.seqs.items()}
+        for seq in sampled:
+            seq.num_pending_tokens -= 1
+            if seq.is_finished:
+                continue  # aborted while the step ran: its token is dropped
+            seq.append(1 + (self.step * 7 + index[seq.seq_id]) % 50)
+            if seq.num_output_tokens >= seq.params.max_tokens or len(seq.token_ids) >= self.scenario.max_model_len:
+                self._finish(index[seq.seq_id], "finished")
 
     def _check_batch(self, batch: ScheduledBatch, index: dict[int, int]) -> None:
         """What the engine needs to run a batch at all."""
@@ -200,7 +227,7 @@ class Engine:
             self.fail("batch", "the batch lists a sequence twice, or not one token count per sequence")
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             i = index.get(seq.seq_id)
-            if i is None or seq.is_finished:
+            if i is None or seq.is_finished or i in self.left:
                 self.fail("batch", f"the batch holds a sequence that is not running (request {i}, {seq})")
             if not 1 <= n <= len(seq) - seq.num_computed_tokens:
                 self.fail("batch", f"request {i} is given {n} new tokens, but {len(seq) - seq.num_computed_tokens} "
@@ -254,7 +281,8 @@ def random_scenario(rng: random.Random, num_requests: int, aborts: bool) -> Scen
                                 abort=rng.randint(1, 40) if aborts and rng.random() < 0.25 else None,
                                 group=rng.randint(0, 2), prefix=rng.choice([0, 0, 16, 32, 48])))
     return Scenario(tuple(requests), num_blocks=rng.randint(6, 24), block_size=block_size,
-                    max_num_batched_tokens=rng.choice([16, 32, 48, 64, 128, 256]), max_num_seqs=rng.randint(1, 6))
+                    max_num_batched_tokens=rng.choice([16, 32, 48, 64, 128, 256]), max_num_seqs=rng.randint(1, 6),
+                    async_scheduling=rng.random() < 0.5)
 
 
 def scenario_contract(name: str, summary: str, checks: set[str], cases: list[Scenario], aborts: bool) -> Contract:
