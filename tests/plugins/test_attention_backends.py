@@ -37,4 +37,4 @@ def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llam
     assert EngineConfig.model_construct(**cuda, kvcache_block_size=16).resolved_attention_backend == "torch"
     with pytest.raises(ValueError, match="no attention backend takes kvcache_block_size=24 on cuda: triton needs a "
                                          "multiple of 32; torch needs a multiple of 16$"):
-        EngineConfig.model_construct(**cuda, kvcache_block_size=24).resolved_attention_backend
+        _ = EngineConfig.model_construct(**cuda, kvcache_block_size=24).resolved_attention_backend
