@@ -14,6 +14,13 @@ from tests.packages import pip_install_copy  # noqa: E402
 ARCHS = ["llama", "qwen2", "qwen3"]
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["sync", "async"])
+def async_scheduling(request) -> bool:
+    """Both step pipelines (see minivllm/core/engine.py): a test that takes this runs with and without
+    overlapped scheduling, and must see the same behaviour."""
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, str]:
     """arch -> path of a tiny random float32 checkpoint with a tokenizer."""

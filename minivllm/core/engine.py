@@ -119,7 +119,11 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished() or self._in_flight is not None
+        """Whether :meth:`step` has work left: sequences queued, or a step in flight whose tokens are still
+        wanted (one whose sequences all ended meanwhile has nothing left to give)."""
+        in_flight = self._in_flight
+        return self.scheduler.has_unfinished() or (
+            in_flight is not None and not all(seq.is_finished for seq in in_flight.seqs))
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence now and free its KV blocks (a token in flight for it is dropped on arrival)."""
@@ -167,10 +171,10 @@ class LLMEngine:
         sampled = submitted.future.result().sampled
         updated = []
         for seq in submitted.seqs:
-            seq.num_pending_tokens -= 1
             if seq.is_finished:  # ended (stop, abort) while this step ran: its token is dropped
                 continue
             token, token_logprobs = sampled[seq.seq_id]
+            seq.num_pending_tokens -= 1
             seq.append(token)
             if token_logprobs is not None:
                 seq.logprobs.append(token_logprobs)
@@ -251,3 +255,4 @@ class LLMEngine:
         self.scheduler.finish(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
+        seq.num_pending_tokens = 0  # a token still in flight for it will be dropped

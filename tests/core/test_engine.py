@@ -6,8 +6,8 @@ from minivllm import LLM, SamplingParams
 
 
 @pytest.fixture(scope="module")
-def llm(llama_path):
-    return LLM(llama_path, kvcache_block_size=16, max_model_len=128)
+def llm(llama_path, async_scheduling):
+    return LLM(llama_path, kvcache_block_size=16, max_model_len=128, async_scheduling=async_scheduling)
 
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)

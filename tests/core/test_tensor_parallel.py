@@ -100,11 +100,11 @@ def references(checkpoints):
 @pytest.mark.parametrize(("tp", "settings"), [(2, dict(scheduler="chunked", max_num_batched_tokens=24)),
                                                (4, dict(scheduler="fcfs"))], ids=["2-chunked", "4-fcfs"])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, settings):
+def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, settings, async_scheduling):
     expected, one_rank, sampled = references[arch]
     # 4 ranks of a model with 2 KV heads: each KV head is replicated on two ranks; the chunked scheduler
     # with a budget of 24 tokens splits prompts into chunks that sample nothing
-    with LLM(checkpoints[arch], tensor_parallel_size=tp, **settings, **TIGHT) as llm:
+    with LLM(checkpoints[arch], tensor_parallel_size=tp, async_scheduling=async_scheduling, **settings, **TIGHT) as llm:
         got = _tokens(llm, PROMPTS) + _tokens(llm, SHARED)
         assert got == one_rank
         assert got == expected

@@ -11,8 +11,8 @@ SETTINGS = dict(kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=64)
 
 
 @pytest.fixture(scope="module")
-def engine(llama_path):
-    engine = AsyncLLM(llama_path, **SETTINGS)
+def engine(llama_path, async_scheduling):
+    engine = AsyncLLM(llama_path, async_scheduling=async_scheduling, **SETTINGS)
     yield engine
     engine.close()
 

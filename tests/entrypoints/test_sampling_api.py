@@ -14,8 +14,8 @@ PROMPT = "Once upon a time"
 
 
 @pytest.fixture(scope="module")
-def llm(llama_path):
-    return LLM(llama_path, kvcache_block_size=16, max_model_len=128)
+def llm(llama_path, async_scheduling):
+    return LLM(llama_path, kvcache_block_size=16, max_model_len=128, async_scheduling=async_scheduling)
 
 
 def greedy(**kw) -> SamplingParams:

@@ -61,21 +61,23 @@ def test_budget_and_seat_limits_hold_under_load(llama_path):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_parity_with_budget_far_below_prompt_lengths(checkpoints, arch):
+def test_parity_with_budget_far_below_prompt_lengths(checkpoints, arch, async_scheduling):
     path = checkpoints[arch]
     prompts = random_prompts(4, 250, 320, seed=7)
-    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=512)
+    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=512,
+              async_scheduling=async_scheduling)
     got = [o["tokens"] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     assert got == hf_greedy(path, prompts, GREEDY.max_tokens)
 
 
-def test_parity_with_shared_prefix_and_small_cache(checkpoints):
+def test_parity_with_shared_prefix_and_small_cache(checkpoints, async_scheduling):
     path = checkpoints["qwen3"]
     prefix = random_prompts(1, 100, 100, seed=8)[0]
     prompts = [prefix + tail for tail in random_prompts(6, 5, 60, seed=9)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
     llm = LLM(path, scheduler="chunked", scheduler_options={"long_prefill_token_threshold": 24},
-              max_num_batched_tokens=40, kvcache_block_size=16, num_kvcache_blocks=24, max_model_len=512)
+              max_num_batched_tokens=40, kvcache_block_size=16, num_kvcache_blocks=24, max_model_len=512,
+              async_scheduling=async_scheduling)
     got = [o["tokens"] for o in llm.generate(prompts, params, use_tqdm=False)]
     assert got == hf_greedy(path, prompts, params.max_tokens)
     assert llm.engine.scheduler.num_preemptions > 0

@@ -7,3 +7,4 @@ from minivllm.core.hookspecs import hookimpl
 def register_samplers(register):
     register("default", "minivllm.plugins.samplers.default:DefaultSampler")
     register("fast", "minivllm.plugins.samplers.fast:FastSampler")
+    register("fused", "minivllm.plugins.samplers.fused:FusedSampler")
