@@ -40,8 +40,9 @@ def make_checkpoint(path: str, arch: str, seed: int = 0, std: float = 0.3) -> st
     """Write a tiny random checkpoint of ``arch`` ("llama", "qwen2", "qwen3") to ``path``."""
     from transformers import AutoModelForCausalLM
 
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch), dtype=torch.float32)
-    randomize_weights(model, seed, std)
+    randomize_weights(model, std)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     save_tokenizer(path)

@@ -34,17 +34,17 @@ def save_tokenizer(path: str, vocab_size: int = 300) -> None:
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>").save_pretrained(path)
 
 
-def randomize_weights(model: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
-    """Draw weights wider than the usual init, so that greedy choices are not near-ties: every norm weight
-    moves up to 0.2 from its init (1 for Llama's norms, 0 for Gemma's ``1 + weight``), the rest is
-    normal with ``std``."""
-    g = torch.Generator().manual_seed(seed)
+def randomize_weights(model: torch.nn.Module, std: float = 0.3) -> None:
+    """Draw weights wider than the usual init, so that greedy choices are not near-ties, from torch's global
+    generator (seed it first): a norm weight, constant at init (1 for Llama's norms, 0 for Gemma's
+    ``1 + weight``), uniformly within 0.2 of that value; the rest normal with ``std``."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
-                p.add_(torch.rand(p.shape, generator=g) * 0.4 - 0.2)
+                init = float(p.flatten()[0])
+                p.uniform_(init - 0.2, init + 0.2)
             else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
+                p.normal_(0.0, std)
 
 
 def tiny_checkpoint(architecture: str, path: str, seed: int = 0, **overrides) -> str:
@@ -53,9 +53,10 @@ def tiny_checkpoint(architecture: str, path: str, seed: int = 0, **overrides) ->
     import transformers
 
     model_cls = getattr(transformers, architecture)
-    torch.manual_seed(seed)
-    model = model_cls(model_cls.config_class(**{**TINY, **overrides})).float()
-    randomize_weights(model, seed)
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        model = model_cls(model_cls.config_class(**{**TINY, **overrides})).float()
+        randomize_weights(model)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path)
     save_tokenizer(path)

@@ -1,5 +1,9 @@
 """Attention backends, which write new K/V into the paged cache and attend over each sequence's context, and
-the `Attention` layer through which a model calls them."""
+the `Attention` layer through which a model calls them.
+
+``minivllm check-plugin attention_backend NAME`` checks a backend against plain attention on the batches
+the runner builds (:mod:`minivllm.testing.attention`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,9 @@
-"""KV allocators: which cache blocks each sequence's tokens live in."""
+"""KV allocators: which cache blocks each sequence's tokens live in.
+
+``minivllm check-plugin kv_allocator NAME`` checks an implementation against these docstrings
+(:mod:`minivllm.testing.kv_allocator`): the free blocks plus the blocks live sequences hold always make
+up the cache, and a block is shared only where :meth:`KVAllocator.match_prefix` attached it.
+"""
 
 from __future__ import annotations
 
@@ -38,4 +43,6 @@ class KVAllocator(ABC):
 
     @abstractmethod
     def free(self, seq: Sequence) -> None:
-        """Release the sequence's blocks (on finish, abort or preemption) and clear its block table."""
+        """Release the sequence's blocks (on finish, abort or preemption) and clear its block table. A block
+        another sequence still shares stays in use. May be called again for a sequence already freed (the
+        engine finishes a sequence twice when its last token was in flight): then nothing happens."""

@@ -1,4 +1,8 @@
-"""Models: a decoder-only network over a flat batch of tokens."""
+"""Models: a decoder-only network over a flat batch of tokens.
+
+``minivllm check-plugin model ARCHITECTURE`` checks a model's greedy tokens against transformers', on one
+rank and two (:mod:`minivllm.testing.model`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Schedulers: decide, every step, which sequences run and how many new tokens each computes."""
+"""Schedulers: decide, every step, which sequences run and how many new tokens each computes.
+
+``minivllm check-plugin scheduler NAME`` checks an implementation against these docstrings
+(:mod:`minivllm.testing.scheduler`), driving it as the engine does.
+"""
 
 from __future__ import annotations
 
@@ -83,7 +87,9 @@ class Scheduler(ABC):
     @abstractmethod
     def schedule(self) -> ScheduledBatch:
         """Pick this step's sequences and token counts, allocating their KV blocks (preempting if they
-        run out). Returns an empty batch only when nothing is unfinished."""
+        run out): at most ``max_num_batched_tokens`` new tokens and ``max_num_seqs`` sequences, a fresh
+        sequence starting after its prefix-cache hits. Returns an empty batch only when nothing is
+        unfinished."""
 
     def match_head(self) -> Sequence:
         """The first waiting sequence, with its prefix-cache hits attached and counted as computed."""
