@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP server (FastAPI on uvicorn, as vLLM's): ``/v1/completions``,
 ``/v1/chat/completions`` (both streaming as server-sent events), ``/v1/models``, ``/health`` and
 ``/metrics``. Bad requests get OpenAI error bodies and never reach the engine loop. Importing this module
-needs the ``serve`` extra (FastAPI, uvicorn); nothing else in minivllm imports it."""
+needs the ``serve`` extra (FastAPI, uvicorn,
+prometheus_client); nothing else in minivllm imports it."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from minivllm.entrypoints.async_llm import AsyncLLM, StreamOutput
 from minivllm.entrypoints.chat import chat_prompt
+from minivllm.entrypoints.metrics import CONTENT_TYPE
 from minivllm.entrypoints.protocol import ChatCompletionRequest, CompletionRequest, error_body
 
 
@@ -64,8 +66,7 @@ def build_app(engine: AsyncLLM, served_model_name: str, api_key: str | None = No
 
     @app.get("/metrics")
     async def metrics():
-        text = engine.metrics.render(served_model_name, **engine.stats())
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        return Response(engine.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
     def check_model(model: str | None) -> str:
         if model is not None and model != served_model_name:

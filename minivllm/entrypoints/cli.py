@@ -53,8 +53,8 @@ def cmd_serve(args) -> None:
     from minivllm.entrypoints.async_llm import AsyncLLM
 
     model = args.model or default_model()
-    engine = AsyncLLM(model, **engine_kwargs(args))
-    serve(engine, args.served_model_name or model, host=args.host, port=args.port, api_key=args.api_key,
+    engine = AsyncLLM(model, served_model_name=args.served_model_name, **engine_kwargs(args))
+    serve(engine, engine.served_model_name, host=args.host, port=args.port, api_key=args.api_key,
           chat_template=read_chat_template(args.chat_template), log_level=args.uvicorn_log_level)
 
 
