@@ -23,10 +23,11 @@ ABORTED = 'minivllm:request_success_total{finished_reason="abort"}'
 def server(llama_path):
     from minivllm.entrypoints import AsyncLLM
     from minivllm.entrypoints.api_server import build_app
+    from minivllm.entrypoints.settings import ServerSettings
 
     engine = AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
                       num_kvcache_blocks=160)
-    with running(build_app(engine, MODEL, api_key=API_KEY, chat_template=TEMPLATE)) as base_url:
+    with running(build_app(engine, ServerSettings(api_key=API_KEY, chat_template=TEMPLATE))) as base_url:
         yield base_url, engine
     engine.close()
 
@@ -227,7 +228,7 @@ def test_metrics_exposition(llama_path):
     engine = AsyncLLM(llama_path, served_model_name=name, kvcache_block_size=16, max_model_len=128,
                       num_kvcache_blocks=32)
     try:
-        with running(build_app(engine, name)) as base_url:
+        with running(build_app(engine)) as base_url:
             client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
             out = client.completions.create(model=name, prompt=["Hi", "Once upon a time"], n=2, max_tokens=5,
                                             extra_body=NO_EOS)
@@ -256,3 +257,17 @@ def test_metrics_exposition(llama_path):
     assert m["minivllm:kv_cache_used_blocks"] == 0 and m["minivllm:kv_cache_total_blocks"] == 32
 
 
+
+def test_requests_after_shutdown_began_get_503(llama_path):
+    from minivllm.entrypoints import AsyncLLM
+    from minivllm.entrypoints.api_server import build_app
+
+    engine = AsyncLLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=32)
+    try:
+        with running(build_app(engine)) as base_url:
+            engine.begin_shutdown()
+            response = httpx.post(base_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+    finally:
+        engine.close()
+    assert response.status_code == 503 and response.json()["error"] == {
+        "message": "the server is shutting down", "type": "ServiceUnavailableError", "param": None, "code": 503}
