@@ -4,6 +4,8 @@ import threading
 import time
 from collections.abc import Iterator
 
+from benchmarks.serve import scrape  # noqa: F401 (/metrics as a dict, for the tests too)
+
 # A chat template for the tiny checkpoints, whose tokenizer has none: "<role>content" lines, then "<assistant>".
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -34,18 +36,3 @@ def running(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
 
-
-def scrape(base_url: str, headers: dict | None = None) -> dict[str, float]:
-    """``/metrics`` parsed by prometheus_client: {sample: value}, a sample named with its labels but
-    ``model_name`` (``minivllm:kv_cache_used_blocks``, ``minivllm:batch_size_bucket{le="1.0"}``)."""
-    import httpx
-    from prometheus_client.parser import text_string_to_metric_families
-
-    response = httpx.get(base_url + "/metrics", headers=headers)
-    assert response.status_code == 200, response.text
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()) if k != "model_name")
-            samples[s.name + (f"{{{labels}}}" if labels else "")] = s.value
-    return samples

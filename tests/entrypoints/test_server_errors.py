@@ -182,4 +182,4 @@ def test_fields_that_ask_for_nothing_are_accepted(server, client):
         response_format={"type": "text"}, tool_choice="none", metadata={"team": "a"}, store=False,
         extra_body={"ignore_eos": True, "skip_special_tokens": True, "something_new": 1})
     assert out.usage.completion_tokens == 3
-    assert scrape(server[0])["minivllm:kv_cache_used_blocks"] == 0
+    assert scrape(server[0])["kv_cache_used_blocks"] == 0

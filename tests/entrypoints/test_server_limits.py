@@ -118,7 +118,7 @@ def test_body_bytes_are_bounded(small):
 
     response = httpx.post(base_url + "/v1/completions", content=small_chunks(), headers=headers)
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 2
-    assert scrape(base_url)["minivllm:kv_cache_used_blocks"] == 0
+    assert scrape(base_url)["kv_cache_used_blocks"] == 0
 
 
 def test_tokenizing_runs_off_the_event_loop(engine):
