@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 from benchmarks.serve import scrape  # noqa: F401 (/metrics as a dict, for the tests too)
 
+MODEL = "tiny"  # the served name of conftest's tiny_engine
+
 # A chat template for the tiny checkpoints, whose tokenizer has none: "<role>content" lines, then "<assistant>".
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
@@ -36,3 +38,11 @@ def running(app) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=30)
 
+
+
+def serving(engine, **settings):
+    """:func:`running` for the app that serves ``engine`` with ``ServerSettings(**settings)``."""
+    from minivllm.entrypoints.api_server import build_app
+    from minivllm.entrypoints.settings import ServerSettings
+
+    return running(build_app(engine, ServerSettings(**settings)))

@@ -10,26 +10,18 @@ import openai
 import pytest
 
 from tests.checkpoints import hf_greedy
-from tests.entrypoints import TEMPLATE, running, scrape
+from tests.entrypoints import MODEL, TEMPLATE, scrape, serving
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-MODEL = "tiny"
 NO_EOS = {"ignore_eos": True}  # vLLM's extra field: the tiny model's EOS would end outputs at random
 ABORTED = 'request_success_total{finished_reason="abort"}'
 
 
 @pytest.fixture(scope="module")
-def server(llama_path):
-    from minivllm.entrypoints import AsyncLLM
-    from minivllm.entrypoints.api_server import build_app
-    from minivllm.entrypoints.settings import ServerSettings
-
-    engine = AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
-                      num_kvcache_blocks=160)
-    with running(build_app(engine, ServerSettings(api_key=API_KEY, chat_template=TEMPLATE))) as base_url:
-        yield base_url, engine
-    engine.close()
+def server(tiny_engine):
+    with serving(tiny_engine, api_key=API_KEY, chat_template=TEMPLATE) as base_url:
+        yield base_url, tiny_engine
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +214,12 @@ def test_metrics_exposition(llama_path):
     from prometheus_client.parser import text_string_to_metric_families
 
     from minivllm.entrypoints import AsyncLLM
-    from minivllm.entrypoints.api_server import build_app
 
     name = 'tiny "v2"\nof C:\\models'
     engine = AsyncLLM(llama_path, served_model_name=name, kvcache_block_size=16, max_model_len=128,
                       num_kvcache_blocks=32)
     try:
-        with running(build_app(engine)) as base_url:
+        with serving(engine) as base_url:
             client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
             out = client.completions.create(model=name, prompt=["Hi", "Once upon a time"], n=2, max_tokens=5,
                                             extra_body=NO_EOS)
@@ -258,11 +249,10 @@ def test_metrics_exposition(llama_path):
 
 def test_requests_after_shutdown_began_get_503(llama_path):
     from minivllm.entrypoints import AsyncLLM
-    from minivllm.entrypoints.api_server import build_app
 
     engine = AsyncLLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=32)
     try:
-        with running(build_app(engine)) as base_url:
+        with serving(engine) as base_url:
             engine.begin_shutdown()
             response = httpx.post(base_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
     finally:

@@ -5,32 +5,14 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints import running
+from tests.entrypoints import MODEL, serving
 
 KEY = "s3cret-key"
-MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
-def engine(llama_path):
-    from minivllm.entrypoints import AsyncLLM
-
-    engine = AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
-                      num_kvcache_blocks=32)
-    yield engine
-    engine.close()
-
-
-def serving(engine, **settings):
-    from minivllm.entrypoints.api_server import build_app
-    from minivllm.entrypoints.settings import ServerSettings
-
-    return running(build_app(engine, ServerSettings(api_key=KEY, **settings)))
-
-
-@pytest.fixture(scope="module")
-def base_url(engine):
-    with serving(engine) as url:
+def base_url(tiny_engine):
+    with serving(tiny_engine, api_key=KEY) as url:
         yield url
 
 
@@ -69,18 +51,16 @@ def test_openai_client(base_url):
     assert out.usage.completion_tokens == 2
 
 
-def test_public_metrics_opens_metrics_only(engine):
-    with serving(engine, public_metrics=True) as url:
+def test_public_metrics_opens_metrics_only(tiny_engine):
+    with serving(tiny_engine, api_key=KEY, public_metrics=True) as url:
         response = httpx.get(url + "/metrics")
         assert response.status_code == 200 and "minivllm:kv_cache_usage_perc" in response.text
         assert httpx.get(url + "/v1/models").status_code == 401
         assert httpx.get(url + "/openapi.json").status_code == 401
 
 
-def test_no_key_no_check(engine):
-    from minivllm.entrypoints.api_server import build_app
-
-    with running(build_app(engine)) as url:
+def test_no_key_no_check(tiny_engine):
+    with serving(tiny_engine) as url:
         assert httpx.get(url + "/v1/models").status_code == 200
         assert httpx.get(url + "/metrics").status_code == 200
 

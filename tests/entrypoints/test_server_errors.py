@@ -7,24 +7,16 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints import TEMPLATE, running, scrape
+from tests.entrypoints import MODEL, TEMPLATE, scrape, serving
 
-MODEL = "tiny"
-MAX_MODEL_LEN = 128
+MAX_MODEL_LEN = 128  # tiny_engine's
 NO_EOS = {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def server(llama_path):
-    from minivllm.entrypoints import AsyncLLM
-    from minivllm.entrypoints.api_server import build_app
-    from minivllm.entrypoints.settings import ServerSettings
-
-    engine = AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=MAX_MODEL_LEN,
-                      num_kvcache_blocks=64)
-    with running(build_app(engine, ServerSettings(chat_template=TEMPLATE))) as base_url:
-        yield base_url, engine
-    engine.close()
+def server(tiny_engine):
+    with serving(tiny_engine, chat_template=TEMPLATE) as base_url:
+        yield base_url, tiny_engine
 
 
 @pytest.fixture(scope="module")

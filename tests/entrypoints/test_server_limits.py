@@ -9,33 +9,16 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints import TEMPLATE, running, scrape
+from tests.entrypoints import MODEL, TEMPLATE, scrape, serving
 
-MODEL = "tiny"
 NO_EOS = {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
-def engine(llama_path):
-    from minivllm.entrypoints import AsyncLLM
-
-    engine = AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
-                      num_kvcache_blocks=160)
-    yield engine
-    engine.close()
-
-
-def serving(engine, **settings):
-    from minivllm.entrypoints.api_server import build_app
-    from minivllm.entrypoints.settings import ServerSettings
-
-    return running(build_app(engine, ServerSettings(chat_template=TEMPLATE, **settings)))
-
-
-@pytest.fixture(scope="module")
-def small(engine):
+def small(tiny_engine):
     """A server with small limits, and an openai client of it."""
-    with serving(engine, max_n=4, max_prompts=3, max_prompt_chars=500, max_body_bytes=20_000) as base_url:
+    with serving(tiny_engine, chat_template=TEMPLATE, max_n=4, max_prompts=3, max_prompt_chars=500,
+                 max_body_bytes=20_000) as base_url:
         yield base_url, openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=60)
 
 
@@ -66,7 +49,7 @@ def test_prompts_per_request_are_bounded(small):
     assert (e.value.body["message"], e.value.body["param"]) == ("at most 3 prompts per request, got 4", "prompt")
 
 
-def test_prompt_characters_are_checked_before_tokenizing(small, engine):
+def test_prompt_characters_are_checked_before_tokenizing(small):
     _, client = small
     with pytest.raises(openai.BadRequestError, match="prompt of 500 tokens is too long"):  # tokenized: in limits
         client.completions.create(model=MODEL, prompt="x" * 500, max_tokens=1)
@@ -81,12 +64,12 @@ def test_prompt_characters_are_checked_before_tokenizing(small, engine):
     assert e.value.body["param"] == "messages"
 
 
-def test_long_prompt_is_refused_without_tokenizing(engine):
+def test_long_prompt_is_refused_without_tokenizing(tiny_engine):
     text = "The capital of France is Paris. " * 40_000  # 1.3 M characters
     start = time.perf_counter()
-    engine.tokenizer.encode(text)
+    tiny_engine.tokenizer.encode(text)
     tokenizing = time.perf_counter() - start
-    with serving(engine, max_prompt_chars=1000, max_body_bytes=4 * 2**20) as base_url:
+    with serving(tiny_engine, max_prompt_chars=1000, max_body_bytes=4 * 2**20) as base_url:
         start = time.perf_counter()
         response = httpx.post(base_url + "/v1/completions", json={"prompt": text, "max_tokens": 1}, timeout=60)
         refusing = time.perf_counter() - start
@@ -121,7 +104,7 @@ def test_body_bytes_are_bounded(small):
     assert scrape(base_url)["kv_cache_used_blocks"] == 0
 
 
-def test_tokenizing_runs_off_the_event_loop(engine):
+def test_tokenizing_runs_off_the_event_loop(tiny_engine):
     """A prompt of 1.3 M characters takes about a second to tokenize; meanwhile /health still answers at
     once (tokenized on the event loop, it waited for all of it)."""
     text = "The capital of France is Paris. " * 40_000
@@ -138,7 +121,7 @@ def test_tokenizing_runs_off_the_event_loop(engine):
                 await asyncio.sleep(0.01)
             return await big, time.perf_counter() - start, latencies
 
-    with serving(engine, max_prompt_chars=2_000_000, max_body_bytes=4 * 2**20) as base_url:
+    with serving(tiny_engine, max_prompt_chars=2_000_000, max_body_bytes=4 * 2**20) as base_url:
         response, took, latencies = asyncio.run(main(base_url))
         assert response.status_code == 400 and "too long" in response.json()["error"]["message"]
         assert len(latencies) > 5 and max(latencies) < took / 3, (max(latencies), took)
