@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("--model-path", help="checkpoint to serve (default: the embedded SmolLM2-135M GGUF)")
     parser.add_argument("--duration", type=float, default=90, help="seconds of load")
     parser.add_argument("--streams", type=int, default=16, help="clients streaming completions back to back")
-    parser.add_argument("--disconnects", type=int, default=4, help="clients that hang up after 1-5 chunks, again and again")
+    parser.add_argument("--disconnects", type=int, default=4,
+                        help="clients that hang up after 1-5 chunks, again and again")
     parser.add_argument("--metrics-interval", type=float, default=0.05, help="seconds between /metrics reads")
     parser.add_argument("--shutdown-streams", type=int, default=8, help="streams in flight at SIGTERM")
     parser.add_argument("--max-model-len", type=int, default=2048)
@@ -207,7 +208,8 @@ def main() -> None:
         "model": os.path.basename(args.model_path), "duration_s": round(wall, 1), "streams": args.streams,
         "disconnecting_clients": args.disconnects, "completed": tally.completed, "hung_up": tally.hung_up,
         "failed": len(tally.errors), "errors": tally.errors[:5],
-        "ttft_p50_ms": round(quantile(tally.ttfts, 0.5) * 1000), "ttft_p99_ms": round(quantile(tally.ttfts, 0.99) * 1000),
+        "ttft_p50_ms": round(quantile(tally.ttfts, 0.5) * 1000),
+        "ttft_p99_ms": round(quantile(tally.ttfts, 0.99) * 1000),
         "output_tok_s": round(tally.tokens / wall, 1), "metrics_reads": tally.metrics_reads,
         "metrics_p99_ms": round(quantile(tally.metrics_latencies, 0.99) * 1000, 1),
         "kv_blocks_left": after["kv_cache_used_blocks"], "kv_blocks_total": after["kv_cache_total_blocks"],

@@ -64,12 +64,12 @@ def api_key(args) -> str | None:
 def cmd_serve(args) -> None:
     from minivllm.cli import default_model
     from minivllm.entrypoints.api_server import serve
-    from minivllm.entrypoints.settings import ServerSettings
     from minivllm.entrypoints.async_llm import AsyncLLM
+    from minivllm.entrypoints.settings import ServerSettings
 
     settings = ServerSettings(
         api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
-        **{name: getattr(args, name) for name in SERVER_LIMITS if getattr(args, name) is not None},
+        **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
     )
     model = args.model or default_model()
     engine = AsyncLLM(model, served_model_name=args.served_model_name, **engine_kwargs(args))
@@ -110,15 +110,15 @@ def cmd_chat(args) -> None:
 
 
 # ServerSettings fields given as flags of the same names; their defaults and help live there
-SERVER_LIMITS = ("public_metrics", "max_n", "max_prompts", "max_prompt_chars", "max_body_bytes",
+SERVER_FLAGS = ("public_metrics", "max_n", "max_prompts", "max_prompt_chars", "max_body_bytes",
                  "shutdown_grace_period")
 
 
-def add_server_limit_arguments(parser: argparse.ArgumentParser) -> None:
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     from minivllm.entrypoints.settings import ServerSettings
 
     group = parser.add_argument_group("limits, metrics and shutdown")
-    for name in SERVER_LIMITS:
+    for name in SERVER_FLAGS:
         field = ServerSettings.model_fields[name]
         flag, help_text = "--" + name.replace("_", "-"), f"{field.description} (default: {field.default})"
         if field.annotation is bool:
@@ -139,7 +139,7 @@ def add_parsers(sub) -> None:
     serve.add_argument("--chat-template",
                        help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
     serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
-    add_server_limit_arguments(serve)
+    add_server_arguments(serve)
     add_engine_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -65,6 +65,26 @@ def test_serve_command(llama_path, tmp_path):
     assert proc.returncode == 0
 
 
+def test_api_key_sources(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from minivllm.entrypoints.cli import api_key
+
+    key_file = tmp_path / "key"
+    key_file.write_text("  from-the-file \nsecond line\n")
+    monkeypatch.setenv("MINIVLLM_API_KEY", "from-the-env")
+    assert api_key(Namespace(api_key="from-argv", api_key_file=None)) == "from-argv"
+    assert api_key(Namespace(api_key=None, api_key_file=str(key_file))) == "from-the-file"
+    assert api_key(Namespace(api_key=None, api_key_file=None)) == "from-the-env"
+    monkeypatch.delenv("MINIVLLM_API_KEY")
+    assert api_key(Namespace(api_key=None, api_key_file=None)) is None
+    with pytest.raises(SystemExit, match="not both"):
+        api_key(Namespace(api_key="a", api_key_file=str(key_file)))
+    key_file.write_text("\n")
+    with pytest.raises(SystemExit, match="holds no key"):
+        api_key(Namespace(api_key=None, api_key_file=str(key_file)))
+
+
 def test_sigterm_ends_streams_in_flight_with_abort(llama_path, tmp_path):
     """SIGTERM with 6 streams and 2 whole-answer requests in flight, each asking for 1,500 tokens: each
     stream ends with a chunk whose finish_reason is "abort" and ``[DONE]``, each whole answer comes back
