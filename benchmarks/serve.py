@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import random
-import re
 import signal
 import socket
 import statistics
@@ -162,13 +161,23 @@ def summarize(results: list[Result], duration: float, rate: float, server_metric
         "total_token_throughput": (input_tokens + output_tokens) / duration,
         "ttft_ms": percentiles([r.ttft for r in done]), "tpot_ms": percentiles(tpots),
         "itl_ms": percentiles([g for r in done for g in r.itls]), "e2e_ms": percentiles([r.e2e for r in done]),
-        "server_batch_size_max": server_metrics.get("batch_size_max"),
+        "server_batch_size_mean": server_metrics["batch_size_sum"] / max(server_metrics["batch_size_count"], 1),
     }
 
 
-def scrape(base_url: str) -> dict[str, float]:
-    text = httpx.get(base_url + "/metrics", timeout=30).text
-    return {m[1]: float(m[2]) for m in re.finditer(r"^minivllm:(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+def scrape(base_url: str, headers: dict | None = None) -> dict[str, float]:
+    """The server's /metrics: {name without "minivllm:", with its labels but model_name: value}, such as
+    ``kv_cache_used_blocks`` or ``request_success_total{finished_reason="abort"}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = httpx.get(base_url + "/metrics", headers=headers, timeout=30)
+    response.raise_for_status()
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()) if k != "model_name")
+            samples[s.name.removeprefix("minivllm:") + (f"{{{labels}}}" if labels else "")] = s.value
+    return samples
 
 
 def main() -> None:
@@ -221,14 +230,14 @@ def main() -> None:
         finally:
             stop_server(proc)
     print("\n| rate (req/s) | done | req/s | output tok/s | TTFT mean / p99 (ms) | TPOT mean / p99 (ms) "
-          "| ITL mean / p99 (ms) | E2E mean (ms) | max batch so far |")
+          "| ITL mean / p99 (ms) | E2E mean (ms) | mean batch so far |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['request_rate']:g} | {r['completed']}/{r['completed'] + r['failed']} "
               f"| {r['request_throughput']:.2f} "
               f"| {r['output_throughput']:.0f} | {r['ttft_ms']['mean']:.0f} / {r['ttft_ms']['p99']:.0f} "
               f"| {r['tpot_ms']['mean']:.1f} / {r['tpot_ms']['p99']:.1f} | {r['itl_ms']['mean']:.1f} / "
-              f"{r['itl_ms']['p99']:.1f} | {r['e2e_ms']['mean']:.0f} | {r['server_batch_size_max']:.0f} |")
+              f"{r['itl_ms']['p99']:.1f} | {r['e2e_ms']['mean']:.0f} | {r['server_batch_size_mean']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -74,11 +74,13 @@ def copy_bandwidth() -> float:
     return 2 * 2**30 / statistics.median(times[2:])
 
 
-def floor_bytes(config, prompts, max_tokens, weight_bytes: int) -> float:
+def floor_bytes(config, prompts, max_tokens, weight_bytes: int, kv_bytes_per_element: float = 2) -> float:
     """Bytes decode must move at least: each sequence's whole KV cache every step, plus the weights
-    once per step (steps >= the longest output)."""
+    once per step (steps >= the longest output). The KV cache counts ``kv_bytes_per_element`` (2 for bf16;
+    with fp8 1 + 4 / head_dim: the per-row scale). With tensor parallelism every rank moves its share, so
+    the floor of N ranks is this over N ranks' bandwidth."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * 2  # bf16 K and V
+    per_token = config.num_hidden_layers * 2 * config.num_key_value_heads * head_dim * kv_bytes_per_element
     kv = sum(per_token * (m * len(p) + m * (m + 1) // 2) for p, m in zip(prompts, max_tokens))
     return kv + max(max_tokens) * weight_bytes
 
@@ -91,13 +93,17 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
     extra = {"scheduler": args.scheduler} if args.scheduler else {}
     if args.sampler:
         extra["sampler"] = args.sampler
+    if args.async_scheduling:
+        extra["async_scheduling"] = args.async_scheduling == "true"
     config = EngineConfig(model=path, load_format="dummy", max_model_len=4096, enforce_eager=args.enforce_eager,
                           attention_backend=args.attention_backend, gpu_memory_utilization=args.gpu_memory_utilization,
-                          **extra)
+                          kv_cache_dtype=args.kv_cache_dtype, tensor_parallel_size=args.tensor_parallel_size, **extra)
     start = time.perf_counter()
     engine = LLMEngine(config)
     startup = time.perf_counter() - start
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.executor.runner.model.parameters())
+    # every rank's share: the whole model's weights (ranks hold equal shares, replicated parts aside)
+    weight_bytes = args.tensor_parallel_size * sum(p.numel() * p.element_size()
+                                                   for p in engine.executor.runner.model.parameters())
 
     def generate(token_lists, params):
         seqs = [engine.make_sequence(t, p) for t, p in zip(token_lists, params)]
@@ -119,9 +125,11 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m) for m in max_tokens]
     seqs, wall, ttft, tpot = generate(prompts, params)
     assert [s.num_output_tokens for s in seqs] == max_tokens
-    return dict(wall_s=wall, startup_s=startup, weight_bytes=weight_bytes,
-                num_blocks=engine.allocator.num_blocks, preemptions=engine.scheduler.num_preemptions,
-                ttft_median_s=statistics.median(ttft), tpot_median_ms=1e3 * statistics.median(tpot))
+    result = dict(wall_s=wall, startup_s=startup, weight_bytes=weight_bytes, num_blocks=engine.allocator.num_blocks,
+                  preemptions=engine.scheduler.num_preemptions, ttft_median_s=statistics.median(ttft),
+                  tpot_median_ms=1e3 * statistics.median(tpot), async_scheduling=engine.async_scheduling)
+    engine.close()
+    return result
 
 
 def run_transformers(config, prompts, max_tokens, batch: int) -> dict:
@@ -160,6 +168,9 @@ def main() -> None:
     parser.add_argument("--attention-backend", default="auto")
     parser.add_argument("--enforce-eager", action="store_true")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--async-scheduling", choices=["true", "false"], default=None, help="default: the engine's")
+    parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--json", default=None, help="append the result line to this file")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -170,16 +181,18 @@ def main() -> None:
         config = write_config(args.model, path)
         result = dict(model=args.model, device=torch.cuda.get_device_name(), num_seqs=args.num_seqs,
                       output_tokens=out_tokens, prompt_tokens=in_tokens, scheduler=args.scheduler or "fcfs",
-                      sampler=args.sampler or "default",
-                      enforce_eager=args.enforce_eager)
+                      sampler=args.sampler or "default", enforce_eager=args.enforce_eager,
+                      kv_cache_dtype=args.kv_cache_dtype, tensor_parallel_size=args.tensor_parallel_size)
         if args.hf_prompts:
             n = args.hf_prompts
             result.update(run_transformers(config, prompts[:n], max_tokens[:n], args.hf_batch))
         result.update(run_minivllm(path, prompts, max_tokens, args))
     result["tok_s"] = out_tokens / result["wall_s"]
     result["total_tok_s"] = (out_tokens + in_tokens) / result["wall_s"]
-    bandwidth = copy_bandwidth()
-    floor_s = floor_bytes(config, prompts, max_tokens, result["weight_bytes"]) / bandwidth
+    bandwidth = copy_bandwidth() * args.tensor_parallel_size  # each rank reads its share from its own GPU
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_bytes = 1 + 4 / head_dim if args.kv_cache_dtype == "fp8" else 2
+    floor_s = floor_bytes(config, prompts, max_tokens, result["weight_bytes"], kv_bytes) / bandwidth
     result.update(copy_tb_s=bandwidth / 1e12, floor_s=floor_s, floor_tok_s=out_tokens / floor_s,
                   achieved_over_floor=floor_s / result["wall_s"])
     if args.hf_prompts:

@@ -15,6 +15,7 @@ from minivllm.entrypoints.chat import chat_prompt
 from minivllm.entrypoints.outputs import completion, releasable_text
 
 Prompt = str | list[int]
+_NOT_A_PROMPT = "a prompt must be a string or a list of token ids"
 Message = dict[str, str]
 
 
@@ -137,14 +138,17 @@ class LLM:
 
     @staticmethod
     def _as_prompt_list(prompts) -> list[Prompt]:
+        """One prompt or a sequence of them as a list; anything else raises ValueError naming the prompt,
+        as a bad request does (a bare ``list(123)`` would raise an unhelpful TypeError)."""
         if isinstance(prompts, str):
             return [prompts]
-        prompts = list(prompts)
+        if not isinstance(prompts, SequenceABC):
+            raise ValueError(f"prompt 0: {_NOT_A_PROMPT}, got {type(prompts).__name__}")
         if prompts and all(isinstance(t, int) for t in prompts):
-            return [prompts]  # a single prompt of token ids
-        for p in prompts:
+            return [list(prompts)]  # a single prompt of token ids
+        for i, p in enumerate(prompts):
             if not isinstance(p, str) and not (isinstance(p, SequenceABC) and all(isinstance(t, int) for t in p)):
-                raise TypeError(f"a prompt must be a string or a list of token ids, got {type(p).__name__}")
+                raise ValueError(f"prompt {i}: {_NOT_A_PROMPT}, got {type(p).__name__}")
         return [p if isinstance(p, str) else list(p) for p in prompts]
 
 

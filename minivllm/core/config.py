@@ -30,6 +30,9 @@ class EngineConfig(BaseModel):
     num_kvcache_blocks: int = Field(-1, description="-1 sizes the cache from memory; otherwise a block count")
     cpu_kvcache_space_gib: float = Field(4.0, gt=0.0, description="KV cache budget when running on the CPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    kv_cache_dtype: Literal["auto", "fp8"] = Field(
+        "auto", description="'auto': the model's dtype; 'fp8': float8 e4m3 with a scale per token and KV head"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     enable_prefix_caching: bool = True
@@ -72,7 +75,9 @@ class EngineConfig(BaseModel):
         plugins.samplers.check(self.sampler)
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("device='cuda' but CUDA is not available here")
-        plugins.attention_backends.get(self.resolved_attention_backend).check_block_size(self.kvcache_block_size)
+        backend = plugins.attention_backends.get(self.resolved_attention_backend)
+        backend.check_block_size(self.kvcache_block_size)
+        backend.check_kv_cache_dtype(self.kv_cache_dtype)
         return self
 
     @property

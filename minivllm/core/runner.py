@@ -15,6 +15,7 @@ from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
+from minivllm.core.kv_cache import KVCache
 from minivllm.core.sampling import compute_logprobs, needs_processing, process_logits, to_device
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
@@ -66,12 +67,11 @@ class ModelRunner:
         self.dtype = resolve_dtype(config, checkpoint, self.device)
         self.block_size = config.kvcache_block_size
         hf = checkpoint.hf_config
-        self.head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-        self.num_layers = hf.num_hidden_layers
+        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
         num_heads = tp.shard(hf.num_attention_heads, "num_attention_heads")
-        self.num_kv_heads = max(1, hf.num_key_value_heads // tp.size)
+        num_kv_heads = max(1, hf.num_key_value_heads // tp.size)
         backend_cls = plugins.attention_backends.get(config.resolved_attention_backend)
-        self.attn_backend = backend_cls(num_heads, self.num_kv_heads, self.head_dim, self.block_size, self.dtype)
+        self.attn_backend = backend_cls(num_heads, num_kv_heads, head_dim, self.block_size, self.dtype)
         model_cls = plugins.models.get(checkpoint.architecture)
         ctx = ModelContext(attn_backend=self.attn_backend, tp=tp, max_model_len=max_model_len)
         with torch.device(self.device), default_dtype(self.dtype):
@@ -87,8 +87,8 @@ class ModelRunner:
         # next step reads pending tokens there (see prepare)
         self._last_sampled = torch.empty(0, dtype=torch.int64)
         self._last_rows: dict[int, int] = {}
-        self.attention_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
-        self.kv_cache = torch.empty(0)
+        layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.kv_cache = KVCache(layers, self.block_size, self.dtype, config.kv_cache_dtype == "fp8", self.device)
         self.graphs: DecodeGraphs | None = None
         self.use_cuda_graphs = (self.device.type == "cuda" and not config.enforce_eager
                                 and self.attn_backend.supports_cuda_graphs)
@@ -103,8 +103,7 @@ class ModelRunner:
     @property
     def block_bytes(self) -> int:
         """Bytes of K and V for one block across all layers."""
-        elem = torch.empty(0, dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+        return self.kv_cache.block_bytes
 
     def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
         """How many blocks fit: a fixed budget on CPU, ``gpu_memory_utilization`` of the GPU on CUDA."""
@@ -185,11 +184,7 @@ class ModelRunner:
         """Allocate the cache for ``num_blocks`` blocks, bind each attention layer's slice, and capture
         the decode CUDA graphs (they hold the cache's addresses)."""
         self.graphs = None
-        self.kv_cache = torch.empty(0)
-        self.kv_cache = torch.zeros(2, self.num_layers, num_blocks, self.block_size, self.num_kv_heads,
-                                    self.head_dim, dtype=self.dtype, device=self.device)
-        for i, layer in enumerate(self.attention_layers):
-            layer.k_cache, layer.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        self.kv_cache.allocate(num_blocks)
         if capture and num_blocks > 0 and self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
                                        -(-self.max_model_len // self.block_size), self.device)

@@ -1,56 +1,79 @@
 """The OpenAI-compatible HTTP server (FastAPI on uvicorn, as vLLM's): ``/v1/completions``,
 ``/v1/chat/completions`` (both streaming as server-sent events), ``/v1/models``, ``/health`` and
-``/metrics``. Bad requests get OpenAI error bodies and never reach the engine loop. Importing this module
-needs the ``serve`` extra (FastAPI, uvicorn); nothing else in minivllm imports it."""
+``/metrics``. Every error, bad requests and unknown routes included, is an OpenAI error body; bad
+requests never reach the engine loop. :class:`ServerSettings` (``settings.py``) holds the limits, the
+API key and the shutdown grace period. Importing this module needs the ``serve`` extra (FastAPI,
+uvicorn, prometheus_client); nothing else in minivllm imports it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import signal
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
 
-from minivllm.entrypoints.async_llm import AsyncLLM, StreamOutput
+from minivllm.entrypoints.async_llm import AsyncLLM, EngineClosedError, StreamOutput
 from minivllm.entrypoints.chat import chat_prompt
-from minivllm.entrypoints.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from minivllm.entrypoints.metrics import CONTENT_TYPE
+from minivllm.entrypoints.middleware import APIKeyMiddleware, BodyLimitMiddleware
+from minivllm.entrypoints.protocol import ChatCompletionRequest, CompletionRequest, describe_errors, error_body
+from minivllm.entrypoints.settings import ServerSettings
 
 
 class APIError(Exception):
-    def __init__(self, status: int, kind: str, message: str, param: str | None = None):
+    def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.kind, self.message, self.param = status, kind, message, param
+        self.status, self.message, self.param = status, message, param
 
 
-def build_app(engine: AsyncLLM, served_model_name: str, api_key: str | None = None,
-              chat_template: str | None = None):
+def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastAPI:
+    """The app serving ``engine`` under its ``served_model_name``."""
+    settings = settings or ServerSettings()
     app = FastAPI(title="minivllm")
+    model_name = engine.served_model_name
     created = int(time.time())
+    # added inside out: the key is checked before the body is read
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        open_paths = frozenset({"/health", "/metrics"} if settings.public_metrics else {"/health"})
+        app.add_middleware(APIKeyMiddleware, api_key=settings.api_key.get_secret_value(), open_paths=open_paths)
 
-    def error_response(status: int, kind: str, message: str, param: str | None = None) -> JSONResponse:
-        return JSONResponse(error_body(message, kind, status, param), status_code=status)
+    def error_response(status: int, message: str, param: str | None = None, headers=None) -> JSONResponse:
+        return JSONResponse(error_body(message, status, param), status_code=status, headers=headers)
 
     @app.exception_handler(APIError)
     async def _api_error(_, e: APIError):
-        return error_response(e.status, e.kind, e.message, e.param)
+        return error_response(e.status, e.message, e.param)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_, e: RequestValidationError):  # malformed JSON or a field of the wrong type
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'][1:]) or 'body'}: {err['msg']}"
-                             for err in e.errors())
-        return error_response(400, "BadRequestError", problems)
+    async def _invalid(_, e: RequestValidationError):  # a body that is no JSON, or a field of the wrong type
+        errors = e.errors()
+        if errors and errors[0]["type"] == "json_invalid":
+            return error_response(400, f"the body is not valid JSON: {errors[0]['ctx']['error']} "
+                                       f"(character {errors[0]['loc'][-1]})")
+        return error_response(400, *describe_errors(errors))
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1") and \
-                request.headers.get("authorization") != f"Bearer {api_key}":
-            return error_response(401, "AuthenticationError", "invalid or missing API key")
-        return await call_next(request)
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException):  # Starlette's and FastAPI's own refusals
+        message = {404: f"no route {request.url.path}",
+                   405: f"{request.method} is not allowed on {request.url.path}",
+                   400: "the body could not be parsed: it must be JSON in UTF-8"}.get(e.status_code, str(e.detail))
+        return error_response(e.status_code, message, headers=e.headers)
+
+    @app.exception_handler(Exception)
+    async def _bug(_, e: Exception):  # still logged by Starlette
+        return error_response(500, f"internal error: {type(e).__name__}: {e}")
 
     @app.get("/health")
     async def health():
@@ -58,48 +81,70 @@ def build_app(engine: AsyncLLM, served_model_name: str, api_key: str | None = No
 
     @app.get("/v1/models")
     async def models():
-        card = {"id": served_model_name, "object": "model", "created": created, "owned_by": "minivllm",
+        card = {"id": model_name, "object": "model", "created": created, "owned_by": "minivllm",
                 "max_model_len": engine.max_model_len}
         return {"object": "list", "data": [card]}
 
     @app.get("/metrics")
     async def metrics():
-        text = engine.metrics.render(served_model_name, **engine.stats())
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+        return Response(engine.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
-    def check_model(model: str | None) -> str:
-        if model is not None and model != served_model_name:
-            raise APIError(404, "NotFoundError", f"The model `{model}` does not exist.", "model")
-        return served_model_name
+    def check(req: CompletionRequest | ChatCompletionRequest) -> None:
+        """What needs no tokenizer: the model's name, the fields minivllm lacks, the limits on n."""
+        if req.model is not None and req.model != model_name:
+            raise APIError(404, f"The model `{req.model}` does not exist.", "model")
+        if (name := req.unsupported_field()) is not None:
+            raise APIError(400, f"{name} is not supported by this server", name)
+        if req.n > settings.max_n:
+            raise APIError(400, f"n must be at most {settings.max_n}", "n")
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request):
-        model = check_model(req.model)
-        prompts = _checked(lambda: [engine.encode(p) if isinstance(p, str) else p for p in req.prompts()])
+        check(req)
+        prompts = req.prompts()
         if not prompts:
-            raise APIError(400, "BadRequestError", "the prompt list is empty", "prompt")
-        run = _Run(engine, model, "cmpl", prompts, req, req.logprobs)
+            raise APIError(400, "the prompt list is empty", "prompt")
+        if len(prompts) > settings.max_prompts:
+            raise APIError(400, f"at most {settings.max_prompts} prompts per request, got {len(prompts)}", "prompt")
+        for i, p in enumerate(prompts):
+            if isinstance(p, str) and len(p) > settings.max_prompt_chars:
+                raise APIError(400, f"prompt {i} has {len(p)} characters, more than the limit of "
+                                    f"{settings.max_prompt_chars}", "prompt")
+        token_ids = await _tokenized(engine, lambda: [engine.encode(p) for p in prompts])
+        run = _Run(engine, model_name, "cmpl", token_ids, req, req.logprobs)
         return await run.respond(raw, "text_completion")
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatCompletionRequest, raw: Request):
-        model = check_model(req.model)
+        check(req)
         if req.max_completion_tokens is not None:
             req.max_tokens = req.max_completion_tokens
         messages = [m.as_template_input() for m in req.messages]
-        prompt = _checked(lambda: chat_prompt(engine.tokenizer, messages, chat_template))
-        run = _Run(engine, model, "chatcmpl", [prompt], req, req.chat_logprobs)
+        if (chars := sum(len(m["content"]) for m in messages)) > settings.max_prompt_chars:
+            raise APIError(400, f"the messages have {chars} characters, more than the limit of "
+                                f"{settings.max_prompt_chars}", "messages")
+        prompt = await _tokenized(engine, chat_prompt, engine.tokenizer, messages, settings.chat_template)
+        run = _Run(engine, model_name, "chatcmpl", [prompt], req, req.chat_logprobs)
         return await run.respond(raw, "chat.completion")
 
     return app
 
 
-def _checked(make):
-    """``make()``, a ValueError turned into a 400."""
+async def _tokenized(engine: AsyncLLM, fn, *args):
+    """``fn(*args)`` on the engine's tokenizer thread, a ValueError turned into a 400."""
     try:
-        return make()
+        return await engine.tokenize(fn, *args)
     except ValueError as e:
-        raise APIError(400, "BadRequestError", str(e)) from None
+        raise _bad_request(e) from None
+
+
+def _bad_request(e: ValueError, where: str = "") -> APIError:
+    """A 400 for a bad value: pydantic's errors said field by field, without the values."""
+    if isinstance(e, ValidationError):
+        message, param = describe_errors(e.errors())
+    else:
+        message, param = str(e), getattr(e, "param", None)
+    return APIError(400, where + message, param)
 
 
 class _Run:
@@ -117,10 +162,12 @@ class _Run:
             for i, prompt in enumerate(prompts):
                 params = req.sampling_params(len(prompt), engine.max_model_len, logprobs)
                 self.streams.append(engine.generate(prompt, params, f"{self.id}-{i}"))
-        except ValueError as e:
+        except (ValueError, EngineClosedError) as e:
             for started in range(len(self.streams)):
                 engine.abort(f"{self.id}-{started}")
-            raise APIError(400, "BadRequestError", f"prompt {i}: {e}" if len(prompts) > 1 else str(e)) from None
+            if isinstance(e, EngineClosedError):
+                raise APIError(503, str(e)) from None
+            raise _bad_request(e, f"prompt {i}: " if len(prompts) > 1 else "") from None
         self.num_prompt_tokens = sum(len(p) for p in prompts)
         self.num_completion_tokens = 0
 
@@ -137,9 +184,9 @@ class _Run:
             whole.cancel()  # its streams abort their requests
             with contextlib.suppress(asyncio.CancelledError):
                 await whole
-            raise APIError(499, "ClientClosedRequest", "the client disconnected")
+            raise APIError(499, "the client disconnected")
         if (error := whole.exception()) is not None:  # the engine loop failed (a bug, not bad input)
-            raise APIError(500, "InternalServerError", str(error))
+            raise APIError(500, str(error))
         return whole.result()
 
     async def _outputs(self) -> AsyncIterator[tuple[int, StreamOutput]]:
@@ -195,7 +242,7 @@ class _Run:
                         choice["text"] = out.text
                     yield self._chunk([choice])
         except Exception as e:  # headers are sent: report in the stream, as vLLM does
-            yield f"data: {json.dumps(error_body(str(e), 'InternalServerError', 500))}\n\n"
+            yield f"data: {json.dumps(error_body(str(e), 500))}\n\n"
         if self.req.include_usage:
             yield self._chunk([], self._usage())
         yield "data: [DONE]\n\n"
@@ -263,13 +310,41 @@ async def _disconnected(raw_request: Request) -> None:
         pass
 
 
-def serve(engine: AsyncLLM, served_model_name: str, host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None, chat_template: str | None = None, log_level: str = "info") -> None:
-    """Run the server until interrupted, then close the engine."""
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn's server, whose shutdown (on SIGTERM or SIGINT) first aborts every request: each stream then
+    sends its last chunk (``finish_reason`` "abort") and ``[DONE]``, and each whole answer comes back with
+    the text so far, instead of uvicorn waiting for every stream to run its course. What has not ended
+    within ``timeout_graceful_shutdown`` is cancelled."""
 
-    app = build_app(engine, served_model_name, api_key, chat_template)
+    def __init__(self, config: uvicorn.Config, engine: AsyncLLM):
+        super().__init__(config)
+        self.engine = engine
+
+    async def shutdown(self, sockets=None) -> None:
+        self.engine.begin_shutdown()
+        await super().shutdown(sockets)
+
+
+def serve(engine: AsyncLLM, settings: ServerSettings | None = None, host: str = "127.0.0.1", port: int = 8000,
+          log_level: str = "info") -> None:
+    """Run the server until SIGTERM or SIGINT (shutting down within the grace period), then close the engine."""
+    settings = settings or ServerSettings()
+    config = uvicorn.Config(build_app(engine, settings), host=host, port=port, log_level=log_level,
+                            timeout_graceful_shutdown=settings.shutdown_grace_period)
+    # Once shut down, uvicorn raises the signal that stopped it again. SIGTERM's default action would end
+    # the process there and then, the engine unclosed (tensor-parallel workers left running): make it an
+    # interrupt, as SIGINT's is, and end normally.
+    on_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level)
+        _Server(config, engine).run()
+    except KeyboardInterrupt:
+        pass
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         engine.close()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -3,7 +3,8 @@
 One background thread owns the :class:`LLMEngine` and steps it while requests are unfinished, so
 requests that arrive while others run join the next step's batch (continuous batching). Other threads
 never touch the engine: they validate a request (read-only), then hand it, or an abort, to the loop
-through an inbox; the loop sends each step's outputs back to the asyncio loop that asked.
+through an inbox; the loop sends each step's outputs back to the asyncio loop that asked. Tokenizing
+runs on a thread of its own (:meth:`AsyncLLM.tokenize`), so a long prompt never stalls an event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from minivllm.core.config import EngineConfig
@@ -35,37 +37,58 @@ class StreamOutput:
     text: str  # new text (never a split character, never the start of a stop string that will be cut)
     token_ids: list[int]  # new token ids
     logprobs: list[TokenLogprobs]  # of the new tokens, when the request asked for logprobs
-    finish_reason: str | None  # "stop", "length" or "abort" once this completion ends
+    finish_reason: str | None  # "stop", "length" or "abort" (aborted, or the server shut down) once it ends
     stop_reason: int | str | None
     num_prompt_tokens: int
     num_output_tokens: int  # of this completion so far
     finished: bool  # every completion of the request has ended
 
 
+class EngineClosedError(RuntimeError):
+    """The engine is closed or shutting down: it takes no new request."""
+
+
 @dataclass
 class _Request:
+    """A request's state on the loop thread. The per-completion lists are indexed like ``seqs``, so an
+    output, a finish or an abort costs O(1) per completion whatever ``n`` is."""
+
     request_id: str
     seqs: list[Sequence]
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue
     arrival: float = field(default_factory=time.monotonic)
-    sent_chars: dict[int, int] = field(default_factory=dict)  # seq id -> characters of text sent
-    sent_tokens: dict[int, int] = field(default_factory=dict)  # seq id -> tokens sent
-    first_token_seen: bool = False
+    sent_chars: list[int] = field(init=False)  # characters of text sent
+    sent_tokens: list[int] = field(init=False)  # tokens sent
+    first_token_time: list[float | None] = field(init=False)
+    done: list[bool] = field(init=False)  # its end was sent (and counted)
+    num_unfinished: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.seqs)
+        self.sent_chars, self.sent_tokens, self.first_token_time = [0] * n, [0] * n, [None] * n
+        self.done, self.num_unfinished = [False] * n, n
 
 
 class AsyncLLM:
-    def __init__(self, model: str, **kwargs):
+    def __init__(self, model: str, served_model_name: str | None = None, **kwargs):
+        """``kwargs`` are ``LLM(...)``'s settings; ``served_model_name`` (default: ``model``) is the name
+        clients use and the metrics' ``model_name`` label."""
         self.config = EngineConfig(model=model, **kwargs)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
         self.max_model_len = self.engine.max_model_len
-        self.metrics = EngineMetrics()
+        self.served_model_name = served_model_name or model
+        self.metrics = EngineMetrics(self.served_model_name)
+        # one thread: a fast tokenizer is not safe to use from several threads at once (as vLLM's)
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivllm-tokenizer")
         self._requests: dict[str, _Request] = {}  # owned by the loop thread
-        self._owners: dict[int, str] = {}  # seq id -> request id; owned by the loop thread
+        self._owners: dict[int, tuple[_Request, int]] = {}  # seq id -> (request, index); owned by the loop thread
         self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # outputs not yet handed over, per event loop
-        self._inbox: list[tuple[str, object]] = []  # ("add", _Request) or ("abort", request_id)
+        # ("add", _Request), ("abort", request_id) or ("abort_all", None)
+        self._inbox: list[tuple[str, object]] = []
         self._active: set[str] = set()  # ids of requests not yet finished; guarded by the lock
+        self._accepting = True  # guarded by the lock
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopped = False
@@ -78,19 +101,26 @@ class AsyncLLM:
                  ) -> AsyncIterator[StreamOutput]:
         """Queue a request and return an async iterator of its outputs as the engine produces them; call
         it from a running event loop and iterate what it returns. Raises ValueError at once for a bad
-        request (nothing queued). Leaving the iteration early (a client gone, a cancelled task) aborts
-        the request and frees its KV blocks."""
-        if self._stopped:
-            raise RuntimeError("the engine is closed")
+        request (nothing queued), and EngineClosedError once the engine is closed or shutting down.
+        Leaving the iteration early (a client gone, a cancelled task) aborts the request and frees its KV
+        blocks. A string prompt is tokenized here, on the caller's thread: a server passes token ids from
+        :meth:`tokenize` instead."""
+        self._check_open()  # before any work; checked again below, where it counts
         token_ids = self.encode(prompt)
         seqs = self.engine.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
         request = _Request(request_id, seqs, asyncio.get_running_loop(), asyncio.Queue())
-        with self._lock:
+        with self._lock:  # one lock with begin_shutdown: a request is either refused or aborted by it
+            self._check_open()
             if request_id in self._active:
                 raise ValueError(f"request id {request_id!r} is already running")
             self._active.add(request_id)
-        self._post("add", request)
+            self._inbox.append(("add", request))
+        self._wake.set()
         return self._outputs(request)
+
+    def _check_open(self) -> None:
+        if self._stopped or not self._accepting:
+            raise EngineClosedError("the engine is closed" if self._stopped else "the server is shutting down")
 
     async def _outputs(self, request: _Request) -> AsyncIterator[StreamOutput]:
         finished = False
@@ -105,6 +135,11 @@ class AsyncLLM:
             if not finished:
                 self.abort(request.request_id)
 
+    async def tokenize(self, fn: Callable, *args):
+        """``fn(*args)``, a call that tokenizes (such as :meth:`encode`), run on the tokenizer thread: the
+        event loop awaiting it goes on serving meanwhile."""
+        return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn, *args)
+
     def encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -116,6 +151,14 @@ class AsyncLLM:
         """Stop a request; the loop frees its KV blocks before its next step. Unknown ids are ignored."""
         self._post("abort", request_id)
 
+    def begin_shutdown(self) -> None:
+        """Refuse new requests (``generate`` raises EngineClosedError) and abort every one queued so far:
+        each of their streams ends with ``finish_reason`` "abort", so a server's clients get a proper end
+        before it exits. The loop runs on until :meth:`close`."""
+        with self._lock:
+            self._accepting = False
+        self._post("abort_all", None)
+
     def stats(self) -> dict:
         """Queue lengths and KV-cache use (read without the loop's lock: each value is one read)."""
         scheduler, allocator = self.engine.scheduler, self.engine.allocator
@@ -123,12 +166,14 @@ class AsyncLLM:
                 "kv_used": allocator.num_blocks - allocator.num_free_blocks, "kv_total": allocator.num_blocks}
 
     def close(self) -> None:
-        """Stop the loop (requests still running get an error) and the engine. Idempotent."""
+        """Stop the loop (requests still running get an error), the tokenizer thread and the engine.
+        Idempotent."""
         if self._stopped:
             return
         self._stopped = True
         self._wake.set()
         self._thread.join()
+        self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
         self.engine.close()
 
     def _post(self, kind: str, item) -> None:
@@ -142,6 +187,7 @@ class AsyncLLM:
         while not self._stopped:
             self._drain_inbox()
             self._flush()
+            self.metrics.record_state(**self.stats())
             if not self.engine.has_unfinished():
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
@@ -153,19 +199,20 @@ class AsyncLLM:
                 self._fail_all(e)
                 continue
             now = time.monotonic()
-            self.metrics.record_step(len(updated), now)
-            by_request: dict[str, list[Sequence]] = {}
+            self.metrics.record_step(len(updated))
+            by_request: dict[str, tuple[_Request, list[int]]] = {}
             for seq in updated:
-                by_request.setdefault(self._owners[seq.seq_id], []).append(seq)
-            for request_id, seqs in by_request.items():
-                request = self._requests[request_id]
-                failed = next((seq for seq in seqs if seq.finish_reason == "error"), None)
+                request, index = self._owners[seq.seq_id]
+                by_request.setdefault(request.request_id, (request, []))[1].append(index)
+            for request, indices in by_request.values():
+                failed = next((request.seqs[i] for i in indices if request.seqs[i].finish_reason == "error"), None)
                 if failed is not None:  # this request made a step fail (the others in it went on)
                     self._fail(request, RuntimeError(failed.error))
                 else:
-                    self._emit(request, seqs, now)
+                    self._emit(request, indices, now)
             self._flush()
-        self._fail_all(RuntimeError("the engine was closed"))
+        self._drain_inbox()  # a request queued as the loop stopped fails too, rather than waiting forever
+        self._fail_all(EngineClosedError("the engine was closed"))
 
     def _drain_inbox(self) -> None:
         with self._lock:
@@ -173,44 +220,59 @@ class AsyncLLM:
         for kind, item in inbox:
             if kind == "add":
                 self._requests[item.request_id] = item
-                for seq in item.seqs:
-                    self._owners[seq.seq_id] = item.request_id
+                for index, seq in enumerate(item.seqs):
+                    self._owners[seq.seq_id] = (item, index)
                     self.engine.add(seq)
-                self.metrics.prompt_tokens += item.seqs[0].num_prompt_tokens
-            elif (request := self._requests.get(item)) is not None:
-                for seq in request.seqs:
-                    self.engine.abort(seq)
-                self.metrics.requests_aborted += 1
-                self._emit(request, [s for s in request.seqs if s.finish_reason == "abort"], time.monotonic())
+                self.metrics.record_admission(item.seqs[0].num_prompt_tokens)
+            elif kind == "abort":
+                if (request := self._requests.get(item)) is not None:
+                    self._abort(request)
+            else:  # "abort_all"
+                for request in list(self._requests.values()):
+                    self._abort(request)
 
-    def _emit(self, request: _Request, seqs: list[Sequence], now: float) -> None:
-        """Send what ``seqs`` of ``request`` gained; forget the request once all its sequences ended."""
-        if not request.first_token_seen and any(seq.num_output_tokens for seq in seqs):
-            request.first_token_seen = True
-            self.metrics.record_first_token(now - request.arrival)
-        finished = all(seq.is_finished for seq in request.seqs)
-        for seq in seqs:
-            index = request.seqs.index(seq)
+    def _abort(self, request: _Request) -> None:
+        for seq in request.seqs:
+            self.engine.abort(seq)
+        self._emit(request, [i for i, done in enumerate(request.done) if not done], time.monotonic())
+
+    def _emit(self, request: _Request, indices: list[int], now: float) -> None:
+        """Send what completions ``indices`` of ``request`` gained; forget the request once all ended."""
+        for i in indices:
+            seq = request.seqs[i]
+            if request.first_token_time[i] is None and seq.num_output_tokens:
+                request.first_token_time[i] = now
+                self.metrics.record_first_token(now - request.arrival)
+            if seq.is_finished and not request.done[i]:
+                request.done[i] = True
+                request.num_unfinished -= 1
+                first = request.first_token_time[i]
+                tpot = (now - first) / (seq.num_output_tokens - 1) if seq.num_output_tokens > 1 else None
+                self.metrics.record_finish(seq.finish_reason, now - request.arrival, tpot)
+        finished = request.num_unfinished == 0
+        for k, i in enumerate(indices):
+            seq = request.seqs[i]
             text = releasable_text(seq) if seq.detokenizer is not None else ""
-            chars, tokens = request.sent_chars.get(seq.seq_id, 0), request.sent_tokens.get(seq.seq_id, 0)
-            request.sent_chars[seq.seq_id], request.sent_tokens[seq.seq_id] = len(text), seq.num_output_tokens
+            chars, tokens = request.sent_chars[i], request.sent_tokens[i]
+            request.sent_chars[i], request.sent_tokens[i] = len(text), seq.num_output_tokens
             out = StreamOutput(
-                request_id=request.request_id, index=index, text=text[chars:],
+                request_id=request.request_id, index=i, text=text[chars:],
                 token_ids=seq.token_ids[seq.num_prompt_tokens + tokens :], logprobs=seq.logprobs[tokens:],
                 finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
                 num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
-                finished=finished and seq is seqs[-1],
+                finished=finished and k == len(indices) - 1,
             )
             self._outbox.setdefault(request.loop, []).append((request.queue, out))
         if finished:
             self._forget(request)
-            if not any(seq.finish_reason == "abort" for seq in request.seqs):
-                self.metrics.requests_finished += 1
 
     def _fail(self, request: _Request, error: BaseException) -> None:
-        """End the request with ``error``, raised by its iterator; its other sequences are aborted."""
-        for seq in request.seqs:
+        """End the request with ``error``, raised by its iterator; its other sequences are aborted. Its
+        completions not ended yet count as ended with finish_reason "error"."""
+        for i, seq in enumerate(request.seqs):
             self.engine.abort(seq)
+            if not request.done[i]:
+                self.metrics.record_finish("error", 0.0, None)
         self._outbox.setdefault(request.loop, []).append((request.queue, error))
         self._forget(request)
 
@@ -222,7 +284,7 @@ class AsyncLLM:
     def _forget(self, request: _Request) -> None:
         del self._requests[request.request_id]
         for seq in request.seqs:
-            self._owners.pop(seq.seq_id, None)
+            del self._owners[seq.seq_id]
         with self._lock:
             self._active.discard(request.request_id)
 

@@ -49,15 +49,33 @@ def read_chat_template(value: str | None) -> str | None:
     return value
 
 
+def api_key(args) -> str | None:
+    """``--api-key``, else the first line of ``--api-key-file``, else ``$MINIVLLM_API_KEY``: the last two
+    keep the key out of the command line, which ``ps`` shows to every user of the machine."""
+    if args.api_key and args.api_key_file:
+        raise SystemExit("give --api-key or --api-key-file, not both")
+    key = args.api_key
+    if args.api_key_file:
+        with open(args.api_key_file) as f:
+            key = f.readline().strip()
+        if not key:
+            raise SystemExit(f"--api-key-file {args.api_key_file} holds no key")
+    return key or os.environ.get("MINIVLLM_API_KEY") or None
+
+
 def cmd_serve(args) -> None:
     from minivllm.core.default_model import default_model
     from minivllm.entrypoints.api_server import serve
     from minivllm.entrypoints.async_llm import AsyncLLM
+    from minivllm.entrypoints.settings import ServerSettings
 
+    settings = ServerSettings(
+        api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
+        **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
+    )
     model = args.model or default_model()
-    engine = AsyncLLM(model, **engine_kwargs(args))
-    serve(engine, args.served_model_name or model, host=args.host, port=args.port, api_key=args.api_key,
-          chat_template=read_chat_template(args.chat_template), log_level=args.uvicorn_log_level)
+    engine = AsyncLLM(model, served_model_name=args.served_model_name, **engine_kwargs(args))
+    serve(engine, settings, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
 
 
 def cmd_chat(args) -> None:
@@ -93,17 +111,37 @@ def cmd_chat(args) -> None:
         llm.close()
 
 
+# ServerSettings fields given as flags of the same names; their defaults and help live there
+SERVER_FLAGS = ("public_metrics", "max_n", "max_prompts", "max_prompt_chars", "max_body_bytes",
+                 "shutdown_grace_period")
+
+
+def add_server_arguments(parser: argparse.ArgumentParser) -> None:
+    from minivllm.entrypoints.settings import ServerSettings
+
+    group = parser.add_argument_group("limits, metrics and shutdown")
+    for name in SERVER_FLAGS:
+        field = ServerSettings.model_fields[name]
+        flag, help_text = "--" + name.replace("_", "-"), f"{field.description} (default: {field.default})"
+        if field.annotation is bool:
+            group.add_argument(flag, action="store_true", default=None, help=field.description)
+        else:
+            group.add_argument(flag, type=field.annotation, default=None, help=help_text)
+
+
 def add_parsers(sub) -> None:
     serve = sub.add_parser("serve", help="serve the OpenAI API (completions, chat, models, metrics) over HTTP")
     serve.add_argument("model", nargs="?", help="checkpoint directory or .gguf file (default: the embedded SmolLM2)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", default=os.environ.get("MINIVLLM_API_KEY"),
-                       help="require 'Authorization: Bearer KEY' on /v1 (default: $MINIVLLM_API_KEY, else none)")
+    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
+                                         "(visible in `ps`: prefer --api-key-file or $MINIVLLM_API_KEY)")
+    serve.add_argument("--api-key-file", help="read the API key from the first line of this file")
     serve.add_argument("--served-model-name", help="the model name clients use (default: the model path)")
     serve.add_argument("--chat-template",
                        help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
     serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_server_arguments(serve)
     add_engine_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 

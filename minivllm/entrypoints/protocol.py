@@ -1,12 +1,61 @@
-"""OpenAI request bodies (with vLLM's extra sampling fields) and error bodies."""
+"""OpenAI request bodies (with vLLM's extra sampling fields), the fields refused, and error bodies."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sampling_params import MAX_LOGPROBS, SamplingParams
+
+# OpenAI and vLLM fields that change what is generated and that minivllm does not implement. A request
+# that uses one gets a 400 naming it: ignoring it would answer a different question than the one asked.
+# Each maps to the values that ask for nothing, which clients may send. Other unknown fields are ignored
+# (``metadata``, ``store``, ``service_tier``, ... change nothing here).
+UNSUPPORTED_FIELDS: dict[str, tuple] = {
+    "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+    "best_of": (None, 1),
+    "use_beam_search": (None, False),
+    "prompt_logprobs": (None,),
+    "allowed_token_ids": (None, []),
+    "bad_words": (None, []),
+    "logits_processors": (None, []),
+    "guided_json": (None,),
+    "guided_regex": (None,),
+    "guided_choice": (None,),
+    "guided_grammar": (None,),
+    "structured_outputs": (None,),
+    "truncate_prompt_tokens": (None,),
+    "skip_special_tokens": (None, True),
+}
+UNSUPPORTED_COMPLETION_FIELDS = {**UNSUPPORTED_FIELDS, "echo": (None, False), "suffix": (None, "")}
+UNSUPPORTED_CHAT_FIELDS = {
+    **UNSUPPORTED_FIELDS,
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "audio": (None,),
+    "modalities": (None, ["text"]),
+    "prediction": (None,),
+    "web_search_options": (None,),
+    "reasoning_effort": (None,),
+    "echo": (None, False),
+    "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "documents": (None, []),
+}
+
+
+class FieldError(ValueError):
+    """A bad value of one request field, named in the error body's ``param``."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
 
 
 class StreamOptions(BaseModel):
@@ -14,9 +63,11 @@ class StreamOptions(BaseModel):
 
 
 class _SamplingRequest(BaseModel):
-    """Fields both endpoints share. Unknown fields are ignored, as OpenAI's clients send some we lack."""
+    """Fields both endpoints share. Unknown fields are kept aside (``model_extra``) to be checked against
+    the unsupported ones; floats must be finite (JSON's ``Infinity`` and ``NaN`` parse to floats)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    unsupported_fields: ClassVar[dict[str, tuple]] = UNSUPPORTED_FIELDS
 
     model: str | None = None
     max_tokens: int | None = None  # None: what is left of max_model_len
@@ -39,9 +90,32 @@ class _SamplingRequest(BaseModel):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, v):  # one clear message rather than one per member of the union
+        if v is None or isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)):
+            return v
+        raise ValueError("must be a string or a list of strings")
+
+    def unsupported_field(self) -> str | None:
+        """The first field given that asks for something minivllm does not do, if any."""
+        extra = self.model_extra or {}
+        return next((name for name, harmless in self.unsupported_fields.items()
+                     if name in extra and extra[name] not in harmless), None)
+
     def sampling_params(self, num_prompt_tokens: int, max_model_len: int, logprobs: int | None) -> SamplingParams:
-        """Raises ValueError (pydantic's ValidationError is one) for out-of-range values."""
-        max_tokens = self.max_tokens if self.max_tokens is not None else max(1, max_model_len - num_prompt_tokens)
+        """Raises ValueError (pydantic's ValidationError is one) for out-of-range values, and, as vLLM,
+        for a ``max_tokens`` that does not fit the context after the prompt (a prompt too long by itself
+        is left to the engine, whose message says so)."""
+        if self.max_tokens is None:
+            max_tokens = max(1, max_model_len - num_prompt_tokens)
+        else:
+            max_tokens = self.max_tokens
+            if num_prompt_tokens < max_model_len < num_prompt_tokens + max_tokens:
+                raise FieldError("max_tokens", (
+                    f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                    f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the prompt, {max_tokens} in "
+                    "the completion). Please reduce the length of the prompt or max_tokens."))
         return SamplingParams(
             n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
             max_tokens=max_tokens, min_tokens=self.min_tokens, seed=self.seed, stop=self.stop,
@@ -57,9 +131,22 @@ class _SamplingRequest(BaseModel):
 
 
 class CompletionRequest(_SamplingRequest):
+    unsupported_fields: ClassVar[dict[str, tuple]] = UNSUPPORTED_COMPLETION_FIELDS
+
     prompt: str | list[str] | list[int] | list[list[int]]
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     max_tokens: int | None = 16  # OpenAI's default for completions
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _prompt(cls, v):
+        def token_ids(p) -> bool:
+            return isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+
+        if isinstance(v, str) or token_ids(v) or (isinstance(v, list) and (
+                all(isinstance(p, str) for p in v) or all(token_ids(p) for p in v))):
+            return v
+        raise ValueError("must be a string, a list of token ids, or a list of strings or of token-id lists")
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -71,29 +158,62 @@ class CompletionRequest(_SamplingRequest):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: str
-    content: str | list[dict[str, Any]] | None = None
+    role: Literal["system", "user", "assistant"]
+    content: str  # text parts are joined: the template sees plain strings
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _content(cls, v):
+        if isinstance(v, str):
+            return v
+        if isinstance(v, list) and all(isinstance(part, dict) and part.get("type") == "text"
+                                       and isinstance(part.get("text"), str) for part in v):
+            return "".join(part["text"] for part in v)
+        raise ValueError("must be a string or a list of {'type': 'text', 'text': ...} parts")
 
     def as_template_input(self) -> dict[str, str]:
-        """Text parts joined; the template sees plain strings."""
-        content = self.content
-        if isinstance(content, list):
-            content = "".join(part.get("text", "") for part in content if part.get("type") == "text")
-        return {"role": self.role, "content": content or ""}
+        return {"role": self.role, "content": self.content}
 
 
 class ChatCompletionRequest(_SamplingRequest):
+    unsupported_fields: ClassVar[dict[str, tuple]] = UNSUPPORTED_CHAT_FIELDS
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
     @property
     def chat_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
-def error_body(message: str, kind: Literal["BadRequestError", "NotFoundError", "AuthenticationError",
-                                          "InternalServerError"], code: int, param: str | None = None) -> dict:
+# the error type for each status code, named as vLLM names them (after the client's exception classes)
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
+               405: "MethodNotAllowedError", 413: "RequestTooLargeError", 499: "ClientClosedRequest",
+               500: "InternalServerError", 503: "ServiceUnavailableError"}
+
+
+def error_body(message: str, code: int, param: str | None = None) -> dict:
     """OpenAI's error body; its clients raise the matching exception class from the status code."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return {"error": {"message": message, "type": ERROR_TYPES.get(code, "BadRequestError"), "param": param,
+                      "code": code}}
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """pydantic's errors (a request body's, or SamplingParams') as one short message that names each
+    field, as ``messages[0].role: ...``, without the input values; and the first field, for ``param``."""
+    parts, param = [], None
+    for err in errors:
+        loc = list(err["loc"])
+        if loc and loc[0] == "body":  # FastAPI's locations start with where the value came from
+            loc = loc[1:]
+        if err["type"] in ("model_attributes_type", "dict_type", "model_type") and not loc:
+            parts.append("the body must be a JSON object")
+            continue
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        parts.append(f"{path}: {message}" if path else message)
+        if param is None and loc and isinstance(loc[0], str):
+            param = loc[0]
+    return "; ".join(parts), param

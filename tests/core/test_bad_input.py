@@ -101,8 +101,12 @@ def test_bad_stop_token_id_is_rejected_and_huge_top_k_keeps_everything(llm):
 
 
 def test_prompt_type_and_params_count_are_checked(llm):
-    with pytest.raises(TypeError, match="a prompt must be a string or a list of token ids, got float"):
+    with pytest.raises(ValueError, match="prompt 0: a prompt must be a string or a list of token ids, got float"):
         llm.generate([1.5], use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt 1: a prompt must be a string or a list of token ids, got dict"):
+        list(llm.stream(["hi", {"text": "hi"}]))
+    with pytest.raises(ValueError, match="prompt 0: a prompt must be a string or a list of token ids, got int"):
+        llm.generate(123, use_tqdm=False)
     with pytest.raises(ValueError, match="got 2 sampling params for 1 prompts"):
         llm.generate(["hi"], [SamplingParams(), SamplingParams()], use_tqdm=False)
 

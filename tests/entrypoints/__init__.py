@@ -1,3 +1,48 @@
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+from benchmarks.serve import scrape  # noqa: F401 (/metrics as a dict, for the tests too)
+
+MODEL = "tiny"  # the served name of conftest's tiny_engine
+
 # A chat template for the tiny checkpoints, whose tokenizer has none: "<role>content" lines, then "<assistant>".
 TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1, in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+
+def serving(engine, **settings):
+    """:func:`running` for the app that serves ``engine`` with ``ServerSettings(**settings)``."""
+    from minivllm.entrypoints.api_server import build_app
+    from minivllm.entrypoints.settings import ServerSettings
+
+    return running(build_app(engine, ServerSettings(**settings)))

@@ -40,7 +40,10 @@ def test_concurrent_requests_match_offline(engine, llama_path):
         assert [texts[j] for j in range(2)] == [c["text"] for c in out["outputs"]]
         assert [tokens[j] for j in range(2)] == [c["tokens"] for c in out["outputs"]]
         assert reasons == {0: "length", 1: "length"}
-    assert engine.metrics.max_batch_size > 1 and engine.metrics.requests_finished >= 4
+    sample = engine.metrics.registry.get_sample_value
+    label = {"model_name": engine.served_model_name}
+    assert sample("minivllm:batch_size_bucket", {**label, "le": "1.0"}) < sample("minivllm:batch_size_count", label)
+    assert sample("minivllm:request_success_total", {**label, "finished_reason": "length"}) >= 8  # 4 prompts, n=2
     assert engine.stats()["kv_used"] == 0
 
 
@@ -135,6 +138,10 @@ def test_a_failing_request_fails_alone_and_the_loop_goes_on(llama_path):
         results = asyncio.run(main())
         assert [len(tokens[0]) for _, tokens, _ in results] == [8, 8, 8]
         assert engine.stats()["kv_used"] == 0 and engine.stats()["running"] == 0
+        finished = {reason: engine.metrics.registry.get_sample_value(
+            "minivllm:request_success_total", {"model_name": llama_path, "finished_reason": reason})
+            for reason in ("error", "length")}
+        assert finished == {"error": 1, "length": 3}
     finally:
         engine.close()
         plugins.load_plugins(reload=True)
@@ -153,3 +160,112 @@ def test_request_ids_are_unique_while_running(engine):
 
     outs, again = asyncio.run(main())
     assert sum(len(o.token_ids) for o in outs) == sum(len(o.token_ids) for o in again) == 5
+
+
+def test_abort_of_a_large_n_ends_every_completion_once(engine):
+    params = SamplingParams(temperature=1.0, max_tokens=100, ignore_eos=True, n=128)
+
+    async def main():
+        outs = []
+        async for out in engine.generate([1, 2, 3], params, "wide"):
+            outs.append(out)
+            if len(outs) == 128:  # mid-way: some completions have tokens, others still wait for blocks
+                engine.abort("wide")
+        return outs
+
+    outs = asyncio.run(main())
+    last = {}
+    for out in outs:
+        assert out.index not in last or last[out.index].finish_reason is None  # nothing after a completion's end
+        last[out.index] = out
+    assert sorted(last) == list(range(128)) and {o.finish_reason for o in last.values()} == {"abort"}
+    assert [o.finished for o in outs].count(True) == 1 and outs[-1].finished
+    assert engine.stats()["kv_used"] == 0
+
+
+def test_begin_shutdown_aborts_everything_and_refuses_new_requests(llama_path):
+    from minivllm.entrypoints.async_llm import EngineClosedError
+
+    engine = AsyncLLM(llama_path, **SETTINGS)
+    params = SamplingParams(max_tokens=100, ignore_eos=True)
+
+    async def main():
+        streams = [engine.generate("Once upon a time", params.model_copy(update={"n": 3}), "a"),
+                   engine.generate([1, 2, 3], params, "b")]
+        firsts = [await anext(s) for s in streams]
+        engine.begin_shutdown()
+        with pytest.raises(EngineClosedError, match="shutting down"):
+            engine.generate("Hi", params, "late")
+        rests = [[out async for out in s] for s in streams]
+        return [[first, *rest] for first, rest in zip(firsts, rests)]
+
+    try:
+        a, b = asyncio.run(main())
+        ends = {out.index: out.finish_reason for out in a if out.finish_reason}
+        assert ends == {0: "abort", 1: "abort", 2: "abort"} and a[-1].finished
+        assert b[-1].finish_reason == "abort" and b[-1].finished and len(b) < 100
+        assert engine.stats()["kv_used"] == 0
+    finally:
+        engine.close()
+
+
+def test_metrics_read_while_the_loop_writes(engine):
+    """/metrics used to iterate a deque the loop thread was changing ("deque mutated during iteration").
+    Now: render without pause from another thread while 8 requests run, and the counts add up."""
+    import threading
+
+    sample = engine.metrics.registry.get_sample_value
+    label = {"model_name": engine.served_model_name}
+    names = ["minivllm:generation_tokens_total", "minivllm:prompt_tokens_total",
+             "minivllm:time_to_first_token_seconds_count", "minivllm:e2e_request_latency_seconds_count",
+             "minivllm:request_time_per_output_token_seconds_count"]
+    before = {name: sample(name, label) for name in names}
+    stop, renders, errors = threading.Event(), [], []
+
+    def scrape():
+        while not stop.is_set():
+            try:
+                renders.append(len(engine.metrics.render()))
+            except Exception as e:  # noqa: BLE001 (any failure is the finding)
+                errors.append(e)
+
+    prompts = [[1, 2, 3, i + 4] for i in range(8)]
+
+    async def main():
+        params = SamplingParams(max_tokens=20, ignore_eos=True)
+        return await asyncio.gather(*[collect(engine, p, params, f"m{i}") for i, p in enumerate(prompts)])
+
+    thread = threading.Thread(target=scrape)
+    thread.start()
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors and len(renders) > 10
+    after = {name: sample(name, label) - before[name] for name in names}
+    assert after == {"minivllm:generation_tokens_total": 8 * 20, "minivllm:prompt_tokens_total": 8 * 4,
+                     "minivllm:time_to_first_token_seconds_count": 8, "minivllm:e2e_request_latency_seconds_count": 8,
+                     "minivllm:request_time_per_output_token_seconds_count": 8}
+
+
+def test_two_engines_keep_their_own_metrics(engine, llama_path):
+    other = AsyncLLM(llama_path, served_model_name=engine.served_model_name, **SETTINGS)
+    try:
+        label = {"model_name": engine.served_model_name}
+        before = engine.metrics.registry.get_sample_value("minivllm:generation_tokens_total", label)
+        asyncio.run(collect(other, "Hi", SamplingParams(max_tokens=3, ignore_eos=True), "x"))
+        assert other.metrics.registry.get_sample_value("minivllm:generation_tokens_total", label) == 3
+        assert engine.metrics.registry.get_sample_value("minivllm:generation_tokens_total", label) == before
+    finally:
+        other.close()
+
+
+def test_tokenizing_runs_on_its_own_thread(engine):
+    import threading
+
+    async def main():
+        return await engine.tokenize(lambda: (threading.current_thread().name, engine.encode("Hello there")))
+
+    thread, ids = asyncio.run(main())
+    assert thread.startswith("minivllm-tokenizer") and ids == engine.tokenizer.encode("Hello there")

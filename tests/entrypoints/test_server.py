@@ -2,45 +2,26 @@
 
 import asyncio
 import json
-import re
-import socket
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from tests.checkpoints import hf_greedy
-from tests.entrypoints import TEMPLATE
+from tests.entrypoints import MODEL, TEMPLATE, scrape, serving
 
 API_KEY = "test-key"
-MODEL = "tiny"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 NO_EOS = {"ignore_eos": True}  # vLLM's extra field: the tiny model's EOS would end outputs at random
+ABORTED = 'request_success_total{finished_reason="abort"}'
 
 
 @pytest.fixture(scope="module")
-def server(llama_path):
-    from minivllm.entrypoints import AsyncLLM
-    from minivllm.entrypoints.api_server import build_app
-
-    engine = AsyncLLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=160)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    app = build_app(engine, MODEL, api_key=API_KEY, chat_template=TEMPLATE)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
-    srv.should_exit = True
-    thread.join(timeout=30)
-    engine.close()
+def server(tiny_engine):
+    with serving(tiny_engine, api_key=API_KEY, chat_template=TEMPLATE) as base_url:
+        yield base_url, tiny_engine
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +30,15 @@ def client(server):
 
 
 def metrics(base_url: str) -> dict[str, float]:
-    text = httpx.get(base_url + "/metrics").text
-    return {m[1]: float(m[2]) for m in re.finditer(r"^minivllm:(\w+)\{[^}]*\} (\S+)$", text, re.M)}
+    return scrape(base_url, AUTH)
 
 
 def test_models_health_and_metrics(server, client):
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert httpx.get(server[0] + "/health").status_code == 200
     m = metrics(server[0])
-    assert m["kv_cache_total_blocks"] == 160 and m["kv_cache_used_blocks"] == 0 and m["num_requests_running"] == 0
+    assert m["kv_cache_total_blocks"] == 160 and m["kv_cache_used_blocks"] == 0
+    assert m["num_requests_running"] == 0 and m["kv_cache_usage_perc"] == 0
 
 
 def test_completion_matches_transformers(server, client, llama_path):
@@ -93,8 +74,7 @@ def test_streamed_completion_equals_whole(server, client):
 
 def test_raw_stream_ends_with_done(server):
     body = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "stream": True, "ignore_eos": True}
-    with httpx.stream("POST", server[0] + "/v1/completions", json=body,
-                      headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+    with httpx.stream("POST", server[0] + "/v1/completions", json=body, headers=AUTH) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and len(events) == 4
@@ -164,18 +144,17 @@ def test_32_concurrent_streams_are_batched(server, llama_path):
     for (text, reason), tokens in zip(results, expected):
         assert text == engine.tokenizer.decode(tokens, skip_special_tokens=True) and reason == "length"
     m = metrics(base_url)
-    assert m["batch_size_max"] > 1
+    assert m['batch_size_bucket{le="1.0"}'] < m["batch_size_count"]  # a step sampled > 1
     assert m["kv_cache_used_blocks"] == 0 and m["time_to_first_token_seconds_count"] >= 32
 
 
 def test_disconnected_clients_free_their_blocks(server):
     base_url = server[0]
-    before = metrics(base_url)["request_aborted_total"]
+    before = metrics(base_url)[ABORTED]
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 100, "stream": True, "ignore_eos": True}
-    headers = {"Authorization": f"Bearer {API_KEY}"}
 
     def read_two_then_hang_up():
-        with httpx.stream("POST", base_url + "/v1/completions", json=body, headers=headers, timeout=60) as r:
+        with httpx.stream("POST", base_url + "/v1/completions", json=body, headers=AUTH, timeout=60) as r:
             lines = r.iter_lines()
             for _ in range(2):
                 next(line for line in lines if line)
@@ -186,7 +165,7 @@ def test_disconnected_clients_free_their_blocks(server):
     for t in threads:
         t.join(timeout=60)
     deadline = time.monotonic() + 20
-    while (m := metrics(base_url))["request_aborted_total"] < before + 6 or m["kv_cache_used_blocks"] > 0:
+    while (m := metrics(base_url))[ABORTED] < before + 6 or m["kv_cache_used_blocks"] > 0:
         assert time.monotonic() < deadline, f"requests were not aborted: {m}"
         time.sleep(0.1)
     assert m["num_requests_running"] == 0 and m["num_requests_waiting"] == 0
@@ -219,12 +198,64 @@ def test_bad_requests_get_openai_errors(server, client):
 
 def test_non_streaming_client_that_hangs_up_is_aborted(server):
     base_url = server[0]
-    before = metrics(base_url)["request_aborted_total"]
+    before = metrics(base_url)[ABORTED]
     body = {"model": MODEL, "prompt": [f"Story {i}" for i in range(8)], "max_tokens": 100, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(base_url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
-                   timeout=httpx.Timeout(60, read=0.05))
+        httpx.post(base_url + "/v1/completions", json=body, headers=AUTH, timeout=httpx.Timeout(60, read=0.05))
     deadline = time.monotonic() + 20
-    while (m := metrics(base_url))["request_aborted_total"] < before + 8 or m["kv_cache_used_blocks"] > 0:
+    while (m := metrics(base_url))[ABORTED] < before + 8 or m["kv_cache_used_blocks"] > 0:
         assert time.monotonic() < deadline, f"requests were not aborted: {m}"
         time.sleep(0.05)
+
+
+def test_metrics_exposition(llama_path):
+    """A model name that needs escaping; counters, gauges and the latency histograms after two requests
+    of n=2, read with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from minivllm.entrypoints import AsyncLLM
+
+    name = 'tiny "v2"\nof C:\\models'
+    engine = AsyncLLM(llama_path, served_model_name=name, kvcache_block_size=16, max_model_len=128,
+                      num_kvcache_blocks=32)
+    try:
+        with serving(engine) as base_url:
+            client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
+            out = client.completions.create(model=name, prompt=["Hi", "Once upon a time"], n=2, max_tokens=5,
+                                            extra_body=NO_EOS)
+            response = httpx.get(base_url + "/metrics")
+            m = scrape(base_url)
+    finally:
+        engine.close()
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    assert {s.labels["model_name"] for f in families.values() for s in f.samples} == {name}
+    assert {"minivllm:num_requests_running", "minivllm:num_requests_waiting", "minivllm:kv_cache_usage_perc",
+            "minivllm:prompt_tokens", "minivllm:generation_tokens", "minivllm:request_success",
+            "minivllm:time_to_first_token_seconds", "minivllm:request_time_per_output_token_seconds",
+            "minivllm:e2e_request_latency_seconds", "minivllm:batch_size"} <= set(families)
+    assert not [f for f in families if "per_second" in f]  # a rate is PromQL's job
+    assert {f.type for n, f in families.items() if n.endswith("_seconds")} == {"histogram"}
+    assert m["prompt_tokens_total"] == out.usage.prompt_tokens
+    assert m["generation_tokens_total"] == out.usage.completion_tokens == 20
+    assert m['request_success_total{finished_reason="length"}'] == 4
+    assert m['request_success_total{finished_reason="abort"}'] == 0
+    for histogram in ["time_to_first_token_seconds", "request_time_per_output_token_seconds",
+                      "e2e_request_latency_seconds"]:
+        assert m[f"{histogram}_count"] == 4 and m[f'{histogram}_bucket{{le="+Inf"}}'] == 4
+        assert m[f"{histogram}_sum"] > 0
+    assert m["kv_cache_used_blocks"] == 0 and m["kv_cache_total_blocks"] == 32
+
+
+def test_requests_after_shutdown_began_get_503(llama_path):
+    from minivllm.entrypoints import AsyncLLM
+
+    engine = AsyncLLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=32)
+    try:
+        with serving(engine) as base_url:
+            engine.begin_shutdown()
+            response = httpx.post(base_url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+    finally:
+        engine.close()
+    assert response.status_code == 503 and response.json()["error"] == {
+        "message": "the server is shutting down", "type": "ServiceUnavailableError", "param": None, "code": 503}

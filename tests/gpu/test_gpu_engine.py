@@ -33,17 +33,22 @@ def test_parity_with_graphs(checkpoints, arch, block_size):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_preemption_and_chunked_prefill(checkpoints, arch):
+def test_preemption_and_chunked_prefill(checkpoints, arch, async_scheduling):
     path = checkpoints[arch]
     prompts = random_prompts(8, 20, 60, seed=4)
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     expected = hf_greedy(path, prompts, params.max_tokens, device="cuda")
-    llm = LLM(path, kvcache_block_size=16, num_kvcache_blocks=12, max_model_len=512, **CUDA)
+    settings = dict(kvcache_block_size=16, max_model_len=512, async_scheduling=async_scheduling, **CUDA)
+    llm = LLM(path, num_kvcache_blocks=12, **settings)
     assert _generate(llm, prompts, params) == expected
     assert llm.engine.scheduler.num_preemptions > 0
     # chunks of 32 tokens mixed with decode tokens: the general (non-graph) Triton kernel
-    llm = LLM(path, kvcache_block_size=16, max_model_len=512, scheduler="chunked", max_num_batched_tokens=32, **CUDA)
+    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=32, **settings)
     assert _generate(llm, prompts, params) == expected
+    # the fused sampler (greedy rows: the kernel's argmax) and the fp8 cache keep the step pipeline intact
+    llm = LLM(path, sampler="fused", kv_cache_dtype="fp8", num_kvcache_blocks=24, **settings)
+    fp8 = _generate(llm, prompts, params)
+    assert fp8 == _generate(LLM(path, kv_cache_dtype="fp8", num_kvcache_blocks=24, **settings), prompts, params)
 
 
 def test_eager_matches_graphs(checkpoints):

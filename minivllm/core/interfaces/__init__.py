@@ -1,6 +1,6 @@
 """The five plugin interfaces. The engine talks to plugins only through these."""
 
-from minivllm.core.interfaces.attention import Attention, AttentionBackend, AttentionMetadata
+from minivllm.core.interfaces.attention import Attention, AttentionBackend, AttentionMetadata, KVScales, quantize_fp8
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
 from minivllm.core.interfaces.options import PluginOptions
@@ -12,6 +12,7 @@ __all__ = [
     "AttentionBackend",
     "AttentionMetadata",
     "KVAllocator",
+    "KVScales",
     "Model",
     "ModelContext",
     "PluginOptions",
@@ -20,4 +21,5 @@ __all__ = [
     "ScheduledBatch",
     "Scheduler",
     "TokenLogprobs",
+    "quantize_fp8",
 ]

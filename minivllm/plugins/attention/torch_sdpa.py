@@ -3,6 +3,7 @@
 Runs on CPU and GPU. Loops over the batch in Python (host-side lengths, no device sync), gathering each
 sequence's context from its blocks and calling ``scaled_dot_product_attention`` with a causal mask
 offset by the cached context, so prefill, prefill over a cached prefix, chunks and decode all work.
+With an fp8 cache it stores :func:`quantize_fp8`'s values and scales and reads them back multiplied.
 """
 
 from __future__ import annotations
@@ -10,30 +11,46 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from minivllm.core.interfaces import AttentionBackend, AttentionMetadata
+from minivllm.core.interfaces import AttentionBackend, AttentionMetadata, KVScales, quantize_fp8
 
 
-def write_kv_cache(k, v, k_cache, v_cache, slot_mapping) -> None:
+def write_kv_cache(k, v, k_cache, v_cache, slot_mapping, kv_scales: KVScales | None = None) -> None:
     """Scatter the new tokens' k/v [T, Hkv, D] into the cache at ``slot_mapping`` (skipping -1)."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep]
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, k[keep])
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, v[keep])
+    for new, cache, scales in ((k, k_cache, kv_scales and kv_scales.k), (v, v_cache, kv_scales and kv_scales.v)):
+        new = new[keep]
+        if scales is not None:
+            new, scale = quantize_fp8(new)
+            scales.view(-1, scales.shape[-1]).index_copy_(0, slots, scale)
+            new, cache = new.view(torch.uint8), cache.view(torch.uint8)  # index_copy_ has no fp8 kernel on the CPU
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, new)
+
+
+def gather_context(cache, scales, blocks, seq_len: int, dtype) -> torch.Tensor:
+    """A sequence's first ``seq_len`` cached K or V rows from its ``blocks``: [Hkv, L, D] in ``dtype``."""
+    if scales is None:
+        rows = cache[blocks]
+    else:
+        rows = cache.view(torch.uint8)[blocks].view(cache.dtype).to(dtype) * scales[blocks][..., None]
+    return rows.flatten(0, 1)[:seq_len].transpose(0, 1).to(dtype)
 
 
 class TorchAttentionBackend(AttentionBackend):
     block_size_multiple = 16
+    kv_cache_dtypes = ("auto", "fp8")
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float):
-        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                kv_scales: KVScales | None = None):
+        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping, kv_scales)
         out = torch.empty_like(q)
         starts = meta.query_start_loc_host
         for i, seq_len in enumerate(meta.seq_lens_host):
             start, end = starts[i], starts[i + 1]
             num_blocks = -(-seq_len // self.block_size)
             blocks = meta.block_tables[i, :num_blocks]
-            keys = k_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)  # [Hkv, L, D]
-            values = v_cache[blocks].flatten(0, 1)[:seq_len].transpose(0, 1)
+            keys = gather_context(k_cache, kv_scales and kv_scales.k, blocks, seq_len, q.dtype)  # [Hkv, L, D]
+            values = gather_context(v_cache, kv_scales and kv_scales.v, blocks, seq_len, q.dtype)
             queries = q[start:end].transpose(0, 1)  # [Hq, n, D]
             n = end - start
             # query j sits at position seq_len - n + j and sees keys up to it

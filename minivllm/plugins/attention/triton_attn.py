@@ -11,12 +11,13 @@ import importlib.util
 
 import torch
 
-from minivllm.core.interfaces import AttentionBackend, AttentionMetadata
+from minivllm.core.interfaces import AttentionBackend, AttentionMetadata, KVScales
 
 
 class TritonAttentionBackend(AttentionBackend):
     block_size_multiple = 16
     supports_cuda_graphs = True
+    kv_cache_dtypes = ("auto", "fp8")
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:
@@ -35,13 +36,15 @@ class TritonAttentionBackend(AttentionBackend):
         if meta.is_decode_only:
             meta.backend_state = self.kernels.decode_splits(meta.num_seqs, self.num_kv_heads, self.num_sms)
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float):
-        self.kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
+                kv_scales: KVScales | None = None):
+        scales = dict(k_scales=kv_scales.k, v_scales=kv_scales.v) if kv_scales is not None else {}
+        self.kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
         out = torch.empty_like(q)
         if meta.is_decode_only:
             self.kernels.paged_decode(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, scale,
-                                      num_splits=meta.backend_state)
+                                      num_splits=meta.backend_state, **scales)
         else:
             self.kernels.paged_prefill(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens,
-                                       meta.query_start_loc, meta.max_query_len, scale)
+                                       meta.query_start_loc, meta.max_query_len, scale, **scales)
         return out

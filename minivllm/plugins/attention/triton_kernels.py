@@ -6,7 +6,10 @@ block index per key, so any block size works. Head dims that are not powers of t
 masks. Softmax runs online in float32 (base 2). Integer arguments that change from batch to batch (the
 block table's width, the split count) are not specialised on, so a new batch never recompiles a kernel.
 
-- :func:`store_kv`: scatter the new tokens' K/V into their cache slots.
+- :func:`store_kv`: scatter the new tokens' K/V into their cache slots (with an fp8 cache: each
+  (token, head) row divided by its own scale, ``max |x| / 448``, stored beside it; see
+  ``core/interfaces/attention.py``). The attention kernels read fp8 rows back as the query's dtype
+  and fold the scales into the scores (K) and the probabilities (V), so no dequantised copy is made.
 - :func:`paged_prefill`: causal attention of any batch (prompt chunks over a cached context, decode
   tokens) — one program per (sequence, query head, tile of new tokens).
 - :func:`paged_decode`: flash-decoding for one new token per sequence — one program per (sequence, KV
@@ -19,6 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from minivllm.core.interfaces.attention import FP8_MAX
 
 LOG2E = 1.4426950408889634
 
@@ -36,24 +41,57 @@ def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_k,
     tl.store(v_cache_ptr + slot * ROW + offs, v, mask=mask)
 
 
+@triton.jit
+def _store_fp8_rows(src_ptr, cache_ptr, scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, FP8_MAX: tl.constexpr):
+    x = tl.load(src_ptr + rows, mask=mask, other=0.0).to(tl.float32)  # [H, D]
+    scale = tl.maximum(tl.max(tl.abs(x), 1), 1e-12) / FP8_MAX  # [H]: each row's own
+    tl.store(cache_ptr + slot * HEADS * HEAD_DIM + rows, (x / scale[:, None]).to(cache_ptr.dtype.element_ty), mask=mask)
+    tl.store(scale_ptr + slot * HEADS + offs_h, scale, mask=h_mask)
+
+
+@triton.jit
+def _store_kv_fp8_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, slot_ptr, stride_k,
+                         stride_v, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_D: tl.constexpr, FP8_MAX: tl.constexpr):
+    t = tl.program_id(0)
+    slot = tl.load(slot_ptr + t)
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    h_mask = (offs_h < HEADS) & (slot >= 0)
+    mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    rows = offs_h[:, None] * HEAD_DIM + offs_d[None, :]  # [H, D] within the token's Hkv*D row
+    _store_fp8_rows(k_ptr + t * stride_k, k_cache_ptr, k_scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS,
+                    HEAD_DIM, FP8_MAX)
+    _store_fp8_rows(v_ptr + t * stride_v, v_cache_ptr, v_scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS,
+                    HEAD_DIM, FP8_MAX)
+
+
 def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor) -> None:
+             slot_mapping: torch.Tensor, k_scales: torch.Tensor | None = None,
+             v_scales: torch.Tensor | None = None) -> None:
     """k/v [T, Hkv, D] (rows may be strided, each row's Hkv*D contiguous) -> cache at ``slot_mapping``
-    (-1 skips the token)."""
+    (-1 skips the token); with scales ([num_blocks, block_size, Hkv]) the cache is fp8."""
     num_tokens, num_kv_heads, head_dim = k.shape
     row = num_kv_heads * head_dim
     assert k.stride(1) == head_dim and k.stride(2) == 1 and v.stride(1) == head_dim and v.stride(2) == 1
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
-    _store_kv_kernel[(num_tokens,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-                                    ROW=row, BLOCK=triton.next_power_of_2(row))
+    if k_scales is None:
+        _store_kv_kernel[(num_tokens,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
+                                        ROW=row, BLOCK=triton.next_power_of_2(row))
+        return
+    _store_kv_fp8_kernel[(num_tokens,)](k, v, k_cache, v_cache, k_scales, v_scales, slot_mapping, k.stride(0),
+                                        v.stride(0), HEADS=num_kv_heads, HEAD_DIM=head_dim,
+                                        BLOCK_H=triton.next_power_of_2(num_kv_heads),
+                                        BLOCK_D=triton.next_power_of_2(head_dim), FP8_MAX=FP8_MAX)
 
 
 @triton.jit(do_not_specialize=["stride_bt"])
-def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, seq_lens_ptr, query_start_ptr,
-                    qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt, stride_cb, stride_cs,
-                    stride_ch, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    PRECISION: tl.constexpr):
+def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, o_ptr, block_tables_ptr,
+                    seq_lens_ptr, query_start_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
+                    stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    PRECISION: tl.constexpr, FP8: tl.constexpr, NUM_KV_HEADS: tl.constexpr):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     tile = tl.program_id(2)
@@ -81,7 +119,12 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, se
             rows = block.to(tl.int64) * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
             kv_mask = n_mask[:, None] & d_mask[None, :]
             k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [N, D]
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N], base-2 logits
+            if FP8:
+                scale_rows = (block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE) * NUM_KV_HEADS + kv_head
+                k_scale = tl.load(k_scale_ptr + scale_rows, mask=n_mask, other=0.0)
+                s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * (qk_scale * k_scale[None, :])
+            else:
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [M, N], base-2 logits
             visible = ((ctx + offs_m)[:, None] >= offs_n[None, :]) & n_mask[None, :]
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -89,7 +132,12 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, o_ptr, block_tables_ptr, se
             alpha = tl.exp2(m_i - m_new)
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            if FP8:
+                v_scale = tl.load(v_scale_ptr + scale_rows, mask=n_mask, other=0.0)
+                pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+            else:
+                pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            acc = acc * alpha[:, None] + pv
             m_i = m_new
         out = acc / l_i[:, None]
         tl.store(o_ptr + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
@@ -103,30 +151,34 @@ def _precision(dtype: torch.dtype) -> str:
 
 def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                   block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                  max_query_len: int, scale: float, block_m: int = 64, block_n: int = 64) -> None:
-    """q/out [T, Hq, D]; caches [num_blocks, block_size, Hkv, D]; any mix of prefill and decode rows."""
+                  max_query_len: int, scale: float, block_m: int = 64, block_n: int = 64,
+                  k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> None:
+    """q/out [T, Hq, D]; caches [num_blocks, block_size, Hkv, D] (fp8 with scales [num_blocks, block_size,
+    Hkv]); any mix of prefill and decode rows."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     num_seqs = seq_lens.shape[0]
     if q.dtype == torch.float32:  # float32 tiles take twice the shared memory
         block_m, block_n = min(block_m, 32), min(block_n, 32)
     grid = (num_seqs, num_heads, triton.cdiv(max_query_len, block_m))
+    fp8 = k_scales is not None
     _prefill_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, seq_lens, query_start_loc, scale * LOG2E,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q, k_cache, v_cache, k_scales if fp8 else k_cache, v_scales if fp8 else v_cache, out, block_tables,
+        seq_lens, query_start_loc, scale * LOG2E, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
-        PRECISION=_precision(q.dtype), num_warps=4, num_stages=2,
+        PRECISION=_precision(q.dtype), FP8=fp8, NUM_KV_HEADS=num_kv_heads, num_warps=4, num_stages=2,
     )
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_bt"])
-def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, part_o_ptr, part_lse_ptr, o_ptr, block_tables_ptr,
-                         seq_lens_ptr, qk_scale, num_splits, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
-                         stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                         BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr):
+def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, part_o_ptr, part_lse_ptr, o_ptr,
+                         block_tables_ptr, seq_lens_ptr, qk_scale, num_splits, stride_qt, stride_qh, stride_ot,
+                         stride_oh, stride_bt, stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr,
+                         BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr,
+                         FP8: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -152,13 +204,23 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, part_o_ptr, part_lse_p
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(k_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)  # [N, D]
         v = tl.load(v_cache_ptr + rows[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, N]
+        if FP8:
+            scale_rows = (block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE) * tl.num_programs(1) + kv_head
+            k_scale = tl.load(k_scale_ptr + scale_rows, mask=n_mask, other=0.0)
+            v_scale = tl.load(v_scale_ptr + scale_rows, mask=n_mask, other=0.0)
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * (qk_scale * k_scale[None, :])
+        else:
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        if FP8:
+            pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     # an empty split (start >= end) leaves l_i = 0: its lse is -inf and the merge gives it no weight
     has = l_i > 0
@@ -199,8 +261,10 @@ def decode_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: in
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
-                 block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> None:
-    """q/out [B, Hq, D] (one new token per sequence, already in the cache); sync-free, fixed grid."""
+                 block_n: int = 64, num_warps: int = 4, num_stages: int = 2, k_scales: torch.Tensor | None = None,
+                 v_scales: torch.Tensor | None = None) -> None:
+    """q/out [B, Hq, D] (one new token per sequence, already in the cache; fp8 with scales); sync-free,
+    fixed grid."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -211,12 +275,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     part_o = torch.empty(parts, head_dim, dtype=torch.float32, device=q.device)
     part_lse = torch.empty(parts, dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(head_dim))
+    fp8 = k_scales is not None
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, part_o, part_lse, out, block_tables, seq_lens, scale * LOG2E, num_splits,
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_N=block_n,
-        PRECISION=_precision(q.dtype), DIRECT=direct, num_warps=num_warps, num_stages=num_stages,
+        q, k_cache, v_cache, k_scales if fp8 else k_cache, v_scales if fp8 else v_cache, part_o, part_lse, out,
+        block_tables, seq_lens, scale * LOG2E, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group,
+        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
+        BLOCK_N=block_n, PRECISION=_precision(q.dtype), DIRECT=direct, FP8=fp8, num_warps=num_warps,
+        num_stages=num_stages,
     )
     if direct:
         return

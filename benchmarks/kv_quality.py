@@ -1,0 +1,106 @@
+"""What the fp8 KV cache costs in quality, on real weights: perplexity over a real English text and greedy
+agreement on chat prompts, ``kv_cache_dtype="fp8"`` against ``"auto"``.
+
+- Perplexity: the text (default ``benchmarks/data/coriolanus.txt``: the opening of Shakespeare's
+  *Coriolanus*, public domain, from the tinyshakespeare data set) is run through the engine's own model
+  runner in chunks of ``--chunk`` tokens, each attending over the previous chunks through the paged cache,
+  as prefill over a cached prefix does; every next token's log-probability counts.
+- Agreement: ``--num-prompts`` chat prompts, greedy, ``--max-tokens`` new tokens each: how many outputs are
+  identical, and the mean share of each output that matches before the first difference.
+
+    python benchmarks/kv_quality.py                                   # the embedded SmolLM2, CPU, float32
+    python benchmarks/kv_quality.py --device cuda --dtype bfloat16   # on a GPU, in bf16
+
+Prints a Markdown table and one JSON line (``--json FILE`` appends it there too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+
+import torch
+
+from minivllm import LLM, SamplingParams
+from minivllm.core.default_model import default_model
+from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.sequence import Sequence
+
+TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
+          "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
+PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + \
+          [f"Write two sentences about {t}." for t in TOPICS]
+
+
+@torch.inference_mode()
+def perplexity(llm: LLM, tokens: list[int], chunk: int) -> float:
+    engine = llm.engine
+    runner = engine.executor.runner
+    seq = Sequence(tokens, SamplingParams(max_tokens=1))
+    assert engine.allocator.allocate(seq, len(tokens)), "the KV cache is too small for the text"
+    nll, count = 0.0, 0
+    for start in range(0, len(tokens) - 1, chunk):
+        n = min(chunk, len(tokens) - 1 - start)
+        batch = ScheduledBatch()
+        batch.add(seq, n)
+        logits = runner.model.compute_logits(runner._forward(batch)).float()  # [n, V]
+        targets = torch.tensor(tokens[start + 1 : start + 1 + n], device=logits.device)
+        nll -= logits.log_softmax(dim=-1).gather(1, targets[:, None]).sum().item()
+        count += n
+        seq.num_computed_tokens += n
+    engine.allocator.free(seq)
+    return math.exp(nll / count)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="default: the embedded SmolLM2-135M-Instruct GGUF")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--text", default=os.path.join(os.path.dirname(__file__), "data", "coriolanus.txt"))
+    parser.add_argument("--chunk", type=int, default=128)
+    parser.add_argument("--num-prompts", type=int, default=32)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    model = args.model or default_model()
+    text = open(args.text).read()
+    results = {}
+    for kv in ("auto", "fp8"):
+        start = time.perf_counter()
+        llm = LLM(model, device=args.device, dtype=args.dtype, kv_cache_dtype=kv, kvcache_block_size=256,
+                  max_model_len=8192, max_num_seqs=args.num_prompts, num_kvcache_blocks=64, enforce_eager=True)
+        tokens = llm.tokenizer.encode(text)
+        ppl = perplexity(llm, tokens, args.chunk)
+        conversations = [[{"role": "user", "content": p}] for p in PROMPTS[: args.num_prompts]]
+        greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
+        outputs = [o["tokens"] for o in llm.chat(conversations, greedy, use_tqdm=False)]
+        results[kv] = dict(ppl=ppl, outputs=outputs, seconds=time.perf_counter() - start,
+                           dtype=str(llm.engine.executor.runner.dtype).removeprefix("torch."),
+                           block_bytes=llm.engine.executor.block_bytes)
+        del llm
+    base, fp8 = results["auto"], results["fp8"]
+    prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) / len(x)
+              for x, y in zip(base["outputs"], fp8["outputs"])]
+    summary = dict(model=os.path.basename(model), device=args.device, dtype=base["dtype"], text_tokens=len(tokens),
+                   chunk=args.chunk, ppl_auto=base["ppl"], ppl_fp8=fp8["ppl"],
+                   ppl_increase=fp8["ppl"] / base["ppl"] - 1, prompts=len(prefix),
+                   identical=sum(p == 1.0 for p in prefix), mean_prefix=sum(prefix) / len(prefix),
+                   block_bytes_auto=base["block_bytes"], block_bytes_fp8=fp8["block_bytes"])
+    print(f"| kv_cache_dtype | perplexity ({len(tokens)} tokens) | bytes per block |\n| --- | ---: | ---: |")
+    print(f"| auto ({base['dtype']}) | {base['ppl']:.4f} | {base['block_bytes']:,} |")
+    print(f"| fp8 | {fp8['ppl']:.4f} ({100 * summary['ppl_increase']:+.2f}%) | {fp8['block_bytes']:,} |")
+    print(f"greedy, {args.max_tokens} tokens: {summary['identical']}/{len(prefix)} outputs identical, "
+          f"{100 * summary['mean_prefix']:.1f}% of each output matches before the first difference (mean)")
+    line = json.dumps(summary)
+    print(line)
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
