@@ -96,7 +96,7 @@ class EngineConfig(BaseModel):
     @property
     def resolved_attention_backend(self) -> str:
         """The backend name: the configured one, or for "auto" the first of the preferred that is available
-        and takes ``kvcache_block_size``. Only backends that passed the conformance kit on the device are
+        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on the device are
         preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
@@ -108,6 +108,8 @@ class EngineConfig(BaseModel):
                 refused.append(f"{name} is not available")
             elif not backend.supports_block_size(self.kvcache_block_size):
                 refused.append(f"{name} needs a multiple of {backend.block_size_multiple}")
+            elif self.kv_cache_dtype not in backend.kv_cache_dtypes:
+                refused.append(f"{name} does not take kv_cache_dtype={self.kv_cache_dtype!r}")
             else:
                 return name
         raise ValueError(f"no attention backend takes kvcache_block_size={self.kvcache_block_size} on {device}: "

@@ -27,7 +27,7 @@ def test_auto_picks_torch_on_cpu(llama_path):
 
 def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llama_path, monkeypatch):
     """flash_attn has not passed the conformance kit on a GPU, so "auto" never picks it; a backend whose
-    block-size check fails is passed over, and when none is left the error says why."""
+    block-size or KV-cache-dtype check fails is passed over, and when none is left the error says why."""
     for name in ("triton", "flash_attn"):
         monkeypatch.setattr(plugins.attention_backends.get(name), "is_available", classmethod(lambda cls, d: True))
     # built without validation: CUDA is not here to pass the device check
@@ -38,3 +38,6 @@ def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llam
     with pytest.raises(ValueError, match="no attention backend takes kvcache_block_size=24 on cuda: triton needs a "
                                          "multiple of 32; torch needs a multiple of 16$"):
         _ = EngineConfig.model_construct(**cuda, kvcache_block_size=24).resolved_attention_backend
+    monkeypatch.setattr(plugins.attention_backends.get("triton"), "kv_cache_dtypes", ("auto",))
+    fp8 = EngineConfig.model_construct(**cuda, kvcache_block_size=64, kv_cache_dtype="fp8")
+    assert fp8.resolved_attention_backend == "torch"  # the first that takes an fp8 cache
