@@ -1,5 +1,5 @@
 """Attention backend contracts: on the batches the runner builds, the output equals plain attention and the
-new K/V land in their cache slots.
+new K/V land in their cache slots, with the model's dtype in the cache and, for backends that take it, fp8.
 
 A case is one step's batch: each sequence has a cached context (its K/V already in the paged cache) and
 new tokens, a whole prompt, a chunk over the context or one decode token (one-token prompts too), on
@@ -13,30 +13,33 @@ from __future__ import annotations
 
 import torch
 
-from minivllm.core.interfaces import AttentionBackend, AttentionMetadata
+from minivllm.core.interfaces import AttentionBackend, AttentionMetadata, KVScales, quantize_fp8
 from minivllm.testing.kit import Contract, ContractFailure, ContractSkipped, registry
 
 
 class Case:
     """One step's batch, ``seqs`` as (cached context, new tokens) pairs; ``padding`` decode rows with slot -1
-    (as CUDA graphs pad a batch) must write nothing."""
+    (as CUDA graphs pad a batch) must write nothing; ``fp8``: the cache holds :func:`quantize_fp8`'s values
+    and scales (``kv_cache_dtype="fp8"``)."""
 
     def __init__(self, what: str, seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int,
-                 head_dim: int, block_size: int, padding: int = 0):
-        self.what, self.seqs, self.padding = what, seqs, padding
+                 head_dim: int, block_size: int, padding: int = 0, fp8: bool = False):
+        self.what, self.seqs, self.padding, self.fp8 = what, seqs, padding, fp8
         self.num_heads, self.num_kv_heads, self.head_dim, self.block_size = num_heads, num_kv_heads, head_dim, block_size
 
     def describe(self, dtype: torch.dtype, device: torch.device) -> str:
         rows = ", ".join(f"({ctx} cached, {new} new)" for ctx, new in self.seqs)
         pad = f", then {self.padding} padding rows (slot -1, seq_len 1)" if self.padding else ""
+        pad += ", an fp8 KV cache (quantize_fp8's values and scales)" if self.fp8 else ""
         return (f"{self.what}: backend(num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim="
                 f"{self.head_dim}, block_size={self.block_size}, dtype={dtype}) on {device}; sequences {rows}{pad}; "
                 "each sequence's blocks drawn at random from the cache, q/k/v from torch.randn (seed 0)")
 
 
 def layout(case: Case, device: torch.device, dtype: torch.dtype):
-    """The cache with each context's K/V in place, the new tokens' q/k/v, the metadata, and every
-    sequence's full K/V (context then new) for the reference."""
+    """The cache with each context's K/V in place (and its scales with an fp8 cache), the new tokens' q/k/v,
+    the metadata, and every sequence's full K/V (context then new, as the cache holds them) for the
+    reference."""
     g = torch.Generator().manual_seed(0)
     bs, hkv, d = case.block_size, case.num_kv_heads, case.head_dim
     tables = [-(-(ctx + new) // bs) for ctx, new in case.seqs]
@@ -58,6 +61,11 @@ def layout(case: Case, device: torch.device, dtype: torch.dtype):
         slots += seq_slots[ctx:]
         full.append((keys, values))
         block_tables.append(blocks)
+    kv_scales = None
+    if case.fp8:  # quantised row by row, as a backend stores each token's K/V
+        (k_cache, k_scale), (v_cache, v_scale) = quantize_fp8(k_cache), quantize_fp8(v_cache)
+        kv_scales = KVScales(k_scale, v_scale)
+        full = [tuple(dequantized(*quantize_fp8(x)) for x in pair) for pair in full]
     for _ in range(case.padding):
         q.append(torch.randn(1, case.num_heads, d, generator=g).to(device, dtype))
         k.append(torch.randn(1, hkv, d, generator=g).to(device, dtype))
@@ -77,7 +85,11 @@ def layout(case: Case, device: torch.device, dtype: torch.dtype):
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
         max_query_len=max(news), max_seq_len=max(lens), query_start_loc_host=starts, seq_lens_host=lens,
     )
-    return k_cache, v_cache, torch.cat(q), torch.cat(k), torch.cat(v), meta, full
+    return k_cache, v_cache, kv_scales, torch.cat(q), torch.cat(k), torch.cat(v), meta, full
+
+
+def dequantized(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return values.float() * scales[..., None]
 
 
 def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
@@ -107,23 +119,32 @@ def check_case(contract: str, plugin: str, case: Case) -> None:
     backend_cls = registry("attention_backend").get(plugin)
     device = device_for(plugin, backend_cls)
     dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
-    k_cache, v_cache, q, k, v, meta, full = layout(case, device, dtype)
-    before_k, before_v = k_cache.clone(), v_cache.clone()
+    # with fp8, a backend may attend over the new tokens' exact K/V rather than what it stored
+    tolerance = 0.1 if case.fp8 else 1e-4 if dtype == torch.float32 else 3e-2
+    k_cache, v_cache, kv_scales, q, k, v, meta, full = layout(case, device, dtype)
+    before = [(k_cache.clone(), kv_scales and kv_scales.k.clone()), (v_cache.clone(), kv_scales and kv_scales.v.clone())]
     backend = backend_cls(case.num_heads, case.num_kv_heads, case.head_dim, case.block_size, dtype)
     scale = case.head_dim**-0.5
     backend.prepare(meta)
-    out = backend.forward(q, k, v, k_cache, v_cache, meta, scale)
+    fp8 = {"kv_scales": kv_scales} if case.fp8 else {}
+    out = backend.forward(q, k, v, k_cache, v_cache, meta, scale, **fp8)
     if out.shape != q.shape:
         raise ContractFailure(contract, f"forward returned shape {tuple(out.shape)} for q of {tuple(q.shape)}",
                               case.describe(dtype, device))
-    if contract == "kv_store":
-        expected_k, expected_v = before_k.view(-1, *before_k.shape[2:]), before_v.view(-1, *before_v.shape[2:])
-        real = meta.slot_mapping >= 0
-        expected_k[meta.slot_mapping[real]] = k[real]
-        expected_v[meta.slot_mapping[real]] = v[real]
-        for name, got, want in (("K", k_cache, expected_k), ("V", v_cache, expected_v)):
-            wrong = (got.view(-1, *got.shape[2:]) != want).flatten(1).any(dim=1).nonzero().flatten().tolist()
+    if case.what == "store":
+        slots = meta.slot_mapping[meta.slot_mapping >= 0]
+        caches = [("K", k_cache, kv_scales and kv_scales.k, k), ("V", v_cache, kv_scales and kv_scales.v, v)]
+        for (name, cache, scales, new), (old, old_scales) in zip(caches, before):
+            got, want, new = cache.flatten(0, 1), old.flatten(0, 1).clone(), new[meta.slot_mapping >= 0]
+            if case.fp8:  # fp8 has no copy or comparison kernels on the CPU: compare the bytes, and the scales
+                new, new_scales = quantize_fp8(new)
+                got, want, new = got.view(torch.uint8), want.view(torch.uint8), new.view(torch.uint8)
+                got, want = torch.cat([got.flatten(1), scales.flatten(0, 1).view(torch.uint8)], dim=1), \
+                    torch.cat([want.flatten(1), old_scales.flatten(0, 1).index_copy(0, slots, new_scales)
+                               .view(torch.uint8)], dim=1)
+                new = torch.cat([new.flatten(1), new_scales.view(torch.uint8)], dim=1)
+            want[slots] = new.reshape(want[slots].shape)
+            wrong = (got != want).flatten(1).any(dim=1).nonzero().flatten().tolist()
             if wrong:
                 raise ContractFailure(contract, f"after forward, the {name} cache differs from the expected at slots "
                                       f"{wrong[:8]} (the new tokens' slots are {meta.slot_mapping.tolist()}; every "
@@ -149,10 +170,17 @@ def batches(bs: int, heads: int, kv_heads: int, head_dim: int) -> list[Case]:
     ]
 
 
+def stores(m: int, fp8: bool) -> list[Case]:
+    return [Case("store", [(0, 5), (m, 3), (m + 2, 1)], 4, 2, 32, m, fp8=fp8),
+            Case("store", [(m + 2, 1), (3, 1)], 4, 2, 32, m, padding=2, fp8=fp8)]
+
+
 def cases_contract(name: str, summary: str, cases) -> Contract:
     def run(plugin: str, options: dict) -> None:
-        multiple = registry("attention_backend").get(plugin).block_size_multiple
-        for case in cases(multiple):
+        backend = registry("attention_backend").get(plugin)
+        if name == "fp8_kv_cache" and "fp8" not in backend.kv_cache_dtypes:
+            raise ContractSkipped(f"attention backend {plugin!r} does not take kv_cache_dtype='fp8'")
+        for case in cases(backend.block_size_multiple):
             check_case(name, plugin, case)
 
     return Contract("attention_backend", name, summary, run)
@@ -166,7 +194,9 @@ CONTRACTS = [
     cases_contract("block_sizes", "equal to plain attention with every block size it accepts (1, 2 and 4 times its "
                    "block_size_multiple)", lambda m: [c for bs in (m, 2 * m, 4 * m) for c in batches(bs, 4, 2, 32)]),
     cases_contract("kv_store", "forward writes each new token's K and V at its slot, padding rows (slot -1) nowhere, "
-                   "and leaves every other slot alone",
-                   lambda m: [Case("mixed", [(0, 5), (m, 3), (m + 2, 1)], 4, 2, 32, m),
-                              Case("decode", [(m + 2, 1), (3, 1)], 4, 2, 32, m, padding=2)]),
+                   "and leaves every other slot alone", lambda m: stores(m, fp8=False)),
+    cases_contract("fp8_kv_cache", "with kv_cache_dtype='fp8' (when it takes it): equal to plain attention over what "
+                   "the cache holds, and each new token stored as quantize_fp8's values and scale",
+                   lambda m: [Case(c.what, c.seqs, 4, 2, 32, m, fp8=True) for c in batches(m, 4, 2, 32)]
+                   + stores(m, fp8=True)),
 ]
