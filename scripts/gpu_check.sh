@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one device call, a stage at a time. Logs and JSON go to $OUT (default
 # ./gpu_logs). Each stage fits well inside one call (~minutes); pick a few per call:
-#   tests      pytest tests/gpu (Triton kernels incl. fp8 and the fused sampler vs torch, transformers parity
+#   tests      pytest tests/gpu, or the paths in $TESTS (Triton kernels incl. fp8 and the fused sampler vs torch, transformers parity
 #              with CUDA graphs, async scheduling, fp8; two-GPU tensor parallelism where two GPUs are visible)
 #   pipeline   benchmarks/throughput.py on Qwen3-0.6B: the plain pipeline with the default sampler, async
 #              scheduling with the default and with the fused sampler; benchmarks/profile_steps.py sync/async
@@ -35,7 +35,7 @@ ab() {  # minivllm bench on the Qwen3-0.6B shape with random weights, 3 interlea
 for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    tests) python3 -m pytest -q -rs -x tests/gpu 2>&1 | tail -40 | tee "$OUT/tests.log" || status=1 ;;
+    tests) python3 -m pytest -q -rs -x ${TESTS:-tests/gpu} 2>&1 | tee "$OUT/tests.log" | tail -40 || status=1 ;;
     pipeline) bench --async-scheduling false --sampler default
               bench --async-scheduling true --sampler default
               bench --async-scheduling true --sampler fused
