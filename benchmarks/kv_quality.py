@@ -17,7 +17,6 @@ Prints a Markdown table and one JSON line (``--json FILE`` appends it there too)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -25,9 +24,11 @@ import time
 import torch
 
 from minivllm import LLM, SamplingParams
+from minivllm.bench.report import emit_json_line
 from minivllm.core.default_model import default_model
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.sequence import Sequence
+
 
 TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
           "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
@@ -95,11 +96,7 @@ def main() -> None:
     print(f"| fp8 | {fp8['ppl']:.4f} ({100 * summary['ppl_increase']:+.2f}%) | {fp8['block_bytes']:,} |")
     print(f"greedy, {args.max_tokens} tokens: {summary['identical']}/{len(prefix)} outputs identical, "
           f"{100 * summary['mean_prefix']:.1f}% of each output matches before the first difference (mean)")
-    line = json.dumps(summary)
-    print(line)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(line + "\n")
+    emit_json_line(summary, args.json)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from minivllm.bench.report import emit_json_line
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve import MODEL_NAME, free_port, scrape, start_server  # noqa: E402 (the server harness, shared)
+
 
 WORDS = ("the cache stores keys and values in blocks while the scheduler admits new requests every step "
          "and a paged engine keeps the batch full").split()
@@ -217,10 +220,7 @@ def main() -> None:
         "server_aborts": after.get('request_success_total{finished_reason="abort"}'),
         "shutdown": shutdown, "server_args": server_args,
     }
-    print(json.dumps(row), flush=True)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(row) + "\n")
+    emit_json_line(row, args.json)
     print("\n| requests completed | hung up | failed | TTFT p50 / p99 (ms) | output tok/s | /metrics reads (p99 ms) "
           "| KV blocks left | sequences left | SIGTERM: exit (s), streams ended with abort |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from minivllm.bench.report import emit_json_line
+
+
 MODEL_NAME = "bench"
 
 
@@ -223,10 +226,7 @@ def main() -> None:
                 row.update(model=args.model_path or args.model, num_prompts=args.num_prompts,
                            input_len=args.input_len, output_len=args.output_len, server_args=server_args)
                 rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                emit_json_line(row, args.json)
         finally:
             stop_server(proc)
     print("\n| rate (req/s) | done | req/s | output tok/s | TTFT mean / p99 (ms) | TPOT mean / p99 (ms) "

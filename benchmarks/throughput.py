@@ -16,7 +16,6 @@ Prints one JSON line per run (``--json FILE`` appends it there too).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 import statistics
@@ -24,6 +23,9 @@ import tempfile
 import time
 
 import torch
+
+from minivllm.bench.report import emit_json_line
+
 
 SHAPES = {
     "qwen3-0.6b": ("Qwen3Config", dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
@@ -204,11 +206,7 @@ def main() -> None:
           f"achieved / floor = {result['achieved_over_floor']:.2f}"
           + (f"; transformers {result['hf_tok_s']:.0f} tok/s ({args.hf_prompts} prompts), "
              f"minivllm / HF = {result['over_hf']:.1f}x" if args.hf_prompts else ""))
-    line = json.dumps(result)
-    print(line)
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(line + "\n")
+    emit_json_line(result, args.json)
 
 
 if __name__ == "__main__":

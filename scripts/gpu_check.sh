@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks in one device call, a stage at a time. Logs and JSON go to $OUT (default
 # ./gpu_logs). Each stage fits well inside one call (~minutes); pick a few per call:
-#   tests      pytest tests/gpu (Triton kernels incl. fp8 and the fused sampler vs torch, transformers parity
+#   tests      pytest tests/gpu, or the paths in $TESTS (Triton kernels incl. fp8 and the fused sampler vs torch, transformers parity
 #              with CUDA graphs, async scheduling, fp8; two-GPU tensor parallelism where two GPUs are visible)
 #   pipeline   benchmarks/throughput.py on Qwen3-0.6B: the plain pipeline with the default sampler, async
 #              scheduling with the default and with the fused sampler; benchmarks/profile_steps.py sync/async
 #   fp8        throughput with kv_cache_dtype=fp8, and minivllm bench kv_cache_dtype=auto,fp8 (3 repeats)
 #   ab-random  minivllm bench async_scheduling=false,true x sampler=default,fused, `random`, 3 repeats, plot
 #   ab-decode  the same on `decode-heavy`
-#   quality    benchmarks/kv_quality.py on SmolLM2 in bf16 (needs .smol/SmolLM2-135M-Instruct.Q4_1.gguf, or
-#              its halves .smol/part-aa and .smol/part-ab, carried over two calls: the device keeps ignored
-#              paths between calls while it stays warm)
+#   quality    benchmarks/kv_quality.py on SmolLM2 in bf16: its GGUF's halves .smol-a/part and .smol-b/part,
+#              carried by two consecutive calls on one warm machine (a call that names only one keeps the
+#              other: ignored paths stay on the device between calls)
 #   tp         tests/gpu/test_tensor_parallel_gpu.py; Llama-3.1-8B and Qwen3-8B shapes at TP=1 and TP=2
 #              (64 sequences); rank 0's profile of an 8B TP=2 decode step (all-reduce time); nvidia-smi after
 #   big        Llama-3.1-8B and Qwen3-8B shapes at TP=1 only
+# Earlier stages, kept for what is still unmeasured (benchmarks/RESULTS.md lists it):
+#   kernel     benchmarks/decode_kernel.py (flash-decoding bandwidth per tile shape)
+#   peer       benchmarks/throughput.py on Qwen3-0.6B with the transformers peer (32 prompts)
+#   eager      the same without CUDA graphs;  chunked: with scheduler="chunked"
+#   ab         minivllm bench, 64 prompts, 3 repeats: scheduler fcfs vs chunked (random, prefill-heavy),
+#              kv_allocator simple vs prefix_cache (shared-prefix), enforce_eager true vs false
+#   attn       minivllm bench: attention_backend torch vs triton (32 short prompts)
+#   tp1        TP=1 throughput at 300ebbe, 074673a (trees in .ab/, made by gpu_prepare.sh) and now
+#   serve      benchmarks/serve.py: the OpenAI server under Poisson arrivals (needs the server wheels)
 # Usage on the device machine:  bash scripts/gpu_check.sh STAGE [STAGE ...]
 # (scripts/gpu_prepare.sh, run first on the CPU machine, makes the wheels and prints the command)
 set -uo pipefail
@@ -35,7 +44,7 @@ ab() {  # minivllm bench on the Qwen3-0.6B shape with random weights, 3 interlea
 for stage in "$@"; do
   echo "=== $stage $(date -u +%H:%M:%S)"
   case $stage in
-    tests) python3 -m pytest -q -rs -x tests/gpu 2>&1 | tail -40 | tee "$OUT/tests.log" || status=1 ;;
+    tests) python3 -m pytest -q -rs -x ${TESTS:-tests/gpu} 2>&1 | tee "$OUT/tests.log" | tail -40 || status=1 ;;
     pipeline) bench --async-scheduling false --sampler default
               bench --async-scheduling true --sampler default
               bench --async-scheduling true --sampler fused
@@ -48,8 +57,8 @@ for stage in "$@"; do
                   --json "$OUT/ab_random.json" --plot "$OUT/ab_random.png" ;;
     ab-decode) ab --ab async_scheduling=false,true --ab sampler=default,fused --num-prompts 64 --workload decode-heavy \
                   --json "$OUT/ab_decode.json" --plot "$OUT/ab_decode.png" ;;
-    quality) [ -f .smol/SmolLM2-135M-Instruct.Q4_1.gguf ] || cat .smol/part-* > .smol/SmolLM2-135M-Instruct.Q4_1.gguf
-             python3 benchmarks/kv_quality.py --model .smol/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda \
+    quality) cat .smol-a/part .smol-b/part > /tmp/SmolLM2-135M-Instruct.Q4_1.gguf
+             python3 benchmarks/kv_quality.py --model /tmp/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda \
                --dtype bfloat16 --json "$OUT/kv_quality.jsonl" 2>&1 | grep -v "it/s\]" | tee "$OUT/quality.log" || status=1 ;;
     tp) python3 -m pytest -q -rs -x tests/gpu/test_tensor_parallel_gpu.py 2>&1 | tail -20 | tee "$OUT/tp_tests.log" || status=1
         for model in llama3-8b qwen3-8b; do
@@ -60,6 +69,24 @@ for stage in "$@"; do
         nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/after.txt"
         nvidia-smi --query-gpu=index,memory.used --format=csv | tee -a "$OUT/after.txt" ;;
     big) for model in llama3-8b qwen3-8b; do bench --model $model --num-seqs 64 --sampler fused; done ;;
+    kernel) python3 benchmarks/decode_kernel.py 2>&1 | tee "$OUT/kernel.log" || status=1 ;;
+    peer) python3 benchmarks/throughput.py --model qwen3-0.6b --hf-prompts 32 --json "$OUT/results.jsonl" 2>&1 |
+            tee -a "$OUT/bench.log" || status=1 ;;
+    eager) bench --model qwen3-0.6b --enforce-eager ;;
+    chunked) bench --model qwen3-0.6b --scheduler chunked ;;
+    ab) ab --ab scheduler=fcfs,chunked --num-prompts 64 --json "$OUT/ab_scheduler.json"
+        ab --ab scheduler=fcfs,chunked --workload prefill-heavy --num-prompts 64 --json "$OUT/ab_scheduler_prefill.json"
+        ab --ab kv_allocator=simple,prefix_cache --workload shared-prefix --num-prompts 64 --json "$OUT/ab_kv.json"
+        ab --ab enforce_eager=true,false --num-prompts 64 --json "$OUT/ab_eager.json" ;;
+    attn) ab --ab attention_backend=torch,triton --num-prompts 32 --max-input-len 512 --max-output-len 256 \
+          --json "$OUT/ab_attn.json" ;;
+    tp1) for tree in .ab/300ebbe .ab/074673a .; do
+           echo "--- tree $tree"
+           PYTHONPATH=/tmp/site:$PWD/$tree python3 $tree/benchmarks/throughput.py --hf-prompts 0 2>&1 |
+             tee -a "$OUT/tp1.log" || status=1
+         done ;;
+    serve) python3 benchmarks/serve.py --model qwen3-0.6b --num-prompts 200 --request-rates 16,inf \
+             --json "$OUT/serve.jsonl" 2>&1 | tee "$OUT/serve.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done

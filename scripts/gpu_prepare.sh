@@ -1,21 +1,32 @@
 #!/usr/bin/env bash
 # Run on the CPU machine before device calls of scripts/gpu_check.sh. Puts into the project root, all
 # git-ignored (.git/info/exclude), what the device machine lacks:
-#   .whl/    pydantic and its parts (../shared/device/fetch-wheels.sh); the preamble installs them
-#   .smol/   the embedded SmolLM2 GGUF for the 'quality' stage, in two halves (part-aa, part-ab): with the
-#            rest of the tree it is larger than one call may carry (64 MiB), so one call carries a half
-#            and the next, on the still-warm machine, the other
-# and prints the device command (carry ".whl", and ".smol/part-aa" or ".smol/part-ab"; one line).
+#   .whl/              pydantic and its parts (../shared/device/fetch-wheels.sh), and the server stack for
+#                      the 'serve' stage (fastapi, uvicorn, httpx); the preamble installs them all
+#   .smol-a/, .smol-b/ the embedded SmolLM2 GGUF for the 'quality' stage, in two halves: with the rest it
+#                      is larger than one call may carry (64 MiB), so one call carries .smol-a and the next,
+#                      on the still-warm machine, .smol-b (naming only one keeps the other there)
+#   .ab/REV/           source trees of the commits the 'tp1' stage compares (git archive)
+# and prints the device command (the `run` tool's command is one line).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for path in /.whl/ /.smol/; do
+TP1_REVS=(300ebbe 074673a)  # the last commit before tensor parallelism, and the one that added it
+for path in /.whl/ /.smol-a/ /.smol-b/ /.ab/; do
   grep -qx "$path" .git/info/exclude 2>/dev/null || echo "$path" >> .git/info/exclude
 done
 bash ../shared/device/fetch-wheels.sh > /dev/null
+python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx  # httpx: benchmarks/serve.py's client
 gguf=$(python3 -c "from minivllm.cli import default_model; print(default_model())")
-rm -rf .smol && mkdir -p .smol && split -n 2 "$gguf" .smol/part-
-du -sh .whl .smol/*
+half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
+rm -rf .smol-a .smol-b && mkdir -p .smol-a .smol-b
+head -c "$half" "$gguf" > .smol-a/part && tail -c +"$((half + 1))" "$gguf" > .smol-b/part
+for rev in "${TP1_REVS[@]}"; do
+  rm -rf ".ab/$rev" && mkdir -p ".ab/$rev" && git archive "$rev" | tar -x -C ".ab/$rev"
+done
+du -sh .whl .smol-a .smol-b .ab
 cat <<EOF
-Device call (carry [".whl", ".smol/part-aa"], then [".whl", ".smol/part-ab"] for 'quality'), stages as needed:
+Device call (carry [".whl", ".ab", ".smol-a"], then [".whl", ".smol-b"] for 'quality'), stages as needed:
 $(cat ../shared/device/preamble.txt) MINIVLLM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_check.sh tests pipeline
 EOF

@@ -11,6 +11,16 @@ from minivllm.bench.stats import MIN_REPEATS_FOR_VERDICT, Comparison, percentile
 FLOAT32 = "float32"
 
 
+def emit_json_line(row: dict, path: str | None) -> None:
+    """What every benchmark script does with a result row: print it as one JSON line, and append it to
+    ``path`` (a JSON-lines file) when given."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
 @dataclass
 class ArmResult:
     name: str

@@ -110,6 +110,10 @@ def run_arm(arm: Arm, mode: str, common: dict, tmp: str, bar) -> dict:
 
 
 def git_commit() -> str | None:
+    """The commit measured: ``$MINIVLLM_COMMIT`` when set (a copy of the tree sent to another machine
+    may carry a stale .git), else the checkout's HEAD."""
+    if os.environ.get("MINIVLLM_COMMIT"):
+        return os.environ["MINIVLLM_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True,
                              text=True, timeout=10)

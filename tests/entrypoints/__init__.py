@@ -46,3 +46,11 @@ def serving(engine, **settings):
     from minivllm.entrypoints.settings import ServerSettings
 
     return running(build_app(engine, ServerSettings(**settings)))
+
+
+def tiny_async_llm(llama_path: str, **settings):
+    """An AsyncLLM of the tiny Llama, served as "tiny" (blocks of 16 tokens, 160 of them, max_model_len 128)."""
+    from minivllm.entrypoints import AsyncLLM
+
+    return AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
+                    num_kvcache_blocks=160, **settings)

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.checkpoints import hf_greedy
-from tests.entrypoints import MODEL, TEMPLATE, scrape, serving
+from tests.entrypoints import MODEL, TEMPLATE, scrape, serving, tiny_async_llm
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -19,9 +19,12 @@ ABORTED = 'request_success_total{finished_reason="abort"}'
 
 
 @pytest.fixture(scope="module")
-def server(tiny_engine):
-    with serving(tiny_engine, api_key=API_KEY, chat_template=TEMPLATE) as base_url:
-        yield base_url, tiny_engine
+def server(llama_path, async_scheduling):
+    """The tiny engine behind the server, with each step pipeline: every test here runs with both."""
+    engine = tiny_async_llm(llama_path, async_scheduling=async_scheduling)
+    with serving(engine, api_key=API_KEY, chat_template=TEMPLATE) as base_url:
+        yield base_url, engine
+    engine.close()
 
 
 @pytest.fixture(scope="module")

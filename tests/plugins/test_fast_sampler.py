@@ -1,6 +1,6 @@
-"""The `fast` sampler draws from the same distribution as `default`, on every path it takes.
+"""The `fast` and `fused` samplers draw from the same distribution as `default`, on every path they take.
 
-For each setting, under fixed seeds: a chi-square goodness-of-fit test of the fast sampler's draws
+For each setting, under fixed seeds: a chi-square goodness-of-fit test of each sampler's draws
 against the exact target distribution, and a chi-square homogeneity test of its draws against
 `default`'s (both at p = 0.001)."""
 
@@ -11,6 +11,7 @@ from minivllm.core.interfaces import SamplingBatch
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.plugins.samplers.default import DefaultSampler
 from minivllm.plugins.samplers.fast import FastSampler
+from minivllm.plugins.samplers.fused import FusedSampler
 
 N = 20000
 LOGITS = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0])
@@ -66,10 +67,11 @@ def counts(sampler_cls, params: list[SamplingParams], which: slice = slice(None)
     return torch.bincount(out[which], minlength=len(LOGITS)).double()
 
 
+@pytest.mark.parametrize("sampler_cls", [FastSampler, FusedSampler])
 @pytest.mark.parametrize("case", list(CASES))
-def test_same_distribution_as_default(case):
+def test_same_distribution_as_default(case, sampler_cls):
     params, expected = CASES[case]
-    fast = counts(FastSampler, [params] * N, seed=0)
+    fast = counts(sampler_cls, [params] * N, seed=0)
     chi2_fit(fast, expected)
     chi2_same(fast, counts(DefaultSampler, [params] * N, seed=2))
 
@@ -103,9 +105,10 @@ def test_greedy_rows_stay_greedy_in_every_path():
         assert out[0::2].eq(0).all() and out[1::2].ne(0).any()
 
 
-@pytest.mark.parametrize("params", [SamplingParams(seed=1234), SamplingParams(seed=1234, top_k=4)])
-def test_a_seeded_request_does_not_depend_on_its_batch(params):
-    sampler = FastSampler(len(LOGITS), torch.device("cpu"), seed=0)
+@pytest.mark.parametrize("sampler_cls", [FastSampler, FusedSampler])
+@pytest.mark.parametrize("params", [SamplingParams(seed=1234), SamplingParams(seed=1234, top_k=4, top_p=0.9)])
+def test_a_seeded_request_does_not_depend_on_its_batch(params, sampler_cls):
+    sampler = sampler_cls(len(LOGITS), torch.device("cpu"), seed=0)
     alone = [int(sampler.sample(LOGITS[None], rows([params], [step]))[0]) for step in range(20)]
     other = SamplingParams(top_k=2)
     in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), rows([other, params, other], [5, step, 9]))[1])
