@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from minivllm.core.interfaces.attention import FP8_DTYPE, KVScales
-from minivllm.layers import Attention
+from minivllm.core.interfaces.attention import FP8_DTYPE, Attention, KVScales
 
 
 class KVCache:

@@ -15,12 +15,13 @@ from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
+from minivllm.core.interfaces.attention import Attention
 from minivllm.core.kv_cache import KVCache
+from minivllm.core.parallel import TensorParallel
 from minivllm.core.sampling import compute_logprobs, needs_processing, process_logits, to_device
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
-from minivllm.layers import Attention, TensorParallel
 
 logger = logging.getLogger(__name__)
 
