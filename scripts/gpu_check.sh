@@ -15,7 +15,7 @@
 #              (64 sequences); rank 0's profile of an 8B TP=2 decode step (all-reduce time); nvidia-smi after
 #   big        Llama-3.1-8B and Qwen3-8B shapes at TP=1 only
 # Earlier stages, kept for what is still unmeasured (benchmarks/RESULTS.md lists it):
-#   kernel     benchmarks/decode_kernel.py (flash-decoding bandwidth per tile shape)
+#   kernel     benchmarks/decode_kernel.py (flash-decoding bandwidth per tile shape, bf16 and fp8 caches)
 #   peer       benchmarks/throughput.py on Qwen3-0.6B with the transformers peer (32 prompts)
 #   eager      the same without CUDA graphs;  chunked: with scheduler="chunked"
 #   ab         minivllm bench, 64 prompts, 3 repeats: scheduler fcfs vs chunked (random, prefill-heavy),
@@ -69,7 +69,9 @@ for stage in "$@"; do
         nvidia-smi --query-compute-apps=pid,used_memory --format=csv | tee "$OUT/after.txt"
         nvidia-smi --query-gpu=index,memory.used --format=csv | tee -a "$OUT/after.txt" ;;
     big) for model in llama3-8b qwen3-8b; do bench --model $model --num-seqs 64 --sampler fused; done ;;
-    kernel) python3 benchmarks/decode_kernel.py 2>&1 | tee "$OUT/kernel.log" || status=1 ;;
+    kernel) for dtype in auto fp8; do
+              python3 benchmarks/decode_kernel.py --kv-cache-dtype $dtype 2>&1 | tee -a "$OUT/kernel.log" || status=1
+            done ;;
     peer) python3 benchmarks/throughput.py --model qwen3-0.6b --hf-prompts 32 --json "$OUT/results.jsonl" 2>&1 |
             tee -a "$OUT/bench.log" || status=1 ;;
     eager) bench --model qwen3-0.6b --enforce-eager ;;
