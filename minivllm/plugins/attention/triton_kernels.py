@@ -178,7 +178,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
                          stride_oh, stride_bt, stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr,
                          BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr,
-                         FP8: tl.constexpr):
+                         FP8: tl.constexpr, FP16_DOTS: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -193,6 +193,8 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
     heads = kv_head * GROUP + offs_g
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [G, D]: the group's query heads
+    if FP16_DOTS:  # an fp8 cache under a bf16 model: float8 -> float16 is one instruction per pair, -> bf16 is not
+        q = q.to(tl.float16)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
@@ -281,7 +283,8 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
         block_tables, seq_lens, scale * LOG2E, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_N=block_n, PRECISION=_precision(q.dtype), DIRECT=direct, FP8=fp8, num_warps=num_warps,
+        BLOCK_N=block_n, PRECISION=_precision(q.dtype), DIRECT=direct, FP8=fp8,
+        FP16_DOTS=fp8 and q.dtype == torch.bfloat16, num_warps=num_warps,
         num_stages=num_stages,
     )
     if direct:
