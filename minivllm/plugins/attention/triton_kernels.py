@@ -263,10 +263,11 @@ def decode_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: in
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
-                 block_n: int = 64, num_warps: int = 4, num_stages: int = 2, k_scales: torch.Tensor | None = None,
+                 block_n: int = 128, num_warps: int = 4, num_stages: int = 2, k_scales: torch.Tensor | None = None,
                  v_scales: torch.Tensor | None = None) -> None:
     """q/out [B, Hq, D] (one new token per sequence, already in the cache; fp8 with scales); sync-free,
-    fixed grid."""
+    fixed grid. Tiles of 128 keys: the fastest shape on an H100 and an H200 for bf16 and fp8 caches alike
+    (``benchmarks/decode_kernel.py``; at batch 256 on the H200: bf16 279 -> 273 us, fp8 354 -> 271 us)."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
