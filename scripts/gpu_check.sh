@@ -9,8 +9,8 @@
 #   ab-random  minivllm bench async_scheduling=false,true x sampler=default,fused, `random`, 3 repeats, plot
 #   ab-decode  the same on `decode-heavy`
 #   quality    benchmarks/kv_quality.py on SmolLM2 in bf16: its GGUF's halves .smol-a/part and .smol-b/part,
-#              carried by two consecutive calls on one warm machine (a call that names only one keeps the
-#              other: ignored paths stay on the device between calls)
+#              carried by two consecutive calls on one warm machine; the call carrying .smol-a keeps it in
+#              /tmp (a later call's carry may remove the folder), the one carrying .smol-b runs the benchmark
 #   tp         tests/gpu/test_tensor_parallel_gpu.py; Llama-3.1-8B and Qwen3-8B shapes at TP=1 and TP=2
 #              (64 sequences); rank 0's profile of an 8B TP=2 decode step (all-reduce time); nvidia-smi after
 #   big        Llama-3.1-8B and Qwen3-8B shapes at TP=1 only
@@ -57,7 +57,10 @@ for stage in "$@"; do
                   --json "$OUT/ab_random.json" --plot "$OUT/ab_random.png" ;;
     ab-decode) ab --ab async_scheduling=false,true --ab sampler=default,fused --num-prompts 64 --workload decode-heavy \
                   --json "$OUT/ab_decode.json" --plot "$OUT/ab_decode.png" ;;
-    quality) cat .smol-a/part .smol-b/part > /tmp/SmolLM2-135M-Instruct.Q4_1.gguf
+    quality) [ -f .smol-a/part ] && cp .smol-a/part /tmp/smol-a.part  # outlives the next call's carry
+             if [ ! -f .smol-b/part ]; then echo "first half kept in /tmp: call again carrying .smol-b"; continue; fi
+             cat /tmp/smol-a.part .smol-b/part > /tmp/SmolLM2-135M-Instruct.Q4_1.gguf
+             sha256sum /tmp/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$OUT/quality.log"
              python3 benchmarks/kv_quality.py --model /tmp/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda \
                --dtype bfloat16 --json "$OUT/kv_quality.jsonl" 2>&1 | grep -v "it/s\]" | tee "$OUT/quality.log" || status=1 ;;
     tp) python3 -m pytest -q -rs -x tests/gpu/test_tensor_parallel_gpu.py 2>&1 | tail -20 | tee "$OUT/tp_tests.log" || status=1
