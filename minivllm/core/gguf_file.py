@@ -75,6 +75,9 @@ class GGUFFile:
             renamed = GGUF_CONFIG_MAPPING.get(prefix, {}).get(name)
             if renamed is not None and renamed != -1:
                 config[renamed] = value[0] if isinstance(value, list) and len(value) == 1 else value
+        if self.architecture == "qwen3" and "qwen3.attention.key_length" in self.metadata:
+            # Qwen3's head_dim is not hidden_size / heads; transformers' map leaves it at the class default
+            config["head_dim"] = self.metadata["qwen3.attention.key_length"]
         if "vocab_size" not in config and "tokenizer.ggml.tokens" in self.metadata:
             config["vocab_size"] = len(self.metadata["tokenizer.ggml.tokens"])
         return AutoConfig.for_model(**config)
