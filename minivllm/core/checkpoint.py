@@ -15,6 +15,7 @@ import torch
 
 from minivllm.core.config import EngineConfig
 from minivllm.core.gguf_file import GGUFFile
+from minivllm.core.model_source import resolve_model
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Checkpoint:
     def open(cls, config: EngineConfig) -> Checkpoint:
         from transformers import AutoConfig
 
-        path, gguf_file = config.model, None
+        path, gguf_file = resolve_model(config.model, config.revision), None
         if os.path.isfile(path):
             if not path.endswith(".gguf"):
                 raise ValueError(f"model {path!r} is a file but not a .gguf file")
