@@ -63,3 +63,13 @@ def test_a_path_that_is_no_hub_id_fails_in_the_config():
     assert looks_like_hub_id("Qwen/Qwen3-0.6B") and looks_like_hub_id("gpt2")
     with pytest.raises(ValidationError, match="does not exist, and it is not a Hugging Face hub id"):
         EngineConfig(model="/nonexistent/model")
+
+
+def test_generate_command_takes_a_hub_id_and_revision(hub_cache, capsys):
+    from minivllm.cli import main
+
+    main(["generate", "Once upon a time", "--model", "Org/tiny-llama", "--revision", SHA, "--max-tokens", "3",
+          "--no-chat", "--max-model-len", "64"])
+    assert capsys.readouterr().out.strip()  # the tiny model's three tokens, whatever they spell
+    with pytest.raises(SystemExit, match="Org/tiny-llama' not found"):
+        main(["generate", "Once", "--model", "Org/tiny-llama", "--revision", "v2"])
