@@ -65,11 +65,13 @@ def test_a_path_that_is_no_hub_id_fails_in_the_config():
         EngineConfig(model="/nonexistent/model")
 
 
-def test_generate_command_takes_a_hub_id_and_revision(hub_cache, capsys):
+def test_generate_command_takes_a_hub_id_and_revision(hub_cache, llama_path, capsys):
     from minivllm.cli import main
 
-    main(["generate", "Once upon a time", "--model", "Org/tiny-llama", "--revision", SHA, "--max-tokens", "3",
-          "--no-chat", "--max-model-len", "64"])
-    assert capsys.readouterr().out.strip()  # the tiny model's three tokens, whatever they spell
+    args = ["generate", "Once upon a time", "--max-tokens", "3", "--no-chat", "--max-model-len", "64"]
+    main([*args, "--model", llama_path])
+    by_path = capsys.readouterr().out
+    main([*args, "--model", "Org/tiny-llama", "--revision", SHA])
+    assert capsys.readouterr().out == by_path
     with pytest.raises(SystemExit, match="Org/tiny-llama' not found"):
         main(["generate", "Once", "--model", "Org/tiny-llama", "--revision", "v2"])
