@@ -8,14 +8,18 @@ import logging
 import sys
 import textwrap
 
-from minivllm.core.default_model import default_model
 
 
 def cmd_generate(args) -> None:
-    from minivllm import LLM, SamplingParams
+    from minivllm import LLM
+    from minivllm.entrypoints.cli import sampling_params
 
-    llm = LLM(args.model or default_model(), max_model_len=args.max_model_len, device=args.device,
-              tensor_parallel_size=args.tensor_parallel_size)
+    # the flags are checked before the model loads: a typo should not cost the load
+    params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+
+    # the prompts run as one batch, so the KV cache needs room for that many sequences, no more
+    llm = LLM(args.model, revision=args.revision, max_model_len=args.max_model_len, device=args.device,
+              max_num_seqs=len(args.prompt), tensor_parallel_size=args.tensor_parallel_size)
     prompts = []
     for text in args.prompt:
         if args.chat and llm.tokenizer.chat_template:
@@ -24,7 +28,6 @@ def cmd_generate(args) -> None:
             prompts.append(llm.tokenizer.encode(text, add_special_tokens=False))
         else:
             prompts.append(text)
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     for out in llm.generate(prompts, params, use_tqdm=False):
         print(out["text"].strip())
     llm.close()
@@ -79,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate text for one or more prompts")
     gen.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one batch)")
-    gen.add_argument("--model", help="checkpoint directory or .gguf file (default: the embedded SmolLM2-135M)")
+    gen.add_argument("--model", help="checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2-135M)")
+    gen.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id (default: main)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     gen.add_argument("--seed", type=int, default=None)

@@ -20,8 +20,10 @@ Message = dict[str, str]
 
 
 class LLM:
-    def __init__(self, model: str, **kwargs):
-        self.config = EngineConfig(model=model, **kwargs)
+    def __init__(self, model: str | None = None, **kwargs):
+        """``model``: a checkpoint directory, a .gguf file or a hub id; None: the embedded SmolLM2-135M.
+        ``kwargs``: the other :class:`EngineConfig` settings."""
+        self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
 

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
         description="Run each configuration (arm) in its own processes, cross-check their greedy outputs, "
                     "time interleaved repeats, and compare output tokens/s to the first arm with a bootstrap "
                     "95% interval and a verdict.")
-    bench.add_argument("model", help="checkpoint directory or .gguf file")
+    bench.add_argument("model", nargs="?", default=None,
+                       help="checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2-135M)")
     bench.add_argument("--workload", default="random",
                        help=f"{', '.join(WORKLOADS)} or file:PATH.jsonl (default: random)")
     bench.add_argument("--num-prompts", type=int, default=None,
@@ -45,8 +46,16 @@ def run(args: argparse.Namespace) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after it
         raise SystemExit("error: --plot needs matplotlib: pip install 'minivllm[plot]'")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
+    from minivllm.entrypoints.cli import sampling_params
+
+    sampling_params(**sampling)  # bad flags fail here, before any arm loads the model
+    model = args.model
+    if model is None:
+        from minivllm.core.default_model import default_model
+
+        model = default_model()
     try:
-        result = compare(args.model, parse_ab(args.ab), workload=args.workload, num_prompts=args.num_prompts,
+        result = compare(model, parse_ab(args.ab), workload=args.workload, num_prompts=args.num_prompts,
                          repeats=args.repeats, settings=parse_set(args.settings), seed=args.seed,
                          max_input_len=args.max_input_len, max_output_len=args.max_output_len,
                          sampling=sampling, progress=args.progress)

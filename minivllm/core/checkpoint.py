@@ -1,4 +1,8 @@
-"""Open a local checkpoint: its Hugging Face config, tokenizer and weights (safetensors, GGUF or dummy)."""
+"""Open a local checkpoint: its Hugging Face config, tokenizer and weights (safetensors, GGUF or dummy).
+
+A GGUF file of an architecture :mod:`minivllm.core.gguf_file` knows is parsed once for all three; other
+GGUF files go through transformers, which parses the file for each.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from minivllm.core.config import EngineConfig
+from minivllm.core.gguf_file import GGUFFile
+from minivllm.core.model_source import resolve_model
 
 
 @dataclass
@@ -18,12 +24,13 @@ class Checkpoint:
     gguf_file: str | None  # file name inside ``path`` for GGUF checkpoints
     load_format: str  # "safetensors", "gguf" or "dummy"
     hf_config: object
+    gguf: GGUFFile | None = None  # the parsed file, when this package reads it (see gguf_file.py)
 
     @classmethod
     def open(cls, config: EngineConfig) -> Checkpoint:
         from transformers import AutoConfig
 
-        path, gguf_file = config.model, None
+        path, gguf_file = resolve_model(config.model, config.revision), None
         if os.path.isfile(path):
             if not path.endswith(".gguf"):
                 raise ValueError(f"model {path!r} is a file but not a .gguf file")
@@ -44,6 +51,9 @@ class Checkpoint:
                                  "for random weights)")
         if config.load_format not in ("auto", load_format):
             raise ValueError(f"load_format={config.load_format!r} does not match the checkpoint ({load_format})")
+        gguf = GGUFFile(os.path.join(path, gguf_file)) if gguf_file else None
+        if gguf is not None and gguf.supported():
+            return cls(path, gguf_file, load_format, gguf.hf_config(), gguf)
         hf_config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
         return cls(path, gguf_file, load_format, hf_config)
 
@@ -76,6 +86,8 @@ class Checkpoint:
         tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
         if self.load_format == "dummy" and not any(os.path.exists(os.path.join(self.path, f)) for f in tokenizer_files):
             return None
+        if self.gguf is not None:
+            return self.gguf.tokenizer()
         return AutoTokenizer.from_pretrained(self.path, gguf_file=self.gguf_file)
 
     def eos_token_ids(self, tokenizer) -> set[int]:
@@ -95,8 +107,9 @@ class Checkpoint:
         except OSError:
             return None
 
-    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(Hugging Face name, tensor) pairs; one file at a time for safetensors."""
+    def weights(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face name, tensor) pairs; one file at a time for safetensors, one tensor at a time (of
+        ``dtype``) for GGUF files read here."""
         if self.load_format == "safetensors":
             from safetensors import safe_open
 
@@ -104,6 +117,8 @@ class Checkpoint:
                 with safe_open(file, framework="pt") as f:
                     for name in f.keys():
                         yield name, f.get_tensor(name)
+        elif self.gguf is not None:
+            yield from self.gguf.weights(dtype)
         elif self.load_format == "gguf":
             yield from self._gguf_weights().items()
         else:

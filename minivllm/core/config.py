@@ -10,12 +10,18 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from minivllm.core import plugins
+from minivllm.core.default_model import default_model
+from minivllm.core.model_source import looks_like_hub_id
 
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(description="a Hugging Face checkpoint directory, or a .gguf file")
+    model: str = Field(default_factory=default_model,
+                       description="a checkpoint directory, a .gguf file, or a Hugging Face hub id (Org/name); "
+                                   "default: the embedded SmolLM2-135M-Instruct (minivllm.default_model())")
+    revision: str | None = Field(None, description="the hub revision (branch, tag or commit) of a hub id; "
+                                                   "default: main")
     tokenizer: str | None = Field(None, description="tokenizer directory; default: the model's")
     max_num_seqs: int = Field(512, ge=1)
     max_num_batched_tokens: int = Field(16384, ge=1)
@@ -48,8 +54,9 @@ class EngineConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _model_exists(cls, v: str) -> str:
-        if not os.path.exists(v):
-            raise ValueError(f"model path {v!r} does not exist (no model hub is used: pass a local checkpoint)")
+        # a hub id is resolved (cache or download) when the engine opens the checkpoint: see model_source.py
+        if not os.path.exists(v) and not looks_like_hub_id(v):
+            raise ValueError(f"model path {v!r} does not exist, and it is not a Hugging Face hub id (Org/name)")
         return v
 
     @field_validator("scheduler_options", mode="before")

@@ -80,7 +80,7 @@ class ModelRunner:
         if checkpoint.load_format == "dummy":
             self._init_dummy_weights(config.seed)
         else:
-            self.model.load_weights(checkpoint.weights())
+            self.model.load_weights(checkpoint.weights(self.dtype))
         self.model.eval()
         self.vocab_size = hf.vocab_size
         self.sampler = plugins.samplers.get(config.sampler)(hf.vocab_size, self.device, config.seed)

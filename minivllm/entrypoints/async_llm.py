@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from minivllm.core.config import EngineConfig
+from minivllm.core.default_model import model_id
 from minivllm.core.engine import LLMEngine
 from minivllm.core.interfaces import TokenLogprobs
 from minivllm.core.sampling_params import SamplingParams
@@ -71,14 +72,14 @@ class _Request:
 
 
 class AsyncLLM:
-    def __init__(self, model: str, served_model_name: str | None = None, **kwargs):
-        """``kwargs`` are ``LLM(...)``'s settings; ``served_model_name`` (default: ``model``) is the name
-        clients use and the metrics' ``model_name`` label."""
-        self.config = EngineConfig(model=model, **kwargs)
+    def __init__(self, model: str | None = None, served_model_name: str | None = None, **kwargs):
+        """``model`` and ``kwargs`` are ``LLM(...)``'s; ``served_model_name`` is the name clients use and the
+        metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one)."""
+        self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
         self.engine = LLMEngine(self.config)
         self.tokenizer = self.engine.tokenizer
         self.max_model_len = self.engine.max_model_len
-        self.served_model_name = served_model_name or model
+        self.served_model_name = served_model_name or model_id(self.config.model)
         self.metrics = EngineMetrics(self.served_model_name)
         # one thread: a fast tokenizer is not safe to use from several threads at once (as vLLM's)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivllm-tokenizer")

@@ -41,6 +41,24 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
             if name != "model" and getattr(args, name, None) is not None}
 
 
+def sampling_params(**flags):
+    """SamplingParams from command-line values, checked before anything loads; a bad value is a ValueError
+    naming its flag (``--max-tokens must be greater than or equal to 1, not -3``)."""
+    from pydantic import ValidationError
+
+    from minivllm.core.sampling_params import SamplingParams
+
+    try:
+        return SamplingParams(**flags)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            flag = "--" + "-".join(str(part) for part in err["loc"]).replace("_", "-") if err["loc"] else "the flags"
+            got = f", not {err['input']!r}" if err["loc"] else ""
+            problems.append(f"{flag}: {err['msg'].removeprefix('Value error, ')}{got}")
+        raise ValueError("; ".join(problems)) from None
+
+
 def read_chat_template(value: str | None) -> str | None:
     """``--chat-template``: a file holding a Jinja template, or the template itself."""
     if value and os.path.isfile(value):
@@ -64,7 +82,6 @@ def api_key(args) -> str | None:
 
 
 def cmd_serve(args) -> None:
-    from minivllm.core.default_model import default_model
     from minivllm.entrypoints.api_server import serve
     from minivllm.entrypoints.async_llm import AsyncLLM
     from minivllm.entrypoints.settings import ServerSettings
@@ -73,20 +90,20 @@ def cmd_serve(args) -> None:
         api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
         **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
     )
-    model = args.model or default_model()
-    engine = AsyncLLM(model, served_model_name=args.served_model_name, **engine_kwargs(args))
+    engine = AsyncLLM(args.model, served_model_name=args.served_model_name, **engine_kwargs(args))
     serve(engine, settings, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
 
 
 def cmd_chat(args) -> None:
     """An interactive conversation on stdin/stdout; the reply streams as it is generated."""
-    from minivllm import LLM, SamplingParams
-    from minivllm.core.default_model import default_model
+    from minivllm import LLM
     from minivllm.entrypoints.chat import chat_prompt
 
-    llm = LLM(args.model or default_model(), **engine_kwargs(args))
+    # the flags are checked before the model loads: a typo should not cost the load
+    params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens)
+    # one conversation: a cache for more sequences would only reserve memory (unless set on the command line)
+    llm = LLM(args.model, **{"max_num_seqs": 1, **engine_kwargs(args)})
     template = read_chat_template(args.chat_template)
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
     try:
@@ -131,13 +148,15 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     serve = sub.add_parser("serve", help="serve the OpenAI API (completions, chat, models, metrics) over HTTP")
-    serve.add_argument("model", nargs="?", help="checkpoint directory or .gguf file (default: the embedded SmolLM2)")
+    serve.add_argument("model", nargs="?", help="checkpoint directory, .gguf file or hub id (default: the embedded "
+                                                "SmolLM2, served as SmolLM2-135M-Instruct)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
                                          "(visible in `ps`: prefer --api-key-file or $MINIVLLM_API_KEY)")
     serve.add_argument("--api-key-file", help="read the API key from the first line of this file")
-    serve.add_argument("--served-model-name", help="the model name clients use (default: the model path)")
+    serve.add_argument("--served-model-name", help="the model name clients use (default: the model as given; "
+                                                   "SmolLM2-135M-Instruct for the embedded one)")
     serve.add_argument("--chat-template",
                        help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
     serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -146,7 +165,7 @@ def add_parsers(sub) -> None:
     serve.set_defaults(func=cmd_serve)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal (replies stream)")
-    chat.add_argument("--model", help="checkpoint directory or .gguf file (default: the embedded SmolLM2)")
+    chat.add_argument("--model", help="checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2)")
     chat.add_argument("--system", help="a system message to start the conversation with")
     chat.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
     chat.add_argument("--max-tokens", type=int, default=256)

@@ -68,7 +68,7 @@ def test_bad_ab_fails_before_any_run_naming_it(llama_path, monkeypatch, ab, mess
     (["--set", "device=tpu"], "arm baseline: device: Input should be 'auto', 'cpu' or 'cuda'"),
     (["--workload", "zipf"], "unknown workload 'zipf'"),
     (["--repeats", "0"], "repeats must be at least 1"),
-    (["--top-p", "0"], "top_p"),
+    (["--top-p", "0"], "--top-p: Input should be greater than 0, not 0.0"),  # named by its flag
 ])
 def test_bad_settings_fail_before_any_run(llama_path, monkeypatch, argv, message):
     monkeypatch.setattr(bench_runner, "run_arm", lambda *a, **k: pytest.fail("an arm ran"))
