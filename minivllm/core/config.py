@@ -100,7 +100,7 @@ class EngineConfig(BaseModel):
         preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
-        device, preferred = self.torch_device, ("triton", "torch") if self.torch_device.type == "cuda" else ("torch",)
+        device, preferred = self.torch_device, ("triton", "torch") if self.torch_device.type == "cuda" else ("cpu", "torch")
         refused = []
         for name in filter(plugins.attention_backends.__contains__, preferred):
             backend = plugins.attention_backends.get(name)
