@@ -44,7 +44,7 @@ class StepPlan:
     write_rows: torch.Tensor | None  # [W] tokens that write (slot != -1); None: all of them
     write_slots: torch.Tensor  # [W]
     decode_rows: torch.Tensor | None  # [Bd] token rows of the one-token sequences; None: every row is one
-    decode_slots: torch.Tensor | None  # [Bd, Ld] their contexts' slots, padded to the longest
+    decode_slots: torch.Tensor | None  # [Bd, Ld] their contexts' slots, padded (with each one's first) to the longest
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, Ld] additive: 0 for a key of the context, -inf past its end
     chunks: list[Chunk]
 
@@ -84,7 +84,7 @@ class CpuAttentionBackend(AttentionBackend):
                 tables, lens = meta.block_tables.index_select(0, index), meta.seq_lens.index_select(0, index)
             else:
                 tables, lens = meta.block_tables, meta.seq_lens
-            decode_slots = context_slots(tables, length, self.block_size)
+            decode_slots = context_slots(tables, length, self.block_size, lens)
             decode_mask = self._additive(torch.arange(length)[None, :] < lens[:, None])[:, None, None, :]
         meta.backend_state = StepPlan(write_rows, slots if write_rows is None else slots[write_rows], decode_rows,
                                       decode_slots, decode_mask, chunks)

@@ -41,12 +41,17 @@ def gather_slots(cache, scales, slots: torch.Tensor, dtype) -> torch.Tensor:
     return rows * scales.view(-1, scales.shape[-1])[slots][..., None].to(dtype)
 
 
-def context_slots(block_tables: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
-    """[B, max_blocks] block tables -> [B, length] cache slots of each sequence's first ``length`` tokens
-    (past a sequence's end: slots of its padding blocks, which hold stale rows to be masked)."""
+def context_slots(block_tables: torch.Tensor, length: int, block_size: int,
+                  seq_lens: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, max_blocks] block tables -> [B, length] cache slots of each sequence's first ``length`` tokens.
+    With ``seq_lens`` [B], positions past a sequence's end take the slot of its first token: a row it wrote,
+    where a never-written row may hold NaN, which a masked-out score would still spread (NaN * 0 = NaN)."""
     pos = torch.arange(length, device=block_tables.device)
     blocks = block_tables.index_select(1, pos // block_size).long()  # [B, length]
-    return blocks * block_size + pos % block_size
+    slots = blocks * block_size + pos % block_size
+    if seq_lens is not None:
+        slots = torch.where(pos < seq_lens[:, None], slots, slots[:, :1])
+    return slots
 
 
 def gather_context(cache, scales, blocks, seq_len: int, dtype) -> torch.Tensor:

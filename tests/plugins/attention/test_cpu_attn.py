@@ -9,7 +9,7 @@ import torch
 from minivllm import LLM, EngineConfig, SamplingParams
 from minivllm.core.interfaces import KVScales, quantize_fp8
 from minivllm.plugins.attention.cpu_attn import CpuAttentionBackend
-from minivllm.plugins.attention.torch_sdpa import TorchAttentionBackend
+from minivllm.plugins.attention.torch_sdpa import TorchAttentionBackend, context_slots
 from tests.attention_batches import make_batch
 from tests.checkpoints import hf_greedy, random_prompts
 
@@ -34,26 +34,33 @@ BATCHES = {
 @pytest.mark.parametrize("batch", BATCHES, ids=list(BATCHES))
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "fp8"])
 def test_equals_the_torch_reference(batch, kind):
-    """Same outputs and same cache contents as the per-sequence reference, GQA (8 query heads over 2)."""
+    """Same outputs and same cache contents as the per-sequence reference, GQA (8 query heads over 2); rows
+no sequence wrote hold NaN (as never-written memory may), which must not leak into any output."""
     torch.manual_seed(0)
     query_lens, context_lens = BATCHES[batch]
     block_size, num_blocks, tokens = 16, 24, sum(query_lens)
     meta = make_batch(query_lens, context_lens, block_size, num_blocks, "cpu", 0)
     dtype = torch.float32 if kind == "fp8" else getattr(torch, kind)
     q, k, v = (torch.randn(tokens, h, 64, dtype=dtype) for h in (8, 2, 2))
-    cache = torch.randn(2, num_blocks, block_size, 2, 64, dtype=dtype)
+    cache = torch.full((2, num_blocks * block_size, 2, 64), float("nan"), dtype=dtype)
+    for i, seq_len in enumerate(context_lens):
+        slots = context_slots(meta.block_tables[i : i + 1], seq_len, block_size)[0]
+        cache[:, slots] = torch.randn(2, seq_len, 2, 64, dtype=dtype)
+    cache = cache.view(2, num_blocks, block_size, 2, 64)
     outs, caches = [], []
     for cls in (TorchAttentionBackend, CpuAttentionBackend):
         k_cache, v_cache, kv_scales = cache[0].clone(), cache[1].clone(), None
         if kind == "fp8":
-            (k_cache, ks), (v_cache, vs) = quantize_fp8(k_cache), quantize_fp8(v_cache)
+            (k_cache, ks), (v_cache, vs) = quantize_fp8(k_cache), quantize_fp8(v_cache)  # NaN rows: NaN scales
             kv_scales = KVScales(ks, vs)
         backend = cls(8, 2, 64, block_size, dtype)
         backend.prepare(meta)
         outs.append(backend.forward(q, k, v, k_cache, v_cache, meta, 0.125, kv_scales))
-        caches.append([c.view(torch.uint8) for c in (k_cache, v_cache)] + ([ks, vs] if kind == "fp8" else []))
+        stored = (k_cache, v_cache, kv_scales.k, kv_scales.v) if kv_scales else (k_cache, v_cache)
+        caches.append([c.view(torch.uint8) for c in stored])  # bytes: NaN rows compare equal
     for got, want in zip(caches[1], caches[0]):
         assert torch.equal(got, want)
+    assert torch.isfinite(outs[1]).all()
     tolerance = 2e-2 if kind == "bfloat16" else 1e-5
     assert torch.allclose(outs[1].float(), outs[0].float(), atol=tolerance, rtol=tolerance)
 
