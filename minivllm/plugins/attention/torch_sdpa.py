@@ -33,12 +33,16 @@ def written(k, v, slot_mapping) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 def gather_slots(cache, scales, slots: torch.Tensor, dtype) -> torch.Tensor:
     """The cached K or V rows at ``slots`` (any shape [...], int64 indices of block * block_size + row):
-    [..., Hkv, D] in ``dtype``, dequantised with an fp8 cache."""
-    flat = cache.view(-1, *cache.shape[2:])  # [num_blocks * block_size, Hkv, D]
+    [..., Hkv, D] in ``dtype``, dequantised with an fp8 cache. (``index_select`` of whole rows: several
+    times faster on the CPU than advanced indexing.)"""
+    flat = cache.view(-1, cache.shape[2] * cache.shape[3])  # [num_blocks * block_size, Hkv * D]
+    if scales is not None:
+        flat = flat.view(torch.uint8)  # fp8 has no indexing kernel on the CPU
+    rows = flat.index_select(0, slots.flatten()).view(*slots.shape, *cache.shape[2:])
     if scales is None:
-        return flat[slots].to(dtype)
-    rows = flat.view(torch.uint8)[slots].view(cache.dtype).to(dtype)  # fp8 has no indexing kernel on the CPU
-    return rows * scales.view(-1, scales.shape[-1])[slots][..., None].to(dtype)
+        return rows.to(dtype)
+    row_scales = scales.view(-1, scales.shape[-1]).index_select(0, slots.flatten()).view(*slots.shape, -1, 1)
+    return rows.view(cache.dtype).to(dtype) * row_scales.to(dtype)
 
 
 def context_slots(block_tables: torch.Tensor, length: int, block_size: int,
