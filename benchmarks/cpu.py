@@ -44,9 +44,8 @@ def workload(case: str, tokenizer) -> tuple[list[list[int]], list[int]]:
         return prompts, [rng.randint(32, 128) for _ in range(64)]
     subjects = SUBJECTS[:1] if case == "batch1" else SUBJECTS
     chats = [[{"role": "user", "content": f"Write a short story about a {s} who learns to fly."}] for s in subjects]
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=True) for c in chats]
-    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
-    return prompts, [64] * len(prompts)
+    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts], [64] * len(texts)
 
 
 def peak_rss_mb() -> float:
@@ -138,7 +137,13 @@ def in_process(target, *args):
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            result = queue.get(timeout=5)
+            break
+        except Exception:  # queue.Empty: still working, unless it died
+            if not proc.is_alive():
+                raise SystemExit(f"{target.__name__} failed (exit code {proc.exitcode})") from None
     proc.join()
     return result
 
