@@ -88,6 +88,10 @@ class ModelRunner:
         else:
             self.model.load_weights(checkpoint.weights())
         self.model.eval()
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and config.cpu_weight_prepack:
+            for module in self.model.modules():  # the layers that can hand their weights to oneDNN
+                if callable(pack := getattr(module, "pack_weights", None)):
+                    pack()
         self.vocab_size = hf.vocab_size
         self.sampler = plugins.samplers.get(config.sampler)(hf.vocab_size, self.device, config.seed)
         # the last step's sampled tokens on the device, and each sampling sequence's row in them: the
