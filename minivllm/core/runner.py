@@ -13,6 +13,7 @@ import torch
 from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
+from minivllm.core.cpu import cpu_has_bf16
 from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
 from minivllm.core.interfaces.attention import Attention
@@ -37,12 +38,17 @@ def default_dtype(dtype: torch.dtype):
 
 
 def resolve_dtype(config: EngineConfig, checkpoint: Checkpoint, device: torch.device) -> torch.dtype:
+    """The configured dtype, or for "auto" the checkpoint's; on the CPU, bfloat16 for bfloat16 and GGUF
+    (quantised) checkpoints where the CPU computes it natively (:func:`cpu_has_bf16`), else float32 for
+    half-precision ones (half-precision matmuls are slow or missing on many CPUs)."""
     if config.dtype != "auto":
         return getattr(torch, config.dtype)
     dtype = checkpoint.dtype
-    if device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
-        return torch.float32  # half-precision matmuls are slow or missing on many CPUs
-    return dtype
+    if device.type != "cpu":
+        return dtype
+    if (dtype == torch.bfloat16 or checkpoint.load_format == "gguf") and cpu_has_bf16():
+        return torch.bfloat16
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 @dataclass
@@ -82,6 +88,10 @@ class ModelRunner:
         else:
             self.model.load_weights(checkpoint.weights(self.dtype))
         self.model.eval()
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and config.cpu_weight_prepack:
+            for module in self.model.modules():  # the layers that can hand their weights to oneDNN
+                if callable(pack := getattr(module, "pack_weights", None)):
+                    pack()
         self.vocab_size = hf.vocab_size
         self.sampler = plugins.samplers.get(config.sampler)(hf.vocab_size, self.device, config.seed)
         # the last step's sampled tokens on the device, and each sampling sequence's row in them: the

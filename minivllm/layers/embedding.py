@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivllm.core.parallel import TensorParallel
+from minivllm.layers import cpu_linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -41,7 +42,17 @@ class ParallelLMHead(VocabParallelEmbedding):
         super().__init__(vocab_size, hidden_size, tp)
         if tie is not None:
             self.weight = tie.weight
+        self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (bf16 on the CPU)
+
+    def pack_weights(self) -> None:
+        """Called by the runner once weights are loaded, on the CPU in bfloat16: add oneDNN's packed copy
+        of the weight (the embedding lookup keeps the plain one; see cpu_linear.py)."""
+        if cpu_linear.can_pack(self.weight):
+            self.packed = cpu_linear.pack(self.weight.data)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(hidden_states, self.weight)  # [n, shard_size]
+        if self.packed is not None:
+            logits = cpu_linear.packed_linear(hidden_states, self.packed, None)  # [n, shard_size]
+        else:
+            logits = F.linear(hidden_states, self.weight)  # [n, shard_size]
         return self.tp.all_gather(logits, dim=-1)[:, : self.vocab_size]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivllm.core.parallel import TensorParallel
+from minivllm.layers import cpu_linear
 
 
 class _Linear(nn.Module):
@@ -23,12 +24,25 @@ class _Linear(nn.Module):
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
+        self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (bf16 on the CPU)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         param.data.copy_(loaded)
 
+    def pack_weights(self) -> None:
+        """Called by the runner once weights are loaded, on the CPU in bfloat16: keep only oneDNN's packed
+        copy of the weight (see cpu_linear.py)."""
+        if cpu_linear.can_pack(self.weight):
+            self.packed = cpu_linear.pack(self.weight.data)
+            self.weight.data = torch.empty(0, dtype=self.weight.dtype)
+
+    def _linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.packed is not None:
+            return cpu_linear.packed_linear(x, self.packed, bias)
+        return F.linear(x, self.weight, bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self._linear(x, self.bias)
 
 
 class ReplicatedLinear(_Linear):
@@ -109,5 +123,5 @@ class RowParallelLinear(_Linear):
         param.data.copy_(loaded.narrow(1, self.tp.rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.tp.all_reduce(F.linear(x, self.weight))
+        y = self.tp.all_reduce(self._linear(x, None))
         return y if self.bias is None else y + self.bias

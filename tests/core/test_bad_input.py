@@ -34,8 +34,6 @@ def test_unsupported_architecture_lists_the_supported(llama_path, tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kvcache_block_size": 24}, "no attention backend takes kvcache_block_size=24 on cpu: torch needs a "
-                                     "multiple of 16"),
         ({"kvcache_block_size": 24, "attention_backend": "torch"}, "kvcache_block_size=24 is not supported by the "
                                      "TorchAttentionBackend attention backend: it needs a multiple of 16"),
         ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization\n  Input should be greater than 0"),

@@ -21,10 +21,6 @@ def test_fast_backends_are_registered_but_need_cuda():
     assert plugins.attention_backends.get("flash_attn").block_size_multiple == 256
 
 
-def test_auto_picks_torch_on_cpu(llama_path):
-    assert EngineConfig(model=llama_path, device="cpu").resolved_attention_backend == "torch"
-
-
 def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llama_path, monkeypatch):
     """flash_attn has not passed the conformance kit on a GPU, so "auto" never picks it; a backend whose
     block-size or KV-cache-dtype check fails is passed over, and when none is left the error says why."""
