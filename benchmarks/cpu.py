@@ -1,8 +1,9 @@
 """minivllm against transformers ``generate`` on the CPU, side by side, on the embedded SmolLM2-135M GGUF.
 
-Both run on the same weights, dequantised from the same GGUF file by transformers' GGUF reader, in the
-same dtype (minivllm's resolved one: ``--dtype auto`` is bfloat16 on CPUs with native bf16, else float32),
-each in its own process (so start-up and peak RSS are each one's own). Cases, all greedy:
+Both run on the same weights, dequantised from the same GGUF file, by default in the same dtype
+(minivllm's resolved one: ``--dtype auto`` is bfloat16 on CPUs with native bf16, else float32);
+``--hf-dtype float32`` runs transformers as it loads a GGUF by default instead, to compare the two
+defaults. Each runs in its own process (so start-up and peak RSS are each one's own). Cases, all greedy:
 
 - ``batch1``: one chat prompt, 64 new tokens;
 - ``batch16``: 16 similar chat prompts x 64 new tokens (transformers: one left-padded batch);
@@ -14,8 +15,8 @@ timed ``--repeats`` times after a warm-up and the best run is kept. Greedy agree
 against float32 transformers' (a float32 transformers run is added when the dtype is not float32): the
 share of sequences equal token for token, and the mean share of tokens before the first difference.
 
-    python benchmarks/cpu.py [--cases batch1,batch16,mixed64] [--dtype auto] [--threads 2] [--repeats 3]
-                             [--hf-batch 16] [--json FILE]
+    python benchmarks/cpu.py [--cases batch1,batch16,mixed64] [--dtype auto] [--hf-dtype same] [--threads 2]
+                             [--repeats 3] [--hf-batch 16] [--json FILE]
 
 Prints a table, and one JSON line per case plus a summary line (``--json FILE`` appends them there too).
 """
@@ -163,6 +164,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a GGUF file (default: the embedded SmolLM2-135M)")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--hf-dtype", default="same", choices=["same", "float32", "bfloat16"],
+                        help="transformers' dtype ('same': minivllm's resolved one)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in both (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--hf-batch", type=int, default=16)
@@ -178,12 +181,15 @@ def main() -> None:
         args.model = default_model()
     ours = in_process(run_minivllm, args.model, args)
     workloads = ours.pop("workloads")
-    theirs = in_process(run_transformers, args.model, args, ours["dtype"], workloads, args.repeats)
+    hf_dtype = ours["dtype"] if args.hf_dtype == "same" else args.hf_dtype
+    theirs = in_process(run_transformers, args.model, args, hf_dtype, workloads, args.repeats)
     reference = theirs
-    if ours["dtype"] != "float32":  # float32 transformers' tokens, for the agreement (untimed)
+    if hf_dtype != "float32":  # float32 transformers' tokens, for the agreement (untimed)
         reference = in_process(run_transformers, args.model, args, "float32", workloads, 0)
-    common = dict(dtype=ours["dtype"], threads=ours["threads"], backend=ours["backend"], hf_batch=args.hf_batch,
+    common = dict(dtype=ours["dtype"], hf_dtype=hf_dtype, threads=ours["threads"], backend=ours["backend"], hf_batch=args.hf_batch,
                   repeats=args.repeats)
+    print(f"minivllm in {ours['dtype']} ({ours['backend']} attention), transformers in {hf_dtype}, "
+          f"{ours['threads']} threads")
     print(f"{'case':<9} {'minivllm tok/s':>15} {'transformers tok/s':>19} {'ratio':>6}   agreement with float32 "
           "transformers (same seqs / mean prefix): minivllm, transformers")
     for case in args.cases:
