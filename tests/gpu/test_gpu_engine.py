@@ -88,16 +88,18 @@ def test_bf16_qwen3_first_tokens_and_memory_budget(tmp_path):
     free, total = torch.cuda.mem_get_info()
     before = total - free - torch.cuda.memory_reserved()  # other processes, CUDA context
     torch.cuda.reset_peak_memory_stats()
-    llm = LLM(str(tmp_path), max_model_len=1024, device="cuda", attention_backend="triton", gpu_memory_utilization=0.5)
+    # a 32 GiB budget on any card: 512 sequences of 1024 tokens would need ~58 GB, so the cache is budget-bound
+    utilization = min(0.5, 32 * 2**30 / total)
+    llm = LLM(str(tmp_path), max_model_len=1024, device="cuda", attention_backend="triton",
+              gpu_memory_utilization=utilization)
     got = [t[0] for t in _generate(llm, prompts, SamplingParams(temperature=0.0, max_tokens=1))]
     rate = sum(a == b for a, b in zip(got, expected)) / len(prompts)
     print(f"bf16 Qwen3-0.6B-shaped: first token agrees with transformers for {rate:.0%} of {len(prompts)} prompts")
     assert rate >= 0.75
-    # the cache is budget-bound here (512 sequences of 1024 tokens would need ~58 GB), and a full-size
-    # decode batch with sampling stays within the budget
+    # the cache is budget-bound, and a full-size decode batch with sampling stays within the budget
     assert llm.engine.allocator.num_blocks < 512 * 4
     _generate(llm, random_prompts(512, 10, 200, vocab=10000, seed=8), SamplingParams(temperature=0.8, max_tokens=4))
     free, total = torch.cuda.mem_get_info()
     peak = total - free - before - torch.cuda.memory_reserved() + torch.cuda.max_memory_reserved()
-    print(f"process peak {peak / 2**30:.2f} GiB of budget {0.5 * total / 2**30:.2f} GiB")
-    assert peak <= 0.5 * total
+    print(f"process peak {peak / 2**30:.2f} GiB of budget {utilization * total / 2**30:.2f} GiB")
+    assert peak <= utilization * total
