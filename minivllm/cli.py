@@ -9,7 +9,6 @@ import sys
 import textwrap
 
 
-
 def cmd_generate(args) -> None:
     from minivllm import LLM
     from minivllm.entrypoints.cli import sampling_params

@@ -179,7 +179,7 @@ def _nbytes(shape: tuple[int, ...], ggml_type: int) -> int:
     ``gguf`` package does not know; reading that tensor then fails in :meth:`GGUFFile.weights`)."""
     from gguf import GGML_QUANT_SIZES
 
-    block, block_bytes = next((size for qtype, size in GGML_QUANT_SIZES.items() if qtype == ggml_type), (1, 0))
+    block, block_bytes = GGML_QUANT_SIZES.get(ggml_type, (1, 0))  # keyed by an IntEnum: a plain int finds it
     return int(np.prod(shape)) // block * block_bytes
 
 
