@@ -6,9 +6,11 @@ the per-sequence work once per step (which tokens write, each decode row's cache
 prompt chunk's slots and causal mask) and every layer then runs:
 
 - all decode rows (one new token each) as one batch: one gather of their contexts, padded to the longest
-  with a key mask, and two batched matmuls in which a KV head's group of query heads plays the query rows,
-  so grouped-query attention needs no repeated K/V;
-- each prompt or chunk of one with one SDPA call: over its own new K/V with ``is_causal`` when it has no
+  with a key mask (padding repeats a row's first slot, so it costs little memory traffic), straight into
+  [rows x KV heads, length, head_dim] (a KV head's rows of each slot, so no transposed copy follows), and
+  two batched matmuls in which a KV head's group of query heads plays the query rows, so grouped-query
+  attention needs no repeated K/V;
+- each prompt or chunk of one with one SDPA call (4-D: SDPA's CPU flash kernel; 3-D goes the math way): over its own new K/V with ``is_causal`` when it has no
   cached context, else over its gathered context with the offset causal mask.
 
 With an fp8 cache it stores and reads :func:`quantize_fp8`'s values and scales like the torch backend
@@ -44,7 +46,8 @@ class StepPlan:
     write_rows: torch.Tensor | None  # [W] tokens that write (slot != -1); None: all of them
     write_slots: torch.Tensor  # [W]
     decode_rows: torch.Tensor | None  # [Bd] token rows of the one-token sequences; None: every row is one
-    decode_slots: torch.Tensor | None  # [Bd, Ld] their contexts' slots, padded (with each one's first) to the longest
+    decode_heads: torch.Tensor | None  # [Bd * Hkv * Ld] rows of the cache viewed as [slots * Hkv, D]: each decode
+    # row's context per KV head, padded (with its first slot) to the longest context Ld
     decode_mask: torch.Tensor | None  # [Bd, 1, 1, Ld] float32, added to the scores: 0 in the context, -inf past it
     chunks: list[Chunk]
 
@@ -75,7 +78,7 @@ class CpuAttentionBackend(AttentionBackend):
                 visible = torch.ones(n, seq_len, dtype=torch.bool).tril(diagonal=seq_len - n)
                 mask = self._additive(visible)
             chunks.append(Chunk(start, end, seq_len, ctx_slots, mask))
-        decode_rows = decode_slots = decode_mask = None
+        decode_rows = decode_heads = decode_mask = None
         if decode:
             length = max(seq_lens[i] for i in decode)
             if len(decode) < meta.num_seqs:
@@ -84,11 +87,13 @@ class CpuAttentionBackend(AttentionBackend):
                 tables, lens = meta.block_tables.index_select(0, index), meta.seq_lens.index_select(0, index)
             else:
                 tables, lens = meta.block_tables, meta.seq_lens
-            decode_slots = context_slots(tables, length, self.block_size, lens)
+            decode_slots = context_slots(tables, length, self.block_size, lens)  # [Bd, Ld]
+            heads = torch.arange(self.num_kv_heads)[None, :, None]
+            decode_heads = (decode_slots[:, None, :] * self.num_kv_heads + heads).flatten()
             visible = torch.arange(length)[None, :] < lens[:, None]
             decode_mask = self._additive(visible, torch.float32)[:, None, None, :]
         meta.backend_state = StepPlan(write_rows, slots if write_rows is None else slots[write_rows], decode_rows,
-                                      decode_slots, decode_mask, chunks)
+                                      decode_heads, decode_mask, chunks)
 
     def _additive(self, visible: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A bool mask -> 0 where visible, -inf elsewhere, in ``dtype`` (the model's by default, for SDPA)."""
@@ -103,32 +108,43 @@ class CpuAttentionBackend(AttentionBackend):
         if plan.decode_rows is None and not plan.chunks:
             return self._decode(q, k_cache, v_cache, k_scales, v_scales, plan, scale)
         out = torch.empty_like(q)
-        if plan.decode_slots is not None:
+        if plan.decode_heads is not None:
             decoded = self._decode(q.index_select(0, plan.decode_rows), k_cache, v_cache, k_scales, v_scales,
                                    plan, scale)
             out.index_copy_(0, plan.decode_rows, decoded)
         for chunk in plan.chunks:
-            queries = q[chunk.start : chunk.end].transpose(0, 1)  # [Hq, n, D]
+            queries = q[chunk.start : chunk.end].transpose(0, 1)[None]  # [1, Hq, n, D]
             if chunk.mask is None and kv_scales is None:  # a whole prompt: its own K/V, causal
                 keys, values = k[chunk.start : chunk.end], v[chunk.start : chunk.end]
             else:
                 keys = gather_slots(k_cache, k_scales, chunk.slots, q.dtype)  # [L, Hkv, D]
                 values = gather_slots(v_cache, v_scales, chunk.slots, q.dtype)
-            o = F.scaled_dot_product_attention(queries, keys.transpose(0, 1), values.transpose(0, 1),
+            o = F.scaled_dot_product_attention(queries, keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
                                                attn_mask=chunk.mask, is_causal=chunk.mask is None, scale=scale,
                                                enable_gqa=True)
-            out[chunk.start : chunk.end] = o.transpose(0, 1)
+            out[chunk.start : chunk.end] = o[0].transpose(0, 1)
         return out
 
     def _decode(self, q, k_cache, v_cache, k_scales, v_scales, plan: StepPlan, scale: float) -> torch.Tensor:
-        """q [Bd, Hq, D], one new token per sequence -> [Bd, Hq, D]: one gather and two batched matmuls. The
-        scores and softmax run in float32 (as SDPA does inside); by hand because SDPA's CPU kernel is slower
-        for these tiny queries, in bfloat16 about twice as slow."""
+        """q [Bd, Hq, D], one new token per sequence -> [Bd, Hq, D]: one gather each of K and V and two batched
+        matmuls. The scores and softmax run in float32 (as SDPA does inside); by hand because SDPA's CPU
+        kernel is slower for these tiny queries, in bfloat16 about twice as slow."""
         rows, heads, dim = q.shape
-        keys = gather_slots(k_cache, k_scales, plan.decode_slots, q.dtype).transpose(1, 2)  # [Bd, Hkv, Ld, D]
-        values = gather_slots(v_cache, v_scales, plan.decode_slots, q.dtype).transpose(1, 2)
-        # a KV head's query heads as its query rows: [Bd, Hkv, Hq / Hkv, D]
-        queries = q.view(rows, self.num_kv_heads, heads // self.num_kv_heads, dim)
-        scores = torch.matmul(queries, keys.transpose(-1, -2)).float().mul_(scale).add_(plan.decode_mask)
-        probs = scores.softmax(-1).to(q.dtype)  # [Bd, Hkv, Hq / Hkv, Ld]
-        return torch.matmul(probs, values).reshape(rows, heads, dim)
+        pairs = rows * self.num_kv_heads
+        keys = gather_heads(k_cache, k_scales, plan.decode_heads, q.dtype).view(pairs, -1, dim)  # [Bd * Hkv, Ld, D]
+        values = gather_heads(v_cache, v_scales, plan.decode_heads, q.dtype).view(pairs, -1, dim)
+        queries = q.reshape(pairs, heads // self.num_kv_heads, dim)  # a KV head's query heads as its query rows
+        scores = torch.bmm(queries, keys.transpose(1, 2)).float().mul_(scale)
+        scores = scores.view(rows, self.num_kv_heads, -1, keys.shape[1]).add_(plan.decode_mask)
+        probs = scores.softmax(-1).to(q.dtype).view(pairs, -1, keys.shape[1])  # [Bd * Hkv, Hq / Hkv, Ld]
+        return torch.bmm(probs, values).view(rows, heads, dim)
+
+
+def gather_heads(cache, scales, rows: torch.Tensor, dtype) -> torch.Tensor:
+    """Rows [N] of the cache viewed as [slots * Hkv, D] (one KV head of one slot each) -> [N, D] in
+    ``dtype``, dequantised with an fp8 cache (whose scales are per slot and head)."""
+    flat = cache.view(-1, cache.shape[-1])
+    if scales is None:
+        return flat.index_select(0, rows).to(dtype)
+    values = flat.view(torch.uint8).index_select(0, rows).view(cache.dtype).to(dtype)  # fp8: no CPU indexing kernel
+    return values * scales.reshape(-1, 1).index_select(0, rows).to(dtype)
