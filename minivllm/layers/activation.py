@@ -14,7 +14,7 @@ class SiluAndMul(nn.Module):
         if triton_ops.enabled(x):
             return triton_ops.silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate) * up
+        return F.silu(gate).mul_(up)
 
 
 class GeluAndMul(nn.Module):

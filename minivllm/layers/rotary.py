@@ -45,9 +45,13 @@ class RotaryEmbedding(nn.Module):
         return torch.cat((-x2, x1), dim=-1)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> rotated (q, k)."""
+        """positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> rotated (q, k). Without Triton, q and k turn as one
+        tensor (half the small ops of turning each: this runs in every layer of every CPU step) and come
+        back as views of it."""
         if triton_ops.enabled(q):
             return triton_ops.rotary(q, positions, self.cos, self.sin), triton_ops.rotary(k, positions, self.cos, self.sin)
         cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
         sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + self._rotate_half(q) * sin, k * cos + self._rotate_half(k) * sin
+        qk = torch.cat((q, k), dim=1)
+        qk = qk * cos + self._rotate_half(qk) * sin
+        return qk.split((q.shape[1], k.shape[1]), dim=1)
