@@ -36,7 +36,7 @@ class EngineConfig(BaseModel):
     num_kvcache_blocks: int = Field(-1, description="-1 sizes the cache from memory; otherwise a block count")
     cpu_kvcache_space_gib: float = Field(4.0, gt=0.0, description="KV cache budget when running on the CPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    cpu_weight_prepack: bool = Field(True, description="bfloat16 on the CPU: linears from oneDNN-packed weights")
+    cpu_weight_prepack: bool = Field(True, description="on the CPU: linears from oneDNN-packed weights")
     kv_cache_dtype: Literal["auto", "fp8"] = Field(
         "auto", description="'auto': the model's dtype; 'fp8': float8 e4m3 with a scale per token and KV head"
     )

@@ -88,7 +88,7 @@ class ModelRunner:
         else:
             self.model.load_weights(checkpoint.weights(self.dtype))
         self.model.eval()
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16 and config.cpu_weight_prepack:
+        if self.device.type == "cpu" and config.cpu_weight_prepack:
             for module in self.model.modules():  # the layers that can hand their weights to oneDNN
                 if callable(pack := getattr(module, "pack_weights", None)):
                     pack()

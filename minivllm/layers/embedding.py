@@ -42,10 +42,10 @@ class ParallelLMHead(VocabParallelEmbedding):
         super().__init__(vocab_size, hidden_size, tp)
         if tie is not None:
             self.weight = tie.weight
-        self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (bf16 on the CPU)
+        self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (on the CPU)
 
     def pack_weights(self) -> None:
-        """Called by the runner once weights are loaded, on the CPU in bfloat16: add oneDNN's packed copy
+        """Called by the runner once weights are loaded, on the CPU: add oneDNN's packed copy
         of the weight (the embedding lookup keeps the plain one; see cpu_linear.py)."""
         if cpu_linear.can_pack(self.weight):
             self.packed = cpu_linear.pack(self.weight.data)

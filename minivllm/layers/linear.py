@@ -24,13 +24,13 @@ class _Linear(nn.Module):
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
-        self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (bf16 on the CPU)
+        self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (on the CPU)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         param.data.copy_(loaded)
 
     def pack_weights(self) -> None:
-        """Called by the runner once weights are loaded, on the CPU in bfloat16: keep only oneDNN's packed
+        """Called by the runner once weights are loaded, on the CPU: keep only oneDNN's packed
         copy of the weight (see cpu_linear.py)."""
         if cpu_linear.can_pack(self.weight):
             self.packed = cpu_linear.pack(self.weight.data)
