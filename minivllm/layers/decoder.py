@@ -40,12 +40,13 @@ def head_dim(config) -> int:
 class DecoderAttention(nn.Module):
     """Self-attention of one decoder layer, [T, hidden_size] -> [T, hidden_size]: the packed q/k/v
     projection (column-parallel: this rank's heads), RMSNorm on each head of q and k when ``qk_norm``
-    builds one (Qwen3), rotary embedding, :class:`Attention` over the paged KV cache, and the output
-    projection (row-parallel, all-reduced). The output projection has a bias when
-    ``config.attention_bias`` is set; q/k/v when that or ``qkv_bias`` is."""
+    builds one (Qwen3), rotary embedding (``rotary_emb``: the model's, shared by its layers; without one a
+    table of its own), :class:`Attention` over the paged KV cache, and the output projection
+    (row-parallel, all-reduced). The output projection has a bias when ``config.attention_bias`` is set;
+    q/k/v when that or ``qkv_bias`` is."""
 
     def __init__(self, config, ctx: ModelContext, qkv_bias: bool = False,
-                 qk_norm: Callable[[int], nn.Module] | None = None):
+                 qk_norm: Callable[[int], nn.Module] | None = None, rotary_emb: RotaryEmbedding | None = None):
         super().__init__()
         self.head_dim = head_dim(config)
         bias = getattr(config, "attention_bias", False)
@@ -55,7 +56,10 @@ class DecoderAttention(nn.Module):
                                         tp=ctx.tp)
         self.q_norm = qk_norm(self.head_dim) if qk_norm else None
         self.k_norm = qk_norm(self.head_dim) if qk_norm else None
-        self.rotary_emb = RotaryEmbedding(config, self.head_dim, ctx.max_model_len)
+        # the model's table, shared by its layers (see rotary.py); a table of its own without one
+        if rotary_emb is None:
+            rotary_emb = RotaryEmbedding(config, self.head_dim, ctx.max_model_len)
+        self.rotary_emb = rotary_emb
         # this rank's heads: QKVParallelLinear knows how many it holds
         self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, self.head_dim,
                               self.head_dim**-0.5, ctx.attn_backend)
@@ -132,6 +136,7 @@ class DecoderForCausalLM(Model):
     def __init__(self, config, ctx: ModelContext):
         super().__init__(config, ctx)
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size, ctx.tp)
+        self.rotary_emb = RotaryEmbedding(config, head_dim(config), ctx.max_model_len)  # one for all layers
         self.layers = nn.ModuleList(self.decoder_layer() for _ in range(config.num_hidden_layers))
         self.norm = self.rms_norm(config.hidden_size)
         self.tie_word_embeddings = getattr(config, "tie_word_embeddings", False)
@@ -149,7 +154,8 @@ class DecoderForCausalLM(Model):
 
     def decoder_layer(self) -> DecoderLayer:
         config, ctx = self.config, self.ctx
-        attn = DecoderAttention(config, ctx, qkv_bias=self.qkv_bias, qk_norm=self.rms_norm if self.qk_norm else None)
+        attn = DecoderAttention(config, ctx, qkv_bias=self.qkv_bias, qk_norm=self.rms_norm if self.qk_norm else None,
+                                rotary_emb=self.rotary_emb)
         return DecoderLayer(attn, GatedMLP(config, ctx, self.activation()), self.rms_norm(config.hidden_size),
                             self.rms_norm(config.hidden_size))
 

@@ -1,4 +1,9 @@
-"""Rotary position embedding with a precomputed cos/sin table, indexed by position."""
+"""Rotary position embedding with a precomputed cos/sin table, indexed by position.
+
+A model builds one :class:`RotaryEmbedding` and its layers share it (one table, not one per layer). On the
+CPU the layers of a step also share the lookup of the step's rows: the first layer looks them up and the
+rest, called with the same ``positions`` tensor, reuse them.
+"""
 
 from __future__ import annotations
 
@@ -38,11 +43,24 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)  # [max_positions, head_dim]
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+        self._step: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None  # see rows()
 
     @staticmethod
     def _rotate_half(x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((-x2, x1), dim=-1)
+
+    def rows(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cos and sin rows of ``positions`` [T], [T, 1, D] in ``dtype``. On the CPU the last lookup is
+        kept and reused while the same ``positions`` tensor comes back (the layers of one step); not on a
+        GPU, where CUDA graphs replay one positions buffer with new contents."""
+        if self._step is not None and self._step[0] is positions and self._step[1] == dtype:
+            return self._step[2], self._step[3]
+        cos = self.cos[positions].unsqueeze(1).to(dtype)
+        sin = self.sin[positions].unsqueeze(1).to(dtype)
+        if positions.device.type == "cpu":
+            self._step = (positions, dtype, cos, sin)
+        return cos, sin
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
         """positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> rotated (q, k). Without Triton, q and k turn as one
@@ -50,8 +68,7 @@ class RotaryEmbedding(nn.Module):
         back as views of it."""
         if triton_ops.enabled(q):
             return triton_ops.rotary(q, positions, self.cos, self.sin), triton_ops.rotary(k, positions, self.cos, self.sin)
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        cos, sin = self.rows(positions, q.dtype)
         qk = torch.cat((q, k), dim=1)
         qk = qk * cos + self._rotate_half(qk) * sin
         return qk.split((q.shape[1], k.shape[1]), dim=1)
