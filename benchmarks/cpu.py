@@ -186,8 +186,8 @@ def main() -> None:
     reference = theirs
     if hf_dtype != "float32":  # float32 transformers' tokens, for the agreement (untimed)
         reference = in_process(run_transformers, args.model, args, "float32", workloads, 0)
-    common = dict(dtype=ours["dtype"], hf_dtype=hf_dtype, threads=ours["threads"], backend=ours["backend"], hf_batch=args.hf_batch,
-                  repeats=args.repeats)
+    common = dict(dtype=ours["dtype"], hf_dtype=hf_dtype, threads=ours["threads"], backend=ours["backend"],
+                  hf_batch=args.hf_batch, repeats=args.repeats)
     print(f"minivllm in {ours['dtype']} ({ours['backend']} attention), transformers in {hf_dtype}, "
           f"{ours['threads']} threads")
     print(f"{'case':<9} {'minivllm tok/s':>15} {'transformers tok/s':>19} {'ratio':>6}   agreement with float32 "

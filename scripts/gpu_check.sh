@@ -62,7 +62,7 @@ for stage in "$@"; do
              cat /tmp/smol-a.part .smol-b/part > /tmp/SmolLM2-135M-Instruct.Q4_1.gguf
              sha256sum /tmp/SmolLM2-135M-Instruct.Q4_1.gguf | tee -a "$OUT/quality.log"
              python3 benchmarks/kv_quality.py --model /tmp/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda \
-               --dtype bfloat16 --json "$OUT/kv_quality.jsonl" 2>&1 | grep -v "it/s\]" | tee "$OUT/quality.log" || status=1 ;;
+               --dtype bfloat16 --json "$OUT/kv_quality.jsonl" 2>&1 | grep -v "it/s\]" | tee -a "$OUT/quality.log" || status=1 ;;
     tp) python3 -m pytest -q -rs -x tests/gpu/test_tensor_parallel_gpu.py 2>&1 | tail -20 | tee "$OUT/tp_tests.log" || status=1
         for model in llama3-8b qwen3-8b; do
           bench --model $model --num-seqs 64 --sampler fused

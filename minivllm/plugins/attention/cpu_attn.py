@@ -10,8 +10,9 @@ prompt chunk's slots and causal mask) and every layer then runs:
   [rows x KV heads, length, head_dim] (a KV head's rows of each slot, so no transposed copy follows), and
   two batched matmuls in which a KV head's group of query heads plays the query rows, so grouped-query
   attention needs no repeated K/V;
-- each prompt or chunk of one with one SDPA call (4-D: SDPA's CPU flash kernel; 3-D goes the math way): over its own new K/V with ``is_causal`` when it has no
-  cached context, else over its gathered context with the offset causal mask.
+- each prompt or chunk of one with one SDPA call (4-D: SDPA's CPU flash kernel; 3-D goes the math way):
+  over its own new K/V with ``is_causal`` when it has no cached context, else over its gathered context
+  with the offset causal mask.
 
 With an fp8 cache it stores and reads :func:`quantize_fp8`'s values and scales like the torch backend
 (whose cache helpers it shares), and prompts attend over what was stored.
