@@ -9,24 +9,29 @@
 #                      on the still-warm machine, .smol-b (naming only one keeps the other there)
 #   .ab/REV/           source trees of the commits the 'tp1' stage compares (git archive)
 # and prints the device command (the `run` tool's command is one line).
+# --no-wheels skips the downloads (the part that needs the package index): tests/scripts runs the rest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+wheels=1
+[ "${1:-}" = "--no-wheels" ] && wheels=0
 TP1_REVS=(300ebbe 074673a)  # the last commit before tensor parallelism, and the one that added it
 for path in /.whl/ /.smol-a/ /.smol-b/ /.ab/; do
   grep -qx "$path" .git/info/exclude 2>/dev/null || echo "$path" >> .git/info/exclude
 done
-bash ../shared/device/fetch-wheels.sh > /dev/null
-python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-  -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx gguf  # httpx: benchmarks/serve.py's client
-gguf=$(python3 -c "from minivllm.cli import default_model; print(default_model())")
+if [ $wheels = 1 ]; then
+  bash ../shared/device/fetch-wheels.sh > /dev/null
+  python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx gguf  # httpx: benchmarks/serve.py's client
+fi
+gguf=$(python3 -c "from minivllm import default_model; print(default_model())")
 half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
 rm -rf .smol-a .smol-b && mkdir -p .smol-a .smol-b
 head -c "$half" "$gguf" > .smol-a/part && tail -c +"$((half + 1))" "$gguf" > .smol-b/part
 for rev in "${TP1_REVS[@]}"; do
   rm -rf ".ab/$rev" && mkdir -p ".ab/$rev" && git archive "$rev" | tar -x -C ".ab/$rev"
 done
-du -sh .whl .smol-a .smol-b .ab
+du -sh .smol-a .smol-b .ab $([ -d .whl ] && echo .whl)
 cat <<EOF
 Device call (carry [".whl", ".ab", ".smol-a"], then [".whl", ".smol-b"] for 'quality'), stages as needed:
 $(cat ../shared/device/preamble.txt) MINIVLLM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_check.sh tests pipeline
