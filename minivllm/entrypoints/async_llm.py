@@ -24,6 +24,7 @@ from minivllm.core.interfaces import TokenLogprobs
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.metrics import EngineMetrics
+from minivllm.entrypoints.output_queue import OutputQueue
 from minivllm.entrypoints.outputs import releasable_text
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ class _Request:
     request_id: str
     seqs: list[Sequence]
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
+    queue: OutputQueue
     arrival: float = field(default_factory=time.monotonic)
     sent_chars: list[int] = field(init=False)  # characters of text sent
     sent_tokens: list[int] = field(init=False)  # tokens sent
@@ -99,17 +100,20 @@ class AsyncLLM:
     # --- the caller's side (any thread, usually the asyncio loop's) ------------------------------
 
     def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
-                 ) -> AsyncIterator[StreamOutput]:
+                 max_buffered: int | None = None) -> AsyncIterator[StreamOutput]:
         """Queue a request and return an async iterator of its outputs as the engine produces them; call
         it from a running event loop and iterate what it returns. Raises ValueError at once for a bad
         request (nothing queued), and EngineClosedError once the engine is closed or shutting down.
         Leaving the iteration early (a client gone, a cancelled task) aborts the request and frees its KV
         blocks. A string prompt is tokenized here, on the caller's thread: a server passes token ids from
-        :meth:`tokenize` instead."""
+        :meth:`tokenize` instead. With ``max_buffered``, output left unread past that many tokens (each
+        counting 1 + its top logprobs) aborts the request, and the iterator raises StreamBufferFullError."""
         self._check_open()  # before any work; checked again below, where it counts
         token_ids = self.encode(prompt)
         seqs = self.engine.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
-        request = _Request(request_id, seqs, asyncio.get_running_loop(), asyncio.Queue())
+        weight = 1 + (params.logprobs or 0)
+        queue = OutputQueue(max_buffered, weight, lambda: self.abort(request_id))
+        request = _Request(request_id, seqs, asyncio.get_running_loop(), queue)
         with self._lock:  # one lock with begin_shutdown: a request is either refused or aborted by it
             self._check_open()
             if request_id in self._active:
@@ -299,6 +303,6 @@ class AsyncLLM:
         self._outbox.clear()
 
 
-def _deliver(items: list[tuple[asyncio.Queue, StreamOutput | BaseException]]) -> None:
+def _deliver(items: list[tuple[OutputQueue, StreamOutput | BaseException]]) -> None:
     for queue, item in items:
-        queue.put_nowait(item)
+        queue.put(item)

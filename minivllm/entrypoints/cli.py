@@ -78,7 +78,11 @@ def api_key(args) -> str | None:
             key = f.readline().strip()
         if not key:
             raise SystemExit(f"--api-key-file {args.api_key_file} holds no key")
-    return key or os.environ.get("MINIVLLM_API_KEY") or None
+    if key is None and (key := os.environ.get("MINIVLLM_API_KEY")) is not None and not key.strip():
+        raise SystemExit("$MINIVLLM_API_KEY is set but empty: set a key, or unset it to serve without auth")
+    if key is not None and not key.strip():
+        raise SystemExit("--api-key is empty: give a key, or leave the flag out to serve without auth")
+    return key
 
 
 def cmd_serve(args) -> None:

@@ -137,7 +137,7 @@ class CompletionRequest(_SamplingRequest):
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     max_tokens: int | None = 16  # OpenAI's default for completions
 
-    @field_validator("prompt", mode="before")
+    @field_validator("prompt", mode="plain")  # the whole check: pydantic's union of lists is 10x slower
     @classmethod
     def _prompt(cls, v):
         def token_ids(p) -> bool:
@@ -208,11 +208,11 @@ def describe_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
         loc = list(err["loc"])
         if loc and loc[0] == "body":  # FastAPI's locations start with where the value came from
             loc = loc[1:]
-        if err["type"] in ("model_attributes_type", "dict_type", "model_type") and not loc:
-            parts.append("the body must be a JSON object")
-            continue
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        if err["type"] in ("model_attributes_type", "dict_type", "model_type"):  # said without class names
+            message = "must be a JSON object" if loc else "the body must be a JSON object"
+        else:
+            message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
         parts.append(f"{path}: {message}" if path else message)
         if param is None and loc and isinstance(loc[0], str):
             param = loc[0]

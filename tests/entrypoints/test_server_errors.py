@@ -57,12 +57,12 @@ def test_unknown_routes_and_wrong_methods(server):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("temperature", "hot", "temperature: Input should be a valid number, unable to parse string as a number"),
-    ("n", 1.5, "n: Input should be a valid integer, got a number with a fractional part"),
+    ("temperature", "hot", "temperature: Input should be a valid number"),
+    ("n", 1.5, "n: Input should be a valid integer"),
     ("stop", 5, "stop: must be a string or a list of strings"),
     ("prompt", {"text": "Hi"},
      "prompt: must be a string, a list of token ids, or a list of strings or of token-id lists"),
-    ("stream_options", "yes", "stream_options: Input should be a valid dictionary or object to extract fields from"),
+    ("stream_options", "yes", "stream_options: must be a JSON object"),
 ])
 def test_wrong_types_name_the_field(client, field, value, message):
     kwargs = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, field: value}
