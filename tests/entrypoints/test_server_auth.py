@@ -70,3 +70,28 @@ def test_the_key_never_shows_in_settings():
 
     settings = ServerSettings(api_key=KEY)
     assert KEY not in repr(settings) and KEY not in str(settings.model_dump())
+
+
+def test_an_empty_api_key_refuses_to_start(monkeypatch):
+    """``--api-key ""`` or an empty ``$MINIVLLM_API_KEY`` would serve every route without auth, unnoticed."""
+    import argparse
+
+    from pydantic import ValidationError
+
+    from minivllm.entrypoints.cli import api_key
+    from minivllm.entrypoints.settings import ServerSettings
+
+    def args(key=None):
+        return argparse.Namespace(api_key=key, api_key_file=None)
+
+    monkeypatch.delenv("MINIVLLM_API_KEY", raising=False)
+    assert api_key(args()) is None and api_key(args(KEY)) == KEY
+    with pytest.raises(SystemExit, match="--api-key is empty"):
+        api_key(args(""))
+    monkeypatch.setenv("MINIVLLM_API_KEY", " ")
+    with pytest.raises(SystemExit, match=r"\$MINIVLLM_API_KEY is set but empty"):
+        api_key(args())
+    monkeypatch.setenv("MINIVLLM_API_KEY", KEY)
+    assert api_key(args()) == KEY
+    with pytest.raises(ValidationError, match="the API key is empty"):
+        ServerSettings(api_key="")

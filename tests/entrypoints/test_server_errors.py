@@ -175,3 +175,63 @@ def test_fields_that_ask_for_nothing_are_accepted(server, client):
         extra_body={"ignore_eos": True, "skip_special_tokens": True, "something_new": 1})
     assert out.usage.completion_tokens == 3
     assert scrape(server[0])["kv_cache_used_blocks"] == 0
+
+
+@pytest.mark.parametrize("field, value", [("stream", "yes"), ("max_tokens", True), ("ignore_eos", 1), ("n", "2"),
+                                          ("temperature", "0.5"), ("logprobs", True), ("stop", None)])
+def test_wrong_json_types_are_refused_not_coerced(server, field, value):
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2, field: value}
+    if value is None:  # null is the default of stop: accepted
+        assert httpx.post(server[0] + "/v1/completions", json=body).status_code == 200
+        return
+    error = openai_error(httpx.post(server[0] + "/v1/completions", json=body), 400, "BadRequestError")
+    assert error["param"] == field and error["message"].startswith(f"{field}: Input should be a valid ")
+
+
+def test_an_integer_is_a_valid_float(client):
+    out = client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, temperature=0, top_p=1,
+                                    extra_body={"repetition_penalty": 1, **NO_EOS})
+    assert out.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", '{"prompt": "caf\\ud800", "max_tokens": 1}', "prompt"),
+    ("/v1/completions", '{"prompt": ["ok", "\\udfff"], "max_tokens": 1}', "prompt"),
+    ("/v1/chat/completions", '{"messages": [{"role": "user", "content": "x\\uD83D"}], "max_tokens": 1}', "messages"),
+    ("/v1/completions", '{"prompt": "Hi", "stop": ["\\ud800"], "max_tokens": 1}', "stop"),
+])
+def test_a_lone_surrogate_is_a_bad_request(server, path, body, param):
+    error = openai_error(post_raw(server[0], body.encode(), path), 400, "BadRequestError")
+    assert error["param"] == param and "lone UTF-16 surrogate" in error["message"]
+
+
+def test_a_surrogate_pair_is_a_character(server):
+    response = post_raw(server[0], b'{"prompt": "smile \\ud83d\\ude00", "max_tokens": 1, "ignore_eos": true}')
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 1
+
+
+def test_logprobs_zero_gives_the_sampled_tokens_logprob(client):
+    """As OpenAI and vLLM: ``logprobs: 0`` is the sampled token's logprob with no alternatives."""
+    out = client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, logprobs=0, extra_body=NO_EOS)
+    logprobs = out.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.tokens) == 3 and logprobs.top_logprobs == [{}, {}, {}]
+    assert all(lp <= 0 for lp in logprobs.token_logprobs)
+    chunks = list(client.completions.create(model=MODEL, prompt="Hi", max_tokens=3, logprobs=0, stream=True,
+                                            extra_body=NO_EOS))
+    assert sum(len(c.choices[0].logprobs.token_logprobs) for c in chunks if c.choices) == 3
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                          logprobs=True, top_logprobs=0, extra_body=NO_EOS)
+    assert [e.top_logprobs for e in chat.choices[0].logprobs.content] == [[], [], []]
+
+
+@pytest.mark.parametrize("endpoint, extra, param", [
+    ("completions", {"prompt": [[1, 2], [600]]}, "prompt"),  # a token id outside the vocabulary of 512
+    ("completions", {"prompt": [1] * MAX_MODEL_LEN}, "prompt"),  # too long
+    ("completions", {"prompt": "Hi", "stop_token_ids": [10**12]}, "stop_token_ids"),
+    ("completions", {"prompt": "Hi", "min_tokens": 5}, "min_tokens"),  # more than max_tokens
+    ("chat", {"messages": [{"role": "user", "content": "word " * 200}]}, "messages"),  # too long
+])
+def test_engine_side_errors_name_the_param(server, endpoint, extra, param):
+    path = "/v1/completions" if endpoint == "completions" else "/v1/chat/completions"
+    error = openai_error(httpx.post(server[0] + path, json={"max_tokens": 2, **extra}), 400, "BadRequestError")
+    assert error["param"] == param, error
