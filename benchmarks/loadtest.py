@@ -10,6 +10,7 @@ with how many in-flight streams got their ``finish_reason: "abort"`` chunk and `
 
     python benchmarks/loadtest.py                        # ~2 minutes on a 2-core CPU
     python benchmarks/loadtest.py --duration 20 --streams 4 --model-path tests-tiny-ckpt   # smoke test
+    python benchmarks/loadtest.py --hostile all          # the hostile-client cases (hostile.py), ~3 minutes
 
 Prints a Markdown table and, with ``--json FILE``, appends the figures as one JSON line. Exits 1 when a
 request failed, a block or sequence was left in use, or the shutdown cut a stream short.
@@ -185,6 +186,9 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--startup-timeout", type=float, default=600)
+    parser.add_argument("--hostile", help="instead of the load: these hostile-client cases (comma-separated, or "
+                                          "'all'), each with an innocent stream and /health measured (hostile.py)")
+    parser.add_argument("--hostile-tokens", type=int, default=200, help="max_tokens of the hostile requests")
     parser.add_argument("--json", help="append the figures as one JSON line to this file")
     args, server_args = parser.parse_known_args()
     if not args.model_path:
@@ -198,6 +202,9 @@ def main() -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     proc = start_server(args.model_path, port, args, server_args)
+    if args.hostile:
+        hostile_cases(proc, base_url, port, headers, args)
+        return
     try:
         start = time.perf_counter()
         tally = asyncio.run(load(base_url, headers, args))
@@ -231,6 +238,21 @@ def main() -> None:
     ok = (not tally.errors and row["kv_blocks_left"] == 0 and row["seqs_left"] == 0 and shutdown["exit_code"] == 0
           and shutdown["ended_with_abort"] == shutdown["streams"])
     sys.exit(0 if ok else 1)
+
+
+def hostile_cases(proc, base_url: str, port: int, headers: dict, args) -> None:
+    from hostile import CASES, report, run_case
+
+    cases = CASES if args.hostile == "all" else args.hostile.split(",")
+    rows = []
+    try:
+        for case in cases:
+            rows.append(asyncio.run(run_case(case, base_url, port, headers, proc.pid, args.hostile_tokens)))
+            emit_json_line(rows[-1], args.json)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    report(rows)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,9 @@ def cmd_chat(args) -> None:
 
 
 # ServerSettings fields given as flags of the same names; their defaults and help live there
-SERVER_FLAGS = ("public_metrics", "max_n", "max_prompts", "max_prompt_chars", "max_body_bytes",
-                 "shutdown_grace_period")
+SERVER_FLAGS = ("public_metrics", "max_n", "max_prompts", "max_request_sequences", "max_prompt_chars", "max_stop",
+                "max_stop_chars", "max_tokenizing_chars", "max_body_bytes", "max_stream_buffer", "max_connections",
+                "idle_timeout", "shutdown_grace_period")
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
