@@ -27,8 +27,8 @@ class ServerSettings(BaseModel):
         "most characters waiting to be tokenized, all requests together; past it a request gets a 503"))
     max_body_bytes: int = Field(16 * 2**20, ge=1, description="largest request body in bytes; a larger one gets a 413")
     max_stream_buffer: int = Field(65536, ge=1, description=(
-        "most output tokens (each counting 1 + its top logprobs) a stream may hold unread by its client; "
-        "past it the request is aborted with an error"))
+        "most output tokens (each counting 1 + its top logprobs) a stream may hold unread by its client, per "
+        "prompt; past it the request is aborted with an error"))
     max_connections: int = Field(512, ge=1, description=(
         "most open connections; more are answered 503 and closed at once"))
     idle_timeout: float = Field(10.0, gt=0, description=(

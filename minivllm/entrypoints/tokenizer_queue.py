@@ -4,7 +4,7 @@ runs one job at a time; in arrival order, a short prompt behind a client's many 
 for all of them. Here each prompt is one job, and when the thread is free the shortest waiting job goes
 next, so a prompt waits for at most the one job in progress (at most ``max_prompt_chars``) plus the
 shorter ones. The characters waiting, all requests together, are bounded: past ``max_chars`` a request
-is refused with a 503 at once rather than queued. (A steady stream of shorter prompts can hold a long one
+is refused with a 503 at once rather than queued (unless it is short). (A steady stream of shorter prompts can hold a long one
 back: the price of keeping short ones quick.)"""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from collections.abc import Callable
 
 from minivllm.entrypoints.async_llm import AsyncLLM
 from minivllm.entrypoints.errors import APIError
+
+
+SHORT_CHARS = 4096  # a request this short is never refused: shortest first, it waits for one job at most
 
 
 class TokenizerQueue:
@@ -32,7 +35,7 @@ class TokenizerQueue:
         """``[fn(item) for item in items]``, each a job of ``sizes[i]`` characters; an APIError (503) if
         they do not fit the queue (nothing is queued then)."""
         total = sum(sizes)
-        if self.queued_chars and self.queued_chars + total > self.max_chars:
+        if total > SHORT_CHARS and self.queued_chars and self.queued_chars + total > self.max_chars:
             raise APIError(503, f"the server is busy tokenizing {self.queued_chars} characters, and this request "
                                 f"would pass the limit of {self.max_chars}: retry later")
         self.queued_chars += total
