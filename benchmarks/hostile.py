@@ -178,4 +178,5 @@ def report(rows: list[dict]) -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['case']} | {r['attack']} | {r['attack_s']} | {r['innocent_worst_gap_s']} "
-              f"| {r['innocent_worst_ttft_s']} | {r['health_worst_s']} | {r['rss_growth_mb']} | {r['innocent_errors']} |")
+              f"| {r['innocent_worst_ttft_s']} | {r['health_worst_s']} | {r['rss_growth_mb']} "
+              f"| {r['innocent_errors']} |")

@@ -5,8 +5,8 @@ requests never reach the engine loop, and nothing that grows with a request's si
 loop unbounded: bodies are parsed on a thread (``request_body.py``), prompts tokenized shortest first on
 the tokenizer's (``tokenizer_queue.py``), whole answers built on a worker thread and streams' unread
 output bounded (``request_run.py``). :class:`ServerSettings` (``settings.py``) holds the limits, the API
-key, the connection bounds (``connections.py``) and the shutdown grace period. Importing this module needs the ``serve`` extra (FastAPI,
-uvicorn, prometheus_client); nothing else in minivllm imports it."""
+key, the connection bounds (``connections.py``) and the shutdown grace period. Importing this module
+needs the ``serve`` extra (FastAPI, uvicorn, prometheus_client); nothing else in minivllm imports it."""
 
 from __future__ import annotations
 

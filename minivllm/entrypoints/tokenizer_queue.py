@@ -4,8 +4,8 @@ runs one job at a time; in arrival order, a short prompt behind a client's many 
 for all of them. Here each prompt is one job, and when the thread is free the shortest waiting job goes
 next, so a prompt waits for at most the one job in progress (at most ``max_prompt_chars``) plus the
 shorter ones. The characters waiting, all requests together, are bounded: past ``max_chars`` a request
-is refused with a 503 at once rather than queued (unless it is short). (A steady stream of shorter prompts can hold a long one
-back: the price of keeping short ones quick.)"""
+is refused with a 503 at once rather than queued (unless it is short). (A steady stream of shorter
+prompts can hold a long one back: the price of keeping short ones quick.)"""
 
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
+import asyncio
 import contextlib
 import socket
 import threading
 import time
 from collections.abc import Iterator
+
+import httpx
 
 from benchmarks.serve import scrape  # noqa: F401 (/metrics as a dict, for the tests too)
 
@@ -54,3 +57,20 @@ def tiny_async_llm(llama_path: str, **settings):
 
     return AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
                     num_kvcache_blocks=160, **settings)
+
+
+def health_while(base_url: str, request: dict) -> tuple[httpx.Response, float, list[float]]:
+    """POST ``request``; meanwhile /health, again and again. Returns the response, how long it took and
+    each /health's latency."""
+    async def main():
+        async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+            big = asyncio.create_task(http.post("/v1/completions", **request))
+            start, latencies = time.perf_counter(), []
+            while not big.done():
+                t = time.perf_counter()
+                assert (await http.get("/health")).status_code == 200
+                latencies.append(time.perf_counter() - t)
+                await asyncio.sleep(0.01)
+            return await big, time.perf_counter() - start, latencies
+
+    return asyncio.run(main())

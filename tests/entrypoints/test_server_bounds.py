@@ -14,16 +14,21 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints import MODEL, TEMPLATE, free_port, scrape, serving
+from tests.entrypoints import MODEL, TEMPLATE, free_port, health_while, scrape, serving
 
 NO_EOS = {"ignore_eos": True}
 
 
 @pytest.fixture(scope="module")
 def small(tiny_engine):
-    with serving(tiny_engine, chat_template=TEMPLATE, max_request_sequences=6, max_stop=3, max_stop_chars=20,
-                 max_stream_buffer=60) as base_url:
-        yield base_url, openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=60)
+    """The base URL of a server with small bounds on sequences and stop strings."""
+    with serving(tiny_engine, chat_template=TEMPLATE, max_request_sequences=6, max_stop=3,
+                 max_stop_chars=20) as base_url:
+        yield base_url
+
+
+def client_of(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=60)
 
 
 def asgi_post(app, path: str, body: dict, never_read: bool):
@@ -56,7 +61,7 @@ def test_a_stream_never_read_is_aborted_past_its_buffer(small, tiny_engine):
     from minivllm.entrypoints.api_server import build_app
     from minivllm.entrypoints.settings import ServerSettings
 
-    base_url, _ = small
+    base_url = small
     before = scrape(base_url)
     app = build_app(tiny_engine, ServerSettings(max_stream_buffer=60))
     body = {"prompt": "Hi", "n": 4, "max_tokens": 100, "logprobs": 5, "stream": True, **NO_EOS}
@@ -76,7 +81,8 @@ def test_a_stream_never_read_is_aborted_past_its_buffer(small, tiny_engine):
 
     after, sent = asyncio.run(main())
     assert sent[0]["status"] == 200
-    aborted = after['request_success_total{finished_reason="abort"}'] - before['request_success_total{finished_reason="abort"}']
+    key = 'request_success_total{finished_reason="abort"}'
+    aborted = after[key] - before[key]
     assert aborted == 4, "the stream's output was buffered without bound"
     assert after["kv_cache_used_blocks"] == 0 and after["num_requests_running"] == 0
 
@@ -102,7 +108,7 @@ def test_a_stream_read_slowly_past_its_buffer_ends_with_an_error(tiny_engine):
 
 
 def test_sequences_per_request_are_bounded(small):
-    _, client = small
+    client = client_of(small)
     out = client.completions.create(model=MODEL, prompt=["a", "b", "c"], n=2, max_tokens=1, extra_body=NO_EOS)
     assert len(out.choices) == 6
     with pytest.raises(openai.BadRequestError) as e:
@@ -117,7 +123,7 @@ def test_sequences_per_request_are_bounded(small):
     ({"stop": ["x" * 12, "y" * 9]}, "the stop strings have 21 characters, more than the limit of 20", "stop"),
 ])
 def test_stop_work_is_bounded(small, extra, message, param):
-    _, client = small
+    client = client_of(small)
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
                                        extra_body=extra)
@@ -168,23 +174,6 @@ def test_the_tokenizer_queue_is_bounded(tiny_engine):
     assert refused.status_code == 503 and refused.json()["error"]["type"] == "ServiceUnavailableError"
     assert "busy tokenizing" in refused.json()["error"]["message"]
     assert short.status_code == 200 and first.status_code == 400  # tokenized: too long for max_model_len
-
-
-def health_while(base_url: str, request: dict) -> tuple[httpx.Response, float, list[float]]:
-    """POST ``request``; meanwhile /health, again and again. Returns the response, how long it took and
-    each /health's latency."""
-    async def main():
-        async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
-            big = asyncio.create_task(http.post("/v1/completions", **request))
-            start, latencies = time.perf_counter(), []
-            while not big.done():
-                t = time.perf_counter()
-                assert (await http.get("/health")).status_code == 200
-                latencies.append(time.perf_counter() - t)
-                await asyncio.sleep(0.01)
-            return await big, time.perf_counter() - start, latencies
-
-    return asyncio.run(main())
 
 
 def test_a_large_body_is_parsed_off_the_event_loop(tiny_engine):

@@ -2,14 +2,13 @@
 per request, prompt characters (checked before tokenizing) and body bytes. Tokenizing runs off the event
 loop, so a long prompt stalls no other request."""
 
-import asyncio
 import time
 
 import httpx
 import openai
 import pytest
 
-from tests.entrypoints import MODEL, TEMPLATE, scrape, serving
+from tests.entrypoints import MODEL, TEMPLATE, health_while, scrape, serving
 
 NO_EOS = {"ignore_eos": True}
 
@@ -109,19 +108,7 @@ def test_tokenizing_runs_off_the_event_loop(tiny_engine):
     once (tokenized on the event loop, it waited for all of it)."""
     text = "The capital of France is Paris. " * 40_000
 
-    async def main(base_url):
-        async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-            big = asyncio.create_task(http.post("/v1/completions", json={"prompt": text, "max_tokens": 1}))
-            start = time.perf_counter()
-            latencies = []
-            while not big.done():
-                t = time.perf_counter()
-                assert (await http.get("/health")).status_code == 200
-                latencies.append(time.perf_counter() - t)
-                await asyncio.sleep(0.01)
-            return await big, time.perf_counter() - start, latencies
-
     with serving(tiny_engine, max_prompt_chars=2_000_000, max_body_bytes=4 * 2**20) as base_url:
-        response, took, latencies = asyncio.run(main(base_url))
+        response, took, latencies = health_while(base_url, {"json": {"prompt": text, "max_tokens": 1}})
         assert response.status_code == 400 and "too long" in response.json()["error"]["message"]
         assert len(latencies) > 5 and max(latencies) < took / 3, (max(latencies), took)
