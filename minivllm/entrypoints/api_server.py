@@ -118,8 +118,8 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
                 raise APIError(400, f"prompt {i} has {len(p)} characters, more than the limit of "
                                     f"{settings.max_prompt_chars}", "prompt")
             if not isinstance(p, str) and len(p) >= engine.max_model_len:  # before the engine reads each id
-                raise APIError(400, f"prompt {i} has {len(p)} tokens: max_model_len={engine.max_model_len} leaves "
-                                    "no room to generate", "prompt")
+                raise APIError(400, f"prompt {i} of {len(p)} tokens is too long: max_model_len="
+                                    f"{engine.max_model_len} leaves no room to generate", "prompt")
         texts = [p for p in prompts if isinstance(p, str)]
         encoded = iter(await tokenized(engine.encode, texts, [len(p) for p in texts]))
         token_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]

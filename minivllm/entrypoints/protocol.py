@@ -150,7 +150,7 @@ class CompletionRequest(_SamplingRequest):
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
-        if isinstance(p, str) or (p and all(isinstance(t, int) for t in p)):
+        if isinstance(p, str) or (p and isinstance(p[0], int)):  # validated: all ids, or all prompts
             return [p]
         return list(p)
 
