@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from minivllm.core import plugins
 from minivllm.core.default_model import default_model
+from minivllm.core.interfaces.scheduler import SchedulerConfig
 from minivllm.core.model_source import looks_like_hub_id
 
 
@@ -87,6 +88,10 @@ class EngineConfig(BaseModel):
         backend.check_block_size(self.kvcache_block_size)
         backend.check_kv_cache_dtype(self.kv_cache_dtype)
         return self
+
+    def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
+        """The scheduler's settings, with the effective ``max_model_len`` (the model may cap the config's)."""
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_model_len, self.scheduler_options)
 
     @property
     def torch_device(self) -> torch.device:

@@ -68,7 +68,8 @@ class LLMEngine:
         self.allocator = plugins.kv_allocators.get(config.kv_allocator)(
             num_blocks, config.kvcache_block_size, config.enable_prefix_caching
         )
-        self.scheduler = plugins.schedulers.get(config.scheduler)(config, self.allocator, self.max_model_len)
+        self.scheduler = plugins.schedulers.get(config.scheduler)(
+            config.scheduler_config(self.max_model_len), self.allocator)
         self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
         self.async_scheduling = config.resolved_async_scheduling
         self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next

@@ -12,12 +12,10 @@ fails, and that is the reproduction.
 from __future__ import annotations
 
 import random
-import tempfile
 from dataclasses import dataclass, replace
 
 from minivllm.core.bookkeeping import StepBookkeeping
-from minivllm.core.config import EngineConfig
-from minivllm.core.interfaces import KVAllocator, ScheduledBatch
+from minivllm.core.interfaces import KVAllocator, ScheduledBatch, SchedulerConfig
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.testing.kit import Contract, ContractFailure, registry
@@ -99,13 +97,11 @@ class Engine:
     """The engine's side of the scheduler contract (engine.py's step, model aside), checking ``checks``."""
 
     def __init__(self, name: str, options: dict, scenario: Scenario, checks: set[str]):
-        config = EngineConfig(model=tempfile.gettempdir(), device="cpu", scheduler=name, scheduler_options=options,
-                              kvcache_block_size=scenario.block_size, max_model_len=scenario.max_model_len,
-                              max_num_batched_tokens=scenario.max_num_batched_tokens,
-                              max_num_seqs=scenario.max_num_seqs, async_scheduling=scenario.async_scheduling)
+        config = SchedulerConfig(scenario.max_num_seqs, scenario.max_num_batched_tokens, scenario.max_model_len,
+                                 options)
         inner = registry("kv_allocator").get("prefix_cache")(scenario.num_blocks, scenario.block_size, True)
         self.allocator = WatchedAllocator(inner)
-        self.scheduler = registry("scheduler").get(name)(config, self.allocator, scenario.max_model_len)
+        self.scheduler = registry("scheduler").get(name)(config, self.allocator)
         self.bookkeeping = StepBookkeeping(self.scheduler, scenario.max_model_len)  # the engine's own
         self.scenario, self.checks = scenario, checks
         self.seqs: dict[int, Sequence] = {}  # request index -> its sequence, once accepted
