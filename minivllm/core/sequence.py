@@ -29,7 +29,6 @@ class Sequence:
         self.params = params
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0  # tokens whose K/V is in the cache (or being written by a step in flight)
-        self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
         self.block_table: list[int] = []
         self.finish_reason: str | None = None  # "stop", "length", "abort", or "error" (see ``error``)
         self.stop_reason: int | str | None = None  # the stop token id or stop string that ended it
@@ -79,10 +78,6 @@ class SequenceQueue:
 
     def append(self, seq: Sequence) -> None:
         self._seqs[seq.seq_id] = seq
-
-    def extend(self, seqs) -> None:
-        for seq in seqs:
-            self.append(seq)
 
     def appendleft(self, seq: Sequence) -> None:
         self._seqs[seq.seq_id] = seq

@@ -108,7 +108,7 @@ class Scheduler(ABC):
     def match_head(self) -> Sequence:
         """The first waiting sequence, with its prefix-cache hits attached and counted as computed."""
         seq = self.waiting[0]
-        seq.num_computed_tokens = seq.num_cached_tokens = self.allocator.match_prefix(seq)
+        seq.num_computed_tokens = self.allocator.match_prefix(seq)
         return seq
 
     def admit_head(self, seq: Sequence, num_new_tokens: int) -> bool:
@@ -125,7 +125,7 @@ class Scheduler(ABC):
     def unmatch(self, seq: Sequence) -> None:
         """Release the prefix hits of a sequence that stays waiting."""
         self.allocator.free(seq)
-        seq.num_computed_tokens = seq.num_cached_tokens = 0
+        seq.num_computed_tokens = 0
 
     def reserve(self, seq: Sequence, num_new_tokens: int, batch: ScheduledBatch) -> bool:
         """Allocate blocks for ``num_new_tokens`` more tokens of a running sequence, preempting the newest
