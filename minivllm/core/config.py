@@ -109,11 +109,13 @@ class EngineConfig(BaseModel):
     @property
     def resolved_attention_backend(self) -> str:
         """The backend name: the configured one, or for "auto" the first of the preferred that is available
-        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on the device are
+        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on
+        the device are
         preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
-        device, preferred = self.torch_device, ("triton", "torch") if self.torch_device.type == "cuda" else ("cpu", "torch")
+        device = self.torch_device
+        preferred = ("triton", "torch") if device.type == "cuda" else ("cpu", "torch")
         refused = []
         for name in filter(plugins.attention_backends.__contains__, preferred):
             backend = plugins.attention_backends.get(name)

@@ -142,7 +142,8 @@ class Engine:
             if r.arrival == self.step:
                 seq = Sequence(r.tokens(i), SamplingParams(max_tokens=r.max_tokens, ignore_eos=True))
                 try:
-                    self.scheduler.check_request(r.prompt_len, min(r.prompt_len + r.max_tokens, self.scenario.max_model_len))
+                    max_total = min(r.prompt_len + r.max_tokens, self.scenario.max_model_len)
+                    self.scheduler.check_request(r.prompt_len, max_total)
                 except ValueError:
                     continue  # refused up front, as documented: not this contract's business
                 self.scheduler.add(seq)
@@ -301,7 +302,7 @@ def long_prompts(plugin: str, options: dict) -> None:
     long = Scenario((Request(100, 4), Request(10, 8)), num_blocks=32, max_num_batched_tokens=32, max_num_seqs=4)
     v = violation(plugin, options, long, {LIMITS, BLOCKS, PROGRESS})
     if v is not None:
-        raise ContractFailure("long_prompts", f"a prompt longer than max_num_batched_tokens, accepted by check_request, "
+        raise ContractFailure("long_prompts", "a prompt longer than max_num_batched_tokens, accepted by check_request, "
                               f"must be scheduled within the budget until it finishes; {v}",
                               long.describe(plugin, options))
 

@@ -12,9 +12,9 @@ from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.cli import add_engine_arguments, engine_kwargs
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
-from tests.plugins.scheduling import run_step
 from tests.checkpoints import hf_greedy, random_prompts
 from tests.conftest import ARCHS
+from tests.plugins.scheduling import run_step
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 
@@ -50,7 +50,8 @@ def test_budget_and_seat_limits_hold_under_load():
     rng = random.Random(0)
     sched = make(16, max_num_batched_tokens=48, max_num_seqs=5)
     for _ in range(30):
-        sched.add(Sequence([rng.randrange(500) for _ in range(rng.randint(1, 120))], SamplingParams(max_tokens=rng.randint(1, 30))))
+        prompt = [rng.randrange(500) for _ in range(rng.randint(1, 120))]
+        sched.add(Sequence(prompt, SamplingParams(max_tokens=rng.randint(1, 30))))
     steps = mixed = 0
     while sched.has_unfinished():
         batch = run_step(sched)
