@@ -57,7 +57,8 @@ def main() -> None:
             fn = lambda: K.paged_decode(q, cache[0], cache[1], out, tables, seq_lens, 0.088, splits,  # noqa: E731
                                         block_n=block_n, num_warps=warps, num_stages=stages, **scales)
             us = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-            print(f"{batch:>5} {ctx:>5} {block_n:>7} {warps:>5} {stages:>6} {splits:>6} {us:>8.1f} {nbytes / us / 1e6:>6.2f}")
+            print(f"{batch:>5} {ctx:>5} {block_n:>7} {warps:>5} {stages:>6} {splits:>6} {us:>8.1f} "
+                  f"{nbytes / us / 1e6:>6.2f}")
 
 
 if __name__ == "__main__":

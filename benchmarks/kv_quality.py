@@ -29,7 +29,6 @@ from minivllm.core.default_model import default_model
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.sequence import Sequence
 
-
 TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
           "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
 PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + \

@@ -37,7 +37,6 @@ from minivllm.bench.report import emit_json_line
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from serve import MODEL_NAME, free_port, scrape, start_server  # noqa: E402 (the server harness, shared)
 
-
 WORDS = ("the cache stores keys and values in blocks while the scheduler admits new requests every step "
          "and a paged engine keeps the batch full").split()
 

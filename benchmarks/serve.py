@@ -33,7 +33,6 @@ import httpx
 
 from minivllm.bench.report import emit_json_line
 
-
 MODEL_NAME = "bench"
 
 

@@ -26,7 +26,6 @@ import torch
 
 from minivllm.bench.report import emit_json_line
 
-
 SHAPES = {
     "qwen3-0.6b": ("Qwen3Config", dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                                        num_key_value_heads=8, head_dim=128, intermediate_size=3072,

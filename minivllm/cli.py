@@ -37,7 +37,7 @@ def cmd_plugins(args) -> None:
 
     for info in plugins.plugin_infos():
         print(f"{info.name}  [{info.distribution or 'built-in'}]  hooks: {', '.join(info.hooks) or '-'}")
-    for hook, registry in plugins.registries().items():
+    for registry in plugins.registries().values():
         for name in registry.names():
             print(f"  {registry.kind}: {name}  (from {registry.source(name)})")
 

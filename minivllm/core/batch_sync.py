@@ -14,7 +14,6 @@ from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 
-
 # One scheduled sequence, as a plain tuple (it pickles several times faster than a dataclass):
 # (seq_id, num_computed_tokens, num_new_tokens, num_pending_tokens,
 #  new_token_ids: the known tokens the mirror lacks (the whole prompt the first time),

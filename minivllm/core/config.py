@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from minivllm.core import plugins
 from minivllm.core.default_model import default_model
+from minivllm.core.interfaces.scheduler import SchedulerConfig
 from minivllm.core.model_source import looks_like_hub_id
 
 
@@ -88,6 +89,10 @@ class EngineConfig(BaseModel):
         backend.check_kv_cache_dtype(self.kv_cache_dtype)
         return self
 
+    def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
+        """The scheduler's settings, with the effective ``max_model_len`` (the model may cap the config's)."""
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_model_len, self.scheduler_options)
+
     @property
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -104,11 +109,13 @@ class EngineConfig(BaseModel):
     @property
     def resolved_attention_backend(self) -> str:
         """The backend name: the configured one, or for "auto" the first of the preferred that is available
-        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on the device are
+        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on
+        the device are
         preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
-        device, preferred = self.torch_device, ("triton", "torch") if self.torch_device.type == "cuda" else ("cpu", "torch")
+        device = self.torch_device
+        preferred = ("triton", "torch") if device.type == "cuda" else ("cpu", "torch")
         refused = []
         for name in filter(plugins.attention_backends.__contains__, preferred):
             backend = plugins.attention_backends.get(name)

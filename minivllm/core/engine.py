@@ -20,13 +20,14 @@ import logging
 from dataclasses import dataclass
 
 from minivllm.core import plugins
+from minivllm.core.bookkeeping import StepBookkeeping
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.detokenizer import IncrementalDetokenizer
 from minivllm.core.executor import WorkerError, create_executor
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,9 @@ class LLMEngine:
         self.allocator = plugins.kv_allocators.get(config.kv_allocator)(
             num_blocks, config.kvcache_block_size, config.enable_prefix_caching
         )
-        self.scheduler = plugins.schedulers.get(config.scheduler)(config, self.allocator, self.max_model_len)
+        self.scheduler = plugins.schedulers.get(config.scheduler)(
+            config.scheduler_config(self.max_model_len), self.allocator)
+        self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
         self.async_scheduling = config.resolved_async_scheduling
         self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next
 
@@ -128,7 +131,7 @@ class LLMEngine:
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence now and free its KV blocks (a token in flight for it is dropped on arrival)."""
         if not seq.is_finished:
-            self._finish(seq, "abort")
+            self.bookkeeping.finish(seq, "abort")
 
     def step(self) -> list[Sequence]:
         """Run one step; returns the sequences that got a new token (finished ones included). With async
@@ -156,31 +159,22 @@ class LLMEngine:
 
     def _submit(self, batch: ScheduledBatch) -> _Submitted:
         """Queue the batch on the device and advance its sequences as if its tokens were known."""
-        seqs = batch.sampling_seqs()
         future = self.executor.submit(batch)
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-        for seq in seqs:
-            seq.num_pending_tokens += 1
-            if seq.num_generated_tokens >= seq.params.max_tokens or len(seq) >= self.max_model_len:
-                self.scheduler.finish(seq)  # this token is its last: its blocks are not needed any more
-        return _Submitted(seqs, future)
+        return _Submitted(self.bookkeeping.submitted(batch), future)
 
     def _collect(self, submitted: _Submitted) -> list[Sequence]:
         """Wait for a submitted step's tokens and apply them: append, check stop conditions, finish."""
         sampled = submitted.future.result().sampled
         updated = []
         for seq in submitted.seqs:
-            if seq.is_finished:  # ended (stop, abort) while this step ran: its token is dropped
-                continue
             token, token_logprobs = sampled[seq.seq_id]
-            seq.num_pending_tokens -= 1
-            seq.append(token)
+            if not self.bookkeeping.accept(seq, token):  # ended (stop, abort) while this step ran: dropped
+                continue
             if token_logprobs is not None:
                 seq.logprobs.append(token_logprobs)
             reason = self._stop_reason(seq, token)
             if reason:
-                self._finish(seq, reason)
+                self.bookkeeping.finish(seq, reason)
             updated.append(seq)
         return updated
 
@@ -209,7 +203,7 @@ class LLMEngine:
                 if len(live) == 1:
                     seq = live.seqs[0]
                     seq.error = f"{type(e).__name__}: {e}"
-                    self._finish(seq, "error")
+                    self.bookkeeping.finish(seq, "error")
                     updated.append(seq)
                 else:
                     half = len(live) // 2
@@ -228,7 +222,7 @@ class LLMEngine:
         if may_stop and token in seq.stop_token_ids:
             reason = "stop"
             seq.stop_reason = token if token in params.stop_token_ids else None  # None: EOS
-        elif seq.num_output_tokens >= params.max_tokens or len(seq.token_ids) >= self.max_model_len:
+        elif self.bookkeeping.ends_by_length(seq):
             reason = "length"
         if seq.detokenizer is not None:
             delta = seq.detokenizer.push([token], final=reason is not None)
@@ -250,9 +244,3 @@ class LLMEngine:
         detok.text = detok.text[: index + len(stop) if seq.params.include_stop_str_in_output else index]
         seq.stop_reason = stop
         return True
-
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        self.scheduler.finish(seq)
-        seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
-        seq.num_pending_tokens = 0  # a token still in flight for it will be dropped

@@ -30,7 +30,7 @@ from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.runner import ModelRunner
-from minivllm.core.step import StepFuture, StepOutput
+from minivllm.core.step import StepFuture
 
 
 class Executor(ABC):
@@ -56,10 +56,6 @@ class Executor(ABC):
     @abstractmethod
     def submit(self, batch: ScheduledBatch) -> StepFuture:
         """Queue one step on every rank; its future's ``result()`` gives rank 0's sampled tokens."""
-
-    def execute(self, batch: ScheduledBatch) -> StepOutput:
-        """:meth:`submit`, waiting for the result."""
-        return self.submit(batch).result()
 
     @abstractmethod
     def close(self) -> None:

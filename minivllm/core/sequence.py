@@ -29,7 +29,6 @@ class Sequence:
         self.params = params
         self.status = SequenceStatus.WAITING
         self.num_computed_tokens = 0  # tokens whose K/V is in the cache (or being written by a step in flight)
-        self.num_cached_tokens = 0  # of those, how many came from the prefix cache at admission
         self.block_table: list[int] = []
         self.finish_reason: str | None = None  # "stop", "length", "abort", or "error" (see ``error``)
         self.stop_reason: int | str | None = None  # the stop token id or stop string that ended it
@@ -45,7 +44,8 @@ class Sequence:
         return len(self.token_ids) + self.num_pending_tokens
 
     def __repr__(self) -> str:
-        return f"Sequence(id={self.seq_id}, tokens={len(self)}, computed={self.num_computed_tokens}, {self.status.name})"
+        return (f"Sequence(id={self.seq_id}, tokens={len(self)}, computed={self.num_computed_tokens}, "
+                f"{self.status.name})")
 
     @property
     def output_token_ids(self) -> list[int]:
@@ -79,10 +79,6 @@ class SequenceQueue:
 
     def append(self, seq: Sequence) -> None:
         self._seqs[seq.seq_id] = seq
-
-    def extend(self, seqs) -> None:
-        for seq in seqs:
-            self.append(seq)
 
     def appendleft(self, seq: Sequence) -> None:
         self._seqs[seq.seq_id] = seq

@@ -65,7 +65,8 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel projections of the same input in one matmul (e.g. gate and up);
     ``shard_id`` is the index of the part a checkpoint tensor belongs to."""
 
-    def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False, tp: TensorParallel = TensorParallel()):
+    def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False,
+                 tp: TensorParallel = TensorParallel()):
         self.out_sizes = [tp.shard(s, "output features") for s in out_sizes]
         super().__init__(in_features, sum(out_sizes), bias, tp)
 
@@ -88,7 +89,8 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.kv_head_offset = tp.rank * self.num_kv_heads
         else:
             if tp.size % num_kv_heads:
-                raise ValueError(f"tensor_parallel_size={tp.size} is not a multiple of num_key_value_heads={num_kv_heads}")
+                raise ValueError(f"tensor_parallel_size={tp.size} is not a multiple of "
+                                 f"num_key_value_heads={num_kv_heads}")
             self.num_kv_heads = 1
             self.kv_head_offset = tp.rank * num_kv_heads // tp.size
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim

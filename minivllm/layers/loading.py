@@ -45,4 +45,5 @@ def load_packed_weights(
         loaded.add(name)
     missing = sorted(set(params) - loaded)
     if missing:
-        raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        more = " ..." if len(missing) > 8 else ""
+        raise ValueError(f"the checkpoint lacks weights for: {', '.join(missing[:8])}{more}")

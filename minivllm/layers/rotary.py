@@ -67,7 +67,8 @@ class RotaryEmbedding(nn.Module):
         tensor (half the small ops of turning each: this runs in every layer of every CPU step) and come
         back as views of it."""
         if triton_ops.enabled(q):
-            return triton_ops.rotary(q, positions, self.cos, self.sin), triton_ops.rotary(k, positions, self.cos, self.sin)
+            return (triton_ops.rotary(q, positions, self.cos, self.sin),
+                    triton_ops.rotary(k, positions, self.cos, self.sin))
         cos, sin = self.rows(positions, q.dtype)
         qk = torch.cat((q, k), dim=1)
         qk = qk * cos + self._rotate_half(qk) * sin

@@ -25,7 +25,8 @@ class Case:
     def __init__(self, what: str, seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int,
                  head_dim: int, block_size: int, padding: int = 0, fp8: bool = False):
         self.what, self.seqs, self.padding, self.fp8 = what, seqs, padding, fp8
-        self.num_heads, self.num_kv_heads, self.head_dim, self.block_size = num_heads, num_kv_heads, head_dim, block_size
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim, self.block_size = head_dim, block_size
 
     def describe(self, dtype: torch.dtype, device: torch.device) -> str:
         rows = ", ".join(f"({ctx} cached, {new} new)" for ctx, new in self.seqs)
@@ -122,7 +123,8 @@ def check_case(contract: str, plugin: str, case: Case) -> None:
     # with fp8, a backend may attend over the new tokens' exact K/V rather than what it stored
     tolerance = 0.1 if case.fp8 else 1e-4 if dtype == torch.float32 else 3e-2
     k_cache, v_cache, kv_scales, q, k, v, meta, full = layout(case, device, dtype)
-    before = [(k_cache.clone(), kv_scales and kv_scales.k.clone()), (v_cache.clone(), kv_scales and kv_scales.v.clone())]
+    before = [(k_cache.clone(), kv_scales and kv_scales.k.clone()),
+              (v_cache.clone(), kv_scales and kv_scales.v.clone())]
     backend = backend_cls(case.num_heads, case.num_kv_heads, case.head_dim, case.block_size, dtype)
     scale = case.head_dim**-0.5
     backend.prepare(meta)

@@ -89,7 +89,8 @@ class Scheduler:
             self.fail(REUSE, f"match_prefix reused {hit} tokens with enable_prefix_caching=False")
         for j, block in enumerate(seq.block_table):
             if self.contents.get(block) != tuple(seq.token_ids[: (j + 1) * bs]):
-                self.fail(REUSE, f"match_prefix gave s{op.seq} block {block} for its tokens {j * bs}..{(j + 1) * bs - 1}, "
+                self.fail(REUSE, f"match_prefix gave s{op.seq} block {block} for its tokens "
+                                 f"{j * bs}..{(j + 1) * bs - 1}, "
                                  f"but that block holds the KV of other tokens (a prefix is reused only when every "
                                  f"token up to the block's end is identical)")
         self.seqs[op.seq] = seq
@@ -225,7 +226,8 @@ def ops_contract(name: str, summary: str, checks: set[str]) -> Contract:
                 if v is not None:
                     ops, v = shrink(plugin, setup, ops, checks, v)
                     calls = "\n".join(f"{i + 1}. {op}" for i, op in enumerate(ops))
-                    reproduction = (f"allocator = {registry('kv_allocator').get(plugin).__name__}(num_blocks={setup[0]}, "
+                    cls = registry("kv_allocator").get(plugin).__name__
+                    reproduction = (f"allocator = {cls}(num_blocks={setup[0]}, "
                                     f"block_size={setup[1]}, enable_prefix_caching={setup[2]}); then\n{calls}")
                     raise ContractFailure(name, str(v), reproduction)
 

@@ -2,9 +2,8 @@
 
 The kit plays the engine (``engine.py``'s step, the model aside). Before each step it adds the requests
 that arrive (after ``check_request``, as the engine validates them) and aborts those due (``finish``);
-then it calls ``schedule()``, advances each scheduled sequence's computed tokens, gives each sequence that
-samples a pending token (finishing at once one whose token is its last by length), and applies the
-tokens, finishing the sequences they end: at once, or a step later with ``async_scheduling``. The
+then it calls ``schedule()`` and hands the batch to the engine's own step bookkeeping
+(:mod:`minivllm.core.bookkeeping`), which applies the tokens a step later with ``async_scheduling``. The
 allocator is the built-in ``prefix_cache``, watched. Each contract runs hand-made cases, then random
 workloads; a failing workload is shrunk (requests dropped, sizes halved) to the smallest that still
 fails, and that is the reproduction.
@@ -13,13 +12,12 @@ fails, and that is the reproduction.
 from __future__ import annotations
 
 import random
-import tempfile
 from dataclasses import dataclass, replace
 
-from minivllm.core.config import EngineConfig
-from minivllm.core.interfaces import KVAllocator, ScheduledBatch
+from minivllm.core.bookkeeping import StepBookkeeping
+from minivllm.core.interfaces import KVAllocator, ScheduledBatch, SchedulerConfig
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.core.sequence import Sequence
 from minivllm.testing.kit import Contract, ContractFailure, registry
 
 
@@ -99,13 +97,12 @@ class Engine:
     """The engine's side of the scheduler contract (engine.py's step, model aside), checking ``checks``."""
 
     def __init__(self, name: str, options: dict, scenario: Scenario, checks: set[str]):
-        config = EngineConfig(model=tempfile.gettempdir(), device="cpu", scheduler=name, scheduler_options=options,
-                              kvcache_block_size=scenario.block_size, max_model_len=scenario.max_model_len,
-                              max_num_batched_tokens=scenario.max_num_batched_tokens,
-                              max_num_seqs=scenario.max_num_seqs, async_scheduling=scenario.async_scheduling)
+        config = SchedulerConfig(scenario.max_num_seqs, scenario.max_num_batched_tokens, scenario.max_model_len,
+                                 options)
         inner = registry("kv_allocator").get("prefix_cache")(scenario.num_blocks, scenario.block_size, True)
         self.allocator = WatchedAllocator(inner)
-        self.scheduler = registry("scheduler").get(name)(config, self.allocator, scenario.max_model_len)
+        self.scheduler = registry("scheduler").get(name)(config, self.allocator)
+        self.bookkeeping = StepBookkeeping(self.scheduler, scenario.max_model_len)  # the engine's own
         self.scenario, self.checks = scenario, checks
         self.seqs: dict[int, Sequence] = {}  # request index -> its sequence, once accepted
         self.left: set[int] = set()  # requests whose last token is in flight: finished early, as the engine does
@@ -145,7 +142,8 @@ class Engine:
             if r.arrival == self.step:
                 seq = Sequence(r.tokens(i), SamplingParams(max_tokens=r.max_tokens, ignore_eos=True))
                 try:
-                    self.scheduler.check_request(r.prompt_len, min(r.prompt_len + r.max_tokens, self.scenario.max_model_len))
+                    max_total = min(r.prompt_len + r.max_tokens, self.scenario.max_model_len)
+                    self.scheduler.check_request(r.prompt_len, max_total)
                 except ValueError:
                     continue  # refused up front, as documented: not this contract's business
                 self.scheduler.add(seq)
@@ -155,8 +153,7 @@ class Engine:
 
     def _finish(self, i: int, why: str) -> None:
         seq = self.seqs[i]
-        self.scheduler.finish(seq)
-        seq.status = SequenceStatus.FINISHED
+        self.bookkeeping.finish(seq, why)
         if seq.block_table:
             self.fail(BLOCKS, f"request {i} was {why}, and finish() left it holding KV blocks {seq.block_table}")
 
@@ -197,28 +194,20 @@ class Engine:
             if seq.block_table or seq.num_computed_tokens or seq.is_finished:
                 self.fail(BLOCKS, f"request {index[seq.seq_id]} was preempted but holds blocks {seq.block_table} and "
                                   f"{seq.num_computed_tokens} computed tokens (it must give both up, to be recomputed)")
-        sampling = batch.sampling_seqs()
-        for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-        for seq in sampling:
-            seq.num_pending_tokens += 1
-            if seq.num_generated_tokens >= seq.params.max_tokens or len(seq) >= s.max_model_len:
-                self.left.add(index[seq.seq_id])  # its last token is in flight: it leaves the scheduler now
-                self.scheduler.finish(seq)
-                if seq.block_table:
-                    self.fail(BLOCKS, f"request {index[seq.seq_id]} ended, and finish() left it holding KV blocks "
-                                      f"{seq.block_table}")
+        sampling = self.bookkeeping.submitted(batch)
+        for seq in filter(self.bookkeeping.last_is_pending, sampling):
+            self.left.add(index[seq.seq_id])  # its last token is in flight: it left the scheduler
+            if seq.block_table:
+                self.fail(BLOCKS, f"request {index[seq.seq_id]} ended, and finish() left it holding KV blocks "
+                                  f"{seq.block_table}")
         return sampling
 
     def _collect(self, sampled: list[Sequence]) -> None:
         """The step's tokens arrive: append them and finish the sequences they end."""
         index = {seq.seq_id: i for i, seq in self.seqs.items()}
         for seq in sampled:
-            seq.num_pending_tokens -= 1
-            if seq.is_finished:
-                continue  # aborted while the step ran: its token is dropped
-            seq.append(1 + (self.step * 7 + index[seq.seq_id]) % 50)
-            if seq.num_output_tokens >= seq.params.max_tokens or len(seq.token_ids) >= self.scenario.max_model_len:
+            token = 1 + (self.step * 7 + index[seq.seq_id]) % 50
+            if self.bookkeeping.accept(seq, token) and self.bookkeeping.ends_by_length(seq):
                 self._finish(index[seq.seq_id], "finished")
 
     def _check_batch(self, batch: ScheduledBatch, index: dict[int, int]) -> None:
@@ -313,7 +302,7 @@ def long_prompts(plugin: str, options: dict) -> None:
     long = Scenario((Request(100, 4), Request(10, 8)), num_blocks=32, max_num_batched_tokens=32, max_num_seqs=4)
     v = violation(plugin, options, long, {LIMITS, BLOCKS, PROGRESS})
     if v is not None:
-        raise ContractFailure("long_prompts", f"a prompt longer than max_num_batched_tokens, accepted by check_request, "
+        raise ContractFailure("long_prompts", "a prompt longer than max_num_batched_tokens, accepted by check_request, "
                               f"must be scheduled within the budget until it finishes; {v}",
                               long.describe(plugin, options))
 

@@ -42,7 +42,8 @@ def test_arms_are_validated_and_typed(llama_path):
     (["enforce_eager=true,maybe"], "arm enforce_eager=maybe: enforce_eager: Input should be a valid boolean"),
     (["kvcache_block_size=16,0"], "arm kvcache_block_size=0: kvcache_block_size: Input should be greater than"),
     (["attention_backend=torch,cpu", "kvcache_block_size=16,24"], "arm attention_backend=torch,kvcache_block_size=24: "
-     "kvcache_block_size=24 is not supported by the TorchAttentionBackend attention backend: it needs a multiple of 16"),
+     "kvcache_block_size=24 is not supported by the TorchAttentionBackend attention backend: "
+     "it needs a multiple of 16"),
     (["scheduler"], "--ab 'scheduler': expected KEY=VALUE"),
     (["scheduler=fcfs,"], "an empty value"),
     (["scheduler=fcfs", "scheduler=chunked"], "--ab scheduler is given twice"),

@@ -10,9 +10,9 @@ from minivllm import LLM, EngineConfig, SamplingParams
 from minivllm.core.interfaces import KVScales, quantize_fp8
 from minivllm.core.interfaces.attention import FP8_DTYPE, fp8_rotation
 from minivllm.plugins.attention.torch_sdpa import TorchAttentionBackend
+from tests.attention_batches import make_batch
 from tests.checkpoints import random_prompts
 from tests.conftest import ARCHS
-from tests.attention_batches import make_batch
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
 SMALL = dict(kvcache_block_size=16, max_model_len=256, dtype="float32")

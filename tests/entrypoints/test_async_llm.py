@@ -196,7 +196,9 @@ def test_begin_shutdown_aborts_everything_and_refuses_new_requests(llama_path):
         engine.begin_shutdown()
         with pytest.raises(EngineClosedError, match="shutting down"):
             engine.generate("Hi", params, "late")
-        rests = [[out async for out in s] for s in streams]
+        rests = []
+        for s in streams:  # an async comprehension inside a list comprehension needs Python 3.11
+            rests.append([out async for out in s])
         return [[first, *rest] for first, rest in zip(firsts, rests)]
 
     try:

@@ -51,7 +51,8 @@ def test_completion_matches_transformers(server, client, llama_path):
     expected = hf_greedy(llama_path, [ids], 10)[0]
     assert out.choices[0].text == server[1].tokenizer.decode(expected, skip_special_tokens=True)
     assert out.choices[0].finish_reason == "length" and out.model == MODEL and out.object == "text_completion"
-    assert (out.usage.prompt_tokens, out.usage.completion_tokens, out.usage.total_tokens) == (len(ids), 10, len(ids) + 10)
+    usage = out.usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (len(ids), 10, len(ids) + 10)
     by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0.0, extra_body=NO_EOS)
     assert by_ids.choices[0].text == out.choices[0].text
 

@@ -1,14 +1,15 @@
 """Drive a scheduler without a model, doing what the engine does after each forward pass."""
 
+from minivllm.core.bookkeeping import StepBookkeeping
+
 
 def run_step(sched, token: int = 1):
-    """Schedule one step, advance the computed counts, append ``token`` where a sequence samples, and
-    finish sequences that reached ``max_tokens``. Returns the scheduled batch."""
+    """Schedule one step and run the engine's bookkeeping on it synchronously: advance the computed
+    counts, append ``token`` where a sequence samples, and finish sequences that end by length. Returns
+    the scheduled batch."""
     batch = sched.schedule()
-    for seq, n in zip(batch.seqs, batch.num_new_tokens):
-        seq.num_computed_tokens += n
-        if seq.num_computed_tokens == len(seq):
-            seq.append(token)
-            if seq.num_output_tokens >= seq.params.max_tokens:
-                sched.finish(seq)
+    book = StepBookkeeping(sched, sched.max_model_len)
+    for seq in book.submitted(batch):
+        if book.accept(seq, token) and book.ends_by_length(seq):
+            book.finish(seq, "length")
     return batch

@@ -7,24 +7,26 @@ import random
 import pytest
 
 from minivllm import LLM, EngineConfig, SamplingParams
+from minivllm.core.interfaces import SchedulerConfig
 from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.cli import add_engine_arguments, engine_kwargs
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
-from tests.plugins.scheduling import run_step
 from tests.checkpoints import hf_greedy, random_prompts
 from tests.conftest import ARCHS
+from tests.plugins.scheduling import run_step
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 
 
-def make(llama_path, num_blocks, **kw):
-    config = EngineConfig(model=llama_path, kvcache_block_size=16, scheduler="chunked", **kw)
-    return ChunkedPrefillScheduler(config, PrefixCacheAllocator(num_blocks, 16), 2048)
+def make(num_blocks, max_num_seqs=512, max_num_batched_tokens=16384, scheduler_options=None):
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len=2048,
+                             scheduler_options=scheduler_options or {})
+    return ChunkedPrefillScheduler(config, PrefixCacheAllocator(num_blocks, 16))
 
 
-def test_a_step_mixes_decode_and_prefill_chunks(llama_path):
-    sched = make(llama_path, 100, max_num_batched_tokens=64)
+def test_a_step_mixes_decode_and_prefill_chunks():
+    sched = make(100, max_num_batched_tokens=64)
     short, long = Sequence([5] * 20, SamplingParams(max_tokens=50)), Sequence([6] * 150, SamplingParams(max_tokens=50))
     sched.add(short)
     assert run_step(sched).num_new_tokens == [20]
@@ -37,18 +39,19 @@ def test_a_step_mixes_decode_and_prefill_chunks(llama_path):
     assert step.num_new_tokens == [1, 24] and long.num_output_tokens == 1  # last chunk samples
 
 
-def test_long_prefill_threshold_caps_each_sequence(llama_path):
-    sched = make(llama_path, 100, max_num_batched_tokens=64, scheduler_options={"long_prefill_token_threshold": 16})
+def test_long_prefill_threshold_caps_each_sequence():
+    sched = make(100, max_num_batched_tokens=64, scheduler_options={"long_prefill_token_threshold": 16})
     a, b = Sequence([5] * 40, SamplingParams()), Sequence([6] * 40, SamplingParams())
     sched.add(a), sched.add(b)
     assert run_step(sched).num_new_tokens == [16, 16]
 
 
-def test_budget_and_seat_limits_hold_under_load(llama_path):
+def test_budget_and_seat_limits_hold_under_load():
     rng = random.Random(0)
-    sched = make(llama_path, 16, max_num_batched_tokens=48, max_num_seqs=5)
+    sched = make(16, max_num_batched_tokens=48, max_num_seqs=5)
     for _ in range(30):
-        sched.add(Sequence([rng.randrange(500) for _ in range(rng.randint(1, 120))], SamplingParams(max_tokens=rng.randint(1, 30))))
+        prompt = [rng.randrange(500) for _ in range(rng.randint(1, 120))]
+        sched.add(Sequence(prompt, SamplingParams(max_tokens=rng.randint(1, 30))))
     steps = mixed = 0
     while sched.has_unfinished():
         batch = run_step(sched)
@@ -115,4 +118,5 @@ def test_options_come_as_json_from_the_command_line(llama_path):
     add_engine_arguments(parser)
     args = parser.parse_args(["--scheduler", "chunked", "--scheduler-options", '{"long_prefill_token_threshold": 8}'])
     config = EngineConfig(model=llama_path, **engine_kwargs(args))
-    assert ChunkedPrefillScheduler(config, PrefixCacheAllocator(4, 16), 256).options.long_prefill_token_threshold == 8
+    sched = ChunkedPrefillScheduler(config.scheduler_config(max_model_len=256), PrefixCacheAllocator(4, 16))
+    assert sched.options.long_prefill_token_threshold == 8

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minivllm import EngineConfig
+from minivllm.core.interfaces import SchedulerConfig
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence, SequenceStatus
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
@@ -12,17 +12,17 @@ from tests.plugins.scheduling import run_step
 BS = 16
 
 
-def make(llama_path, num_blocks, **kw):
-    config = EngineConfig(model=llama_path, kvcache_block_size=BS, **kw)
-    return FCFSScheduler(config, PrefixCacheAllocator(num_blocks, BS, enable_prefix_caching=False), 1024)
+def make(num_blocks, max_num_seqs=512, max_num_batched_tokens=16384):
+    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len=1024)
+    return FCFSScheduler(config, PrefixCacheAllocator(num_blocks, BS, enable_prefix_caching=False))
 
 
 def seqs(*lengths):
     return [Sequence([1] * n, SamplingParams()) for n in lengths]
 
 
-def test_prefill_respects_token_budget_and_seq_limit(llama_path):
-    sched = make(llama_path, 100, max_num_batched_tokens=100, max_num_seqs=3)
+def test_prefill_respects_token_budget_and_seq_limit():
+    sched = make(100, max_num_batched_tokens=100, max_num_seqs=3)
     a, b, c, d = seqs(40, 50, 20, 5)
     for s in (a, b, c, d):
         sched.add(s)
@@ -35,8 +35,8 @@ def test_prefill_respects_token_budget_and_seq_limit(llama_path):
     assert list(sched.waiting) == [d]
 
 
-def test_decode_preempts_newest_and_it_resumes_first(llama_path):
-    sched = make(llama_path, 4)  # 64 token slots
+def test_decode_preempts_newest_and_it_resumes_first():
+    sched = make(4)  # 64 token slots
     a, b = seqs(32, 31)  # a: 2 blocks; b: 2 blocks (31 tokens + 1 sampled = 32)
     sched.add(a), sched.add(b)
     assert run_step(sched).seqs == [a, b]
@@ -50,16 +50,16 @@ def test_decode_preempts_newest_and_it_resumes_first(llama_path):
     assert resumed.seqs == [b] and resumed.num_new_tokens == [32]  # prompt + its generated tokens
 
 
-def test_lone_sequence_preempting_itself_is_impossible_for_admitted_requests(llama_path):
-    sched = make(llama_path, 2)
+def test_lone_sequence_preempting_itself_is_impossible_for_admitted_requests():
+    sched = make(2)
     with pytest.raises(ValueError, match="needs up to 40 tokens \\(3 KV blocks of 16\\) but the KV cache has only 2"):
         sched.check_request(10, 40)
     sched.check_request(10, 32)
 
 
-def test_requests_that_could_outgrow_the_budget_are_rejected(llama_path):
+def test_requests_that_could_outgrow_the_budget_are_rejected():
     """A resumed sequence is recomputed whole in one step: its prompt and generated tokens must fit the budget."""
-    sched = make(llama_path, 100, max_num_batched_tokens=64)
+    sched = make(100, max_num_batched_tokens=64)
     with pytest.raises(ValueError, match="a request of up to 70 tokens \\(a prompt of 60 plus max_tokens\\) exceeds "
                                          "max_num_batched_tokens=64"):
         sched.check_request(60, 70)

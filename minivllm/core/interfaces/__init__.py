@@ -5,7 +5,7 @@ from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
 from minivllm.core.interfaces.options import PluginOptions
 from minivllm.core.interfaces.sampler import Sampler, SamplingBatch, TokenLogprobs
-from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler
+from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 
 __all__ = [
     "Attention",
@@ -20,6 +20,7 @@ __all__ = [
     "SamplingBatch",
     "ScheduledBatch",
     "Scheduler",
+    "SchedulerConfig",
     "TokenLogprobs",
     "quantize_fp8",
 ]

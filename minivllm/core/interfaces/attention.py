@@ -127,7 +127,7 @@ class AttentionBackend(ABC):
         self.block_size = block_size
         self.dtype = dtype
 
-    def prepare(self, meta: AttentionMetadata) -> None:
+    def prepare(self, meta: AttentionMetadata) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called by the runner once per step, before the forward pass; may set ``meta.backend_state``."""
 
     @abstractmethod

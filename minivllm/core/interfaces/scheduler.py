@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.options import PluginOptions
 from minivllm.core.sequence import Sequence, SequenceQueue, SequenceStatus
 
-if TYPE_CHECKING:  # the config validates plugin names against the registries, which hold this interface
-    from minivllm.core.config import EngineConfig
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """What a scheduler is given, resolved: the engine builds it from the ``EngineConfig``
+    (:meth:`EngineConfig.scheduler_config`) once the model's context length is known."""
+
+    max_num_seqs: int  # sequences in one step, at most
+    max_num_batched_tokens: int  # new tokens in one step, at most
+    max_model_len: int  # the effective context length: the config's, capped by the model's positions
+    scheduler_options: dict[str, Any] = field(default_factory=dict)  # the policy's own settings, unvalidated
 
 
 @dataclass
@@ -52,17 +60,23 @@ class ScheduledBatch:
 
 class Scheduler(ABC):
     """Owns the waiting and running queues and the KV allocator. The engine calls :meth:`add` for new
-    requests, :meth:`schedule` at the start of each step and :meth:`finish` for sequences that end."""
+    requests, :meth:`schedule` at the start of each step and :meth:`finish` for sequences that end.
+
+    The engine constructs a scheduler as ``cls(config, allocator)``: a :class:`SchedulerConfig` and the
+    engine's :class:`KVAllocator`. A third-party scheduler that overrides ``__init__`` takes those two
+    arguments and calls ``super().__init__(config, allocator)``, which sets ``self.config``,
+    ``self.options`` (``config.scheduler_options`` validated by :attr:`Options`), ``self.allocator``,
+    ``self.max_model_len`` and the queues."""
 
     #: the policy's own settings, given as the config's ``scheduler_options`` (validated there, naming the
     #: field) and read as ``self.options``; a policy with settings subclasses it
     Options: ClassVar[type[PluginOptions]] = PluginOptions
 
-    def __init__(self, config: EngineConfig, allocator: KVAllocator, max_model_len: int):
+    def __init__(self, config: SchedulerConfig, allocator: KVAllocator):
         self.config = config
         self.options = self.Options.model_validate(config.scheduler_options)
         self.allocator = allocator
-        self.max_model_len = max_model_len
+        self.max_model_len = config.max_model_len
         self.waiting = SequenceQueue()
         self.running = SequenceQueue()
         self.num_preemptions = 0
@@ -94,7 +108,7 @@ class Scheduler(ABC):
     def match_head(self) -> Sequence:
         """The first waiting sequence, with its prefix-cache hits attached and counted as computed."""
         seq = self.waiting[0]
-        seq.num_computed_tokens = seq.num_cached_tokens = self.allocator.match_prefix(seq)
+        seq.num_computed_tokens = self.allocator.match_prefix(seq)
         return seq
 
     def admit_head(self, seq: Sequence, num_new_tokens: int) -> bool:
@@ -111,7 +125,7 @@ class Scheduler(ABC):
     def unmatch(self, seq: Sequence) -> None:
         """Release the prefix hits of a sequence that stays waiting."""
         self.allocator.free(seq)
-        seq.num_computed_tokens = seq.num_cached_tokens = 0
+        seq.num_computed_tokens = 0
 
     def reserve(self, seq: Sequence, num_new_tokens: int, batch: ScheduledBatch) -> bool:
         """Allocate blocks for ``num_new_tokens`` more tokens of a running sequence, preempting the newest
