@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     add_entrypoint_parsers(sub)
     add_bench_parser(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `serve --data-parallel-size` passes it on
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         args.func(args)

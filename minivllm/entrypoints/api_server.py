@@ -65,8 +65,8 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
         return error_response(500, f"internal error: {type(e).__name__}: {e}")
 
     @app.get("/health")
-    async def health():
-        return Response(status_code=200)
+    async def health():  # 200 once the model is loaded (the app exists only then); 503 while draining
+        return Response(status_code=200 if engine.ready else 503)
 
     @app.get("/v1/models")
     async def models():

@@ -164,6 +164,13 @@ class AsyncLLM:
             self._accepting = False
         self._post("abort_all", None)
 
+    @property
+    def ready(self) -> bool:
+        """Whether new requests are taken: the model is loaded (it is once this object exists) and no
+        shutdown has begun. A server's ``/health`` answers 503 otherwise, so a router or a readiness probe
+        stops sending requests to a draining replica."""
+        return self._accepting and not self._stopped
+
     def stats(self) -> dict:
         """Queue lengths and KV-cache use (read without the loop's lock: each value is one read)."""
         scheduler, allocator = self.engine.scheduler, self.engine.allocator

@@ -90,6 +90,12 @@ def cmd_serve(args) -> None:
     from minivllm.entrypoints.async_llm import AsyncLLM
     from minivllm.entrypoints.settings import ServerSettings
 
+    if args.data_parallel_size > 1:
+        from minivllm.entrypoints.replicas import replica_arguments, serve_replicas
+
+        argv = args.argv[args.argv.index("serve") + 1 :]
+        raise SystemExit(serve_replicas(replica_arguments(argv), args.data_parallel_size, args.host, args.port,
+                                        args.router_policy, args.tensor_parallel_size or 1, args.device or "auto"))
     settings = ServerSettings(
         api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
         **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
@@ -164,6 +170,12 @@ def add_parsers(sub) -> None:
                                                    "SmolLM2-135M-Instruct for the embedded one)")
     serve.add_argument("--chat-template",
                        help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
+    serve.add_argument("--data-parallel-size", "-dp", type=int, default=1,
+                       help="N > 1: N replicas (one GPU each, or a share of the CPU cores) on ports PORT+1..PORT+N "
+                            "behind sglang-router on PORT (needs the 'router' extra)")
+    serve.add_argument("--router-policy", default="cache_aware",
+                       help="the router's policy with --data-parallel-size: cache_aware, round_robin, "
+                            "power_of_two or random")
     serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_server_arguments(serve)
     add_engine_arguments(serve)
