@@ -20,7 +20,6 @@ import socket
 import time
 
 import httpx
-
 from serve import MODEL_NAME, scrape
 
 CASES = ("never-reading", "huge-answer", "fan-out", "stop-strings", "long-prompts", "idle-connections")

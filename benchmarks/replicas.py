@@ -65,7 +65,8 @@ def ask(client: openai.OpenAI, i: int, max_tokens: int) -> tuple[str, int]:
                                          stream_options={"include_usage": True} if stream else None)
     if stream:
         chunks = list(out)
-        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks[-1].usage.completion_tokens
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return text, chunks[-1].usage.completion_tokens
     return out.choices[0].message.content, out.usage.completion_tokens
 
 

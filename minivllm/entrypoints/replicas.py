@@ -41,8 +41,8 @@ def replica_environments(n: int, tensor_parallel_size: int, device: str) -> list
         if n * tensor_parallel_size > count:
             raise ValueError(f"--data-parallel-size {n} x --tensor-parallel-size {tensor_parallel_size} needs "
                              f"{n * tensor_parallel_size} GPUs, and {count} are visible")
-        return [{"CUDA_VISIBLE_DEVICES": ",".join(str(i * tensor_parallel_size + r) for r in range(tensor_parallel_size))}
-                for i in range(n)]
+        tp = tensor_parallel_size
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(str(i * tp + r) for r in range(tp))} for i in range(n)]
     threads = max(1, (os.cpu_count() or 1) // (n * tensor_parallel_size))
     return [{"OMP_NUM_THREADS": str(threads)} for _ in range(n)]
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from minivllm.entrypoints.async_llm import AsyncLLM
 from minivllm.entrypoints.errors import APIError
 
-
 SHORT_CHARS = 4096  # a request this short is never refused: shortest first, it waits for one job at most
 
 

@@ -87,7 +87,8 @@ def _pid_listening_on(port: int) -> int:
 def _ask(client: openai.OpenAI, i: int) -> str:
     prompt = f"request {i % 5}"
     if i % 2:
-        out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, stream=bool(i % 4 == 1))
+        out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0,
+                                        stream=i % 4 == 1)
         return "".join(c.choices[0].text for c in out) if i % 4 == 1 else out.choices[0].text
     out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=8,
                                          temperature=0)
@@ -103,7 +104,7 @@ def test_two_replicas_behind_the_router(llama_path, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "minivllm.cli", "serve", llama_path, "--served-model-name", "tiny",
                              "--chat-template", str(template), *SMALL, "--port", str(port), "--uvicorn-log-level",
                              "warning", "--data-parallel-size", "2", "--router-policy", "round_robin"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "MINIVLLM_API_KEY": "k"})  # each replica reads it
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "MINIVLLM_API_KEY": "k"})  # read by each replica
     base, replicas = f"http://127.0.0.1:{port}", [f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}"]
     try:
         deadline = time.monotonic() + 120
