@@ -20,30 +20,13 @@ from dataclasses import dataclass, field
 from minivllm.core.config import EngineConfig
 from minivllm.core.default_model import model_id
 from minivllm.core.engine import LLMEngine
-from minivllm.core.interfaces import TokenLogprobs
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.metrics import EngineMetrics
-from minivllm.entrypoints.output_queue import OutputQueue
+from minivllm.entrypoints.output_queue import OutputQueue, StreamOutput
 from minivllm.entrypoints.outputs import releasable_text
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StreamOutput:
-    """What one completion of a request gained in one step."""
-
-    request_id: str
-    index: int  # which of the request's n completions
-    text: str  # new text (never a split character, never the start of a stop string that will be cut)
-    token_ids: list[int]  # new token ids
-    logprobs: list[TokenLogprobs]  # of the new tokens, when the request asked for logprobs
-    finish_reason: str | None  # "stop", "length" or "abort" (aborted, or the server shut down) once it ends
-    stop_reason: int | str | None
-    num_prompt_tokens: int
-    num_output_tokens: int  # of this completion so far
-    finished: bool  # every completion of the request has ended
 
 
 class EngineClosedError(RuntimeError):

@@ -1,14 +1,30 @@
-"""The caller's side of a request's outputs: :class:`OutputQueue`, where the engine loop's outputs for one
-request wait for its caller to read them, bounded."""
+"""The caller's side of a request's outputs: :class:`StreamOutput`, what one completion gained in one
+step, and :class:`OutputQueue`, where the engine loop's outputs for one request wait, bounded, for its
+caller to read them."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from minivllm.entrypoints.async_llm import StreamOutput
+from minivllm.core.interfaces import TokenLogprobs
+
+
+@dataclass
+class StreamOutput:
+    """What one completion of a request gained in one step."""
+
+    request_id: str
+    index: int  # which of the request's n completions
+    text: str  # new text (never a split character, never the start of a stop string that will be cut)
+    token_ids: list[int]  # new token ids
+    logprobs: list[TokenLogprobs]  # of the new tokens, when the request asked for logprobs
+    finish_reason: str | None  # "stop", "length" or "abort" (aborted, or the server shut down) once it ends
+    stop_reason: int | str | None
+    num_prompt_tokens: int
+    num_output_tokens: int  # of this completion so far
+    finished: bool  # every completion of the request has ended
 
 
 class StreamBufferFullError(RuntimeError):
