@@ -103,12 +103,18 @@ def test_body_bytes_are_bounded(small):
     assert scrape(base_url)["kv_cache_used_blocks"] == 0
 
 
-def test_tokenizing_runs_off_the_event_loop(tiny_engine):
-    """A prompt of 1.3 M characters takes about a second to tokenize; meanwhile /health still answers at
-    once (tokenized on the event loop, it waited for all of it)."""
+def test_tokenizing_runs_off_the_event_loop(tiny_engine, monkeypatch):
+    """A prompt of 1.3 M characters takes about a second to tokenize, and tokenizing is made to take a
+    second longer here, so on the event loop it would hold /health for seconds on any machine; off the
+    loop, /health still answers at once."""
     text = "The capital of France is Paris. " * 40_000
 
+    def slow_encode(*args, encode=tiny_engine.tokenizer.encode, **kwargs):
+        time.sleep(1.0)
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_engine.tokenizer, "encode", slow_encode)
     with serving(tiny_engine, max_prompt_chars=2_000_000, max_body_bytes=4 * 2**20) as base_url:
         response, took, latencies = health_while(base_url, {"json": {"prompt": text, "max_tokens": 1}})
         assert response.status_code == 400 and "too long" in response.json()["error"]["message"]
-        assert len(latencies) > 5 and max(latencies) < took / 3, (max(latencies), took)
+        assert took > 1.0 and len(latencies) > 5 and max(latencies) < 0.5, (max(latencies), took)
