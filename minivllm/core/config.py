@@ -89,6 +89,17 @@ class EngineConfig(BaseModel):
         backend.check_kv_cache_dtype(self.kv_cache_dtype)
         return self
 
+    def effective_max_model_len(self, max_position_embeddings: int | None) -> int:
+        """The context length the engine runs with. The default (4096) is capped at the model's
+        ``max_position_embeddings``; a ``max_model_len`` given above it is refused, as vLLM does, rather than
+        silently cut."""
+        if max_position_embeddings is None or self.max_model_len <= max_position_embeddings:
+            return self.max_model_len
+        if "max_model_len" in self.model_fields_set:
+            raise ValueError(f"max_model_len={self.max_model_len} is more than the model's context "
+                             f"(max_position_embeddings={max_position_embeddings}): give at most that")
+        return max_position_embeddings
+
     def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
         """The scheduler's settings, with the effective ``max_model_len`` (the model may cap the config's)."""
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_model_len, self.scheduler_options)
