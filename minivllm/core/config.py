@@ -14,6 +14,9 @@ from minivllm.core.default_model import default_model
 from minivllm.core.interfaces.scheduler import SchedulerConfig
 from minivllm.core.model_source import looks_like_hub_id
 
+# vLLM's spellings of a dtype, accepted as it accepts them (`--dtype half`)
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}
+
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -60,6 +63,11 @@ class EngineConfig(BaseModel):
         if not os.path.exists(v) and not looks_like_hub_id(v):
             raise ValueError(f"model path {v!r} does not exist, and it is not a Hugging Face hub id (Org/name)")
         return v
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, v):
+        return DTYPE_ALIASES.get(v, v)
 
     @field_validator("scheduler_options", mode="before")
     @classmethod
