@@ -20,10 +20,13 @@ import logging
 from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 
+import torch
+
 from minivllm.core import plugins
 from minivllm.core.bookkeeping import StepBookkeeping
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
+from minivllm.core.cpu import choose_threads
 from minivllm.core.detokenizer import IncrementalDetokenizer
 from minivllm.core.executor import WorkerError, create_executor
 from minivllm.core.interfaces import ScheduledBatch
@@ -56,6 +59,9 @@ class LLMEngine:
         self.tokenizer = self.checkpoint.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self.checkpoint.eos_token_ids(self.tokenizer)
         # one ModelRunner in this process, or with tensor parallelism one per rank
+        if config.torch_device.type == "cpu" and (threads := choose_threads()) is not None:
+            torch.set_num_threads(threads)
+            logger.info("CPU: %d intra-op thread(s), one per core idle now (OMP_NUM_THREADS=N to choose)", threads)
         self.executor = create_executor(config, self.checkpoint, self.max_model_len)
         num_blocks = config.num_kvcache_blocks
         if num_blocks == -1:
