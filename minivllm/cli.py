@@ -8,17 +8,19 @@ import logging
 import sys
 import textwrap
 
+from minivllm.entrypoints.cli import add_engine_arguments, add_model_arguments
+
 
 def cmd_generate(args) -> None:
     from minivllm import LLM
-    from minivllm.entrypoints.cli import sampling_params
+    from minivllm.entrypoints.cli import engine_kwargs, model_argument, sampling_params
 
     # the flags are checked before the model loads: a typo should not cost the load
-    params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed,
+                             top_p=args.top_p, top_k=args.top_k, n=args.n)
 
     # the prompts run as one batch, so the KV cache needs room for that many sequences, no more
-    llm = LLM(args.model, revision=args.revision, max_model_len=args.max_model_len, device=args.device,
-              max_num_seqs=len(args.prompt), tensor_parallel_size=args.tensor_parallel_size)
+    llm = LLM(model_argument(args), **{"max_num_seqs": len(args.prompt) * args.n, **engine_kwargs(args)})
     prompts = []
     for text in args.prompt:
         if args.chat and llm.tokenizer.chat_template:
@@ -28,7 +30,8 @@ def cmd_generate(args) -> None:
         else:
             prompts.append(text)
     for out in llm.generate(prompts, params, use_tqdm=False):
-        print(out["text"].strip())
+        for completion in out["outputs"]:
+            print(completion["text"].strip())
     llm.close()
 
 
@@ -81,15 +84,15 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate text for one or more prompts")
     gen.add_argument("prompt", nargs="+", help="prompt text (several prompts run as one batch)")
-    gen.add_argument("--model", help="checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2-135M)")
-    gen.add_argument("--revision", help="hub revision (branch, tag or commit) of a hub id (default: main)")
     gen.add_argument("--max-tokens", type=int, default=64)
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--max-model-len", type=int, default=4096)
-    gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    gen.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks (GPUs or CPU processes), 1-8")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=-1, help="-1 = off (default)")
+    gen.add_argument("-n", type=int, default=1, help="completions per prompt, each printed on its own line")
+    gen.add_argument("--seed", type=int, default=None, help="the requests' sampling seed")
     gen.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
+    add_model_arguments(gen, positional=False)  # the positional arguments are prompts
+    add_engine_arguments(gen, skip=("seed",))  # --seed is the requests'
     gen.set_defaults(func=cmd_generate)
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
     plug.set_defaults(func=cmd_plugins)

@@ -8,14 +8,13 @@ from collections.abc import Sequence as SequenceABC
 from tqdm.auto import tqdm
 
 from minivllm.core.config import EngineConfig
-from minivllm.core.engine import LLMEngine
+from minivllm.core.engine import LLMEngine, is_token_ids
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.chat import chat_prompt
 from minivllm.entrypoints.outputs import completion, releasable_text
 
 Prompt = str | list[int]
-_NOT_A_PROMPT = "a prompt must be a string or a list of token ids"
 Message = dict[str, str]
 
 
@@ -122,10 +121,7 @@ class LLM:
         requests = []
         for i, (prompt, params) in enumerate(zip(prompts, sampling_params)):
             try:
-                if isinstance(prompt, str) and self.tokenizer is None:
-                    raise ValueError("this checkpoint has no tokenizer: pass token ids")
-                token_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-                requests.append(self.engine.make_sequences(token_ids, params, detokenize))
+                requests.append(self.engine.make_sequences(self.engine.encode(prompt), params, detokenize))
             except ValueError as e:
                 raise ValueError(f"prompt {i}: {e}") from None
         for group in requests:
@@ -140,18 +136,14 @@ class LLM:
 
     @staticmethod
     def _as_prompt_list(prompts) -> list[Prompt]:
-        """One prompt or a sequence of them as a list; anything else raises ValueError naming the prompt,
-        as a bad request does (a bare ``list(123)`` would raise an unhelpful TypeError)."""
-        if isinstance(prompts, str):
-            return [prompts]
-        if not isinstance(prompts, SequenceABC):
-            raise ValueError(f"prompt 0: {_NOT_A_PROMPT}, got {type(prompts).__name__}")
-        if prompts and all(isinstance(t, int) for t in prompts):
-            return [list(prompts)]  # a single prompt of token ids
-        for i, p in enumerate(prompts):
-            if not isinstance(p, str) and not (isinstance(p, SequenceABC) and all(isinstance(t, int) for t in p)):
-                raise ValueError(f"prompt {i}: {_NOT_A_PROMPT}, got {type(p).__name__}")
-        return [p if isinstance(p, str) else list(p) for p in prompts]
+        """One prompt or a sequence of them as a list of prompts; what is no prompt is checked, with the
+        prompt's index, where the prompts are encoded (LLMEngine.encode)."""
+        if isinstance(prompts, str) or (prompts and is_token_ids(prompts)):
+            return [prompts]  # a single prompt
+        if not isinstance(prompts, SequenceABC) or isinstance(prompts, (bytes, bytearray)) or (
+                prompts and all(isinstance(p, int) for p in prompts)):  # bools, or ints and bools mixed
+            return [prompts]  # not a prompt: encode() says why
+        return list(prompts)
 
 
 def _raise_failed(updated: list[Sequence], requests: list[list[Sequence]]) -> None:

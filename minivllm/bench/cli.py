@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 
 from minivllm.bench.workloads import WORKLOADS
+from minivllm.entrypoints.cli import add_model_arguments, model_argument
 
 
 def add_parser(sub) -> None:
@@ -14,8 +15,7 @@ def add_parser(sub) -> None:
         description="Run each configuration (arm) in its own processes, cross-check their greedy outputs, "
                     "time interleaved repeats, and compare output tokens/s to the first arm with a bootstrap "
                     "95% interval and a verdict.")
-    bench.add_argument("model", nargs="?", default=None,
-                       help="checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2-135M)")
+    add_model_arguments(bench)
     bench.add_argument("--workload", default="random",
                        help=f"{', '.join(WORKLOADS)} or file:PATH.jsonl (default: random)")
     bench.add_argument("--num-prompts", type=int, default=None,
@@ -46,10 +46,10 @@ def run(args: argparse.Namespace) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after it
         raise SystemExit("error: --plot needs matplotlib: pip install 'minivllm[plot]'")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
-    from minivllm.entrypoints.cli import sampling_params
+    from minivllm.entrypoints.cli import sampling_params  # noqa: I001 (after the plot check: imports pydantic)
 
     sampling_params(**sampling)  # bad flags fail here, before any arm loads the model
-    model = args.model
+    model = model_argument(args)
     if model is None:
         from minivllm.core.default_model import default_model
 

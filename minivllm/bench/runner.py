@@ -9,6 +9,7 @@ A process per run means a fresh allocator and CUDA context: nothing carries over
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,8 +20,10 @@ from tqdm.auto import tqdm
 from minivllm.bench.arms import Arm, build_arms
 from minivllm.bench.report import ArmResult, BenchResult, summarise_arm
 from minivllm.bench.stats import compare_samples
-from minivllm.bench.workloads import check_name, make_workload, tokenize
+from minivllm.bench.workloads import check_name, make_workload, short_prefix_note, tokenize
 from minivllm.core.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 CHECK_PROMPTS = 16
 DEFAULT_SAMPLING = {"temperature": 0.6}  # nano-vllm's bench; ignore_eos is always on
@@ -44,6 +47,9 @@ def compare(model: str, arms: list[dict] | None = None, workload: str = "random"
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     check_name(workload)
     built = build_arms(model, arms or [{}], settings)
+    for block_size in sorted({arm.config.kvcache_block_size for arm in built}):
+        if note := short_prefix_note(workload, max_input_len, block_size):
+            logger.warning(note)
     sampling = dict(DEFAULT_SAMPLING if sampling is None else sampling)
     if {"max_tokens", "ignore_eos"} & sampling.keys():
         raise ValueError("sampling: max_tokens comes from the workload and ignore_eos is always on")
@@ -93,7 +99,8 @@ def run_arm(arm: Arm, mode: str, common: dict, tmp: str, bar) -> dict:
     """Run ``python -m minivllm.bench.worker`` for one arm; advance ``bar`` by its finished requests."""
     stem = os.path.join(tmp, f"{len(os.listdir(tmp))}-{mode}")
     with open(stem + ".spec.json", "w") as f:
-        json.dump({**common, "mode": mode, "config": arm.config.model_dump()}, f)
+        # what was set, no more: a max_model_len left at its default is capped by the model, a given one is checked
+        json.dump({**common, "mode": mode, "config": arm.config.model_dump(exclude_unset=True)}, f)
     with open(stem + ".stderr", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "minivllm.bench.worker", stem + ".spec.json", stem + ".json"],
                                 stdout=subprocess.PIPE, stderr=err, text=True)

@@ -24,6 +24,7 @@ all); ``max_output_len`` caps ``max_tokens``.
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import dataclass
 
@@ -58,6 +59,27 @@ def scaled(lo: int, hi: int, factor: float) -> tuple[int, int]:
 def check_name(name: str) -> None:
     if name not in WORKLOADS and not name.startswith("file:"):
         raise ValueError(f"unknown workload {name!r}; choose one of {', '.join(WORKLOADS)} or file:PATH.jsonl")
+    if name.startswith("file:") and not os.path.isfile(path := name.removeprefix("file:")):
+        raise ValueError(f"workload file {path!r} does not exist")
+
+
+def input_factor(spec: Spec, max_input_len: int | None) -> float:
+    """How much ``max_input_len`` scales the workload's prompt lengths down (1: not at all)."""
+    return min(1.0, max_input_len / (spec.prefix_len + spec.input_range[1])) if max_input_len else 1.0
+
+
+def short_prefix_note(name: str, max_input_len: int | None, block_size: int) -> str | None:
+    """What to tell the user when the shared system prompt is shorter than one KV block: the prefix cache
+    shares only full blocks, so it can change nothing on this workload. None when the prefix fills a block."""
+    spec = WORKLOADS.get(name)
+    if spec is None or not spec.prefix_len:
+        return None
+    prefix = int(spec.prefix_len * input_factor(spec, max_input_len))
+    if prefix >= block_size:
+        return None
+    return (f"workload {name!r}: the shared prompt is {prefix} tokens, shorter than one KV block ({block_size} "
+            "tokens), and the prefix cache shares only full blocks, so prefix caching can show nothing here: raise "
+            "--max-input-len or lower kvcache_block_size (--set kvcache_block_size=16)")
 
 
 def make_workload(name: str, num_prompts: int | None = None, vocab_size: int = 10000, seed: int = 0,
@@ -70,8 +92,7 @@ def make_workload(name: str, num_prompts: int | None = None, vocab_size: int = 1
         return read_jsonl(name.removeprefix("file:"), num_prompts, max_output_len)
     spec = WORKLOADS[name]
     n = num_prompts or DEFAULT_NUM_PROMPTS
-    longest_input = spec.prefix_len + spec.input_range[1]
-    in_factor = min(1.0, max_input_len / longest_input) if max_input_len else 1.0
+    in_factor = input_factor(spec, max_input_len)
     out_factor = min(1.0, max_output_len / spec.output_range[1]) if max_output_len else 1.0
     in_lo, in_hi = scaled(*spec.input_range, in_factor)
     out_lo, out_hi = scaled(*spec.output_range, out_factor)

@@ -14,6 +14,9 @@ from minivllm.core.default_model import default_model
 from minivllm.core.interfaces.scheduler import SchedulerConfig
 from minivllm.core.model_source import looks_like_hub_id
 
+# vLLM's spellings of a dtype, accepted as it accepts them (`--dtype half`)
+DTYPE_ALIASES = {"half": "float16", "float": "float32"}
+
 
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,6 +64,11 @@ class EngineConfig(BaseModel):
             raise ValueError(f"model path {v!r} does not exist, and it is not a Hugging Face hub id (Org/name)")
         return v
 
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _dtype_alias(cls, v):
+        return DTYPE_ALIASES.get(v, v)
+
     @field_validator("scheduler_options", mode="before")
     @classmethod
     def _json_object(cls, v):
@@ -88,6 +96,17 @@ class EngineConfig(BaseModel):
         backend.check_block_size(self.kvcache_block_size)
         backend.check_kv_cache_dtype(self.kv_cache_dtype)
         return self
+
+    def effective_max_model_len(self, max_position_embeddings: int | None) -> int:
+        """The context length the engine runs with. The default (4096) is capped at the model's
+        ``max_position_embeddings``; a ``max_model_len`` given above it is refused, as vLLM does, rather than
+        silently cut."""
+        if max_position_embeddings is None or self.max_model_len <= max_position_embeddings:
+            return self.max_model_len
+        if "max_model_len" in self.model_fields_set:
+            raise ValueError(f"max_model_len={self.max_model_len} is more than the model's context "
+                             f"(max_position_embeddings={max_position_embeddings}): give at most that")
+        return max_position_embeddings
 
     def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
         """The scheduler's settings, with the effective ``max_model_len`` (the model may cap the config's)."""

@@ -17,12 +17,16 @@ collected after a submit differs (the one just submitted, or the one before).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
+
+import torch
 
 from minivllm.core import plugins
 from minivllm.core.bookkeeping import StepBookkeeping
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
+from minivllm.core.cpu import choose_threads
 from minivllm.core.detokenizer import IncrementalDetokenizer
 from minivllm.core.executor import WorkerError, create_executor
 from minivllm.core.interfaces import ScheduledBatch
@@ -50,11 +54,14 @@ class LLMEngine:
         arch = self.checkpoint.architecture
         if arch not in plugins.models:
             raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(plugins.models.names())}")
-        self.max_model_len = min(config.max_model_len, getattr(hf, "max_position_embeddings", config.max_model_len))
+        self.max_model_len = config.effective_max_model_len(getattr(hf, "max_position_embeddings", None))
         self.vocab_size = hf.vocab_size
         self.tokenizer = self.checkpoint.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self.checkpoint.eos_token_ids(self.tokenizer)
         # one ModelRunner in this process, or with tensor parallelism one per rank
+        if config.torch_device.type == "cpu" and (threads := choose_threads()) is not None:
+            torch.set_num_threads(threads)
+            logger.info("CPU: %d intra-op thread(s), one per core idle now (OMP_NUM_THREADS=N to choose)", threads)
         self.executor = create_executor(config, self.checkpoint, self.max_model_len)
         num_blocks = config.num_kvcache_blocks
         if num_blocks == -1:
@@ -77,6 +84,20 @@ class LLMEngine:
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent)."""
         self.executor.close()
+
+    def encode(self, prompt: str | list[int]) -> list[int]:
+        """A prompt's token ids: a string tokenized, a sequence of token ids as a list. Anything else is a
+        ValueError, bytes and bools included (Python would read them as token ids)."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this checkpoint has no tokenizer: pass token ids")
+            return self.tokenizer.encode(prompt)
+        if not is_token_ids(prompt):
+            got = type(prompt).__name__
+            if isinstance(prompt, SequenceABC) and not isinstance(prompt, (bytes, bytearray)):
+                got = f"a {got} holding {type(next(t for t in prompt if not is_token_id(t))).__name__}"
+            raise ValueError(f"a prompt must be a string or a list of token ids, got {got}")
+        return list(prompt)
 
     def make_sequence(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> Sequence:
         """Validate a request; raises ValueError naming the problem. Nothing is queued. With
@@ -110,11 +131,13 @@ class LLMEngine:
     def make_sequences(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> list[Sequence]:
         """The ``params.n`` sequences of one request. They hold the same prompt, so the prefix cache
         shares its full KV blocks. Seeded requests give completion ``i`` the seed ``seed + i`` (as vLLM)."""
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
         if params.n == 1:
             return [self.make_sequence(token_ids, params, detokenize)]
         return [
             self.make_sequence(token_ids, params.model_copy(
-                update={"n": 1, "seed": None if params.seed is None else params.seed + i}), detokenize)
+                update={"n": 1, "seed": None if params.seed is None else _wrap64(params.seed + i)}), detokenize)
             for i in range(params.n)
         ]
 
@@ -244,3 +267,18 @@ class LLMEngine:
         detok.text = detok.text[: index + len(stop) if seq.params.include_stop_str_in_output else index]
         seq.stop_reason = stop
         return True
+
+
+def _wrap64(seed: int) -> int:
+    """A seed + completion index kept a signed 64-bit integer (2**63 - 1 + 1 wraps to -2**63)."""
+    return (seed + 2**63) % 2**64 - 2**63
+
+
+def is_token_id(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_token_ids(prompt) -> bool:
+    """A prompt of token ids: a sequence of ints (not bools), but not bytes (a sequence of ints to Python)."""
+    return (isinstance(prompt, SequenceABC) and not isinstance(prompt, (str, bytes, bytearray))
+            and all(is_token_id(t) for t in prompt))

@@ -5,6 +5,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_LOGPROBS = 20  # as vLLM's default max_logprobs (and OpenAI's top_logprobs limit)
+# a temperature below this is greedy decoding (vLLM's _SAMPLING_EPS): dividing logits by 1e-38 overflows them to
+# inf, and the softmax of those is NaN, which would sample token 0 forever
+GREEDY_BELOW = 1e-5
 
 
 class SamplingParams(BaseModel):
@@ -12,14 +15,15 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n: int = Field(1, ge=1, description="completions per prompt; they share the prompt's KV blocks")
-    temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding")
+    temperature: float = Field(1.0, ge=0.0, description=f"0 (or below {GREEDY_BELOW}) means greedy decoding")
     max_tokens: int = Field(64, ge=1)
     min_tokens: int = Field(0, ge=0, description="EOS, stop tokens and stop strings cannot end the output sooner")
     ignore_eos: bool = False
     top_k: int = Field(-1, description="-1 or 0 keeps the whole vocabulary (so does any k >= its size)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, gt=0.0, description="> 1 discourages prompt and output tokens")
+    repetition_penalty: float = Field(1.0, ge=0.01, description="> 1 discourages prompt and output tokens, < 1 "
+                                      "favours them; at least 0.01: a seen token's logit divided by 1e-40 overflows")
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted once per output token seen")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted per occurrence in the output")
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
@@ -56,9 +60,15 @@ class SamplingParams(BaseModel):
             raise ValueError("stop strings must not be empty")
         return self
 
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> SamplingParams:
+        """A copy with ``update`` applied and validated (pydantic's own copies ``update`` in unchecked, so
+        ``update={"temperature": -1}`` would sample)."""
+        copy = super().model_copy(deep=deep)
+        return type(self).model_validate({**copy.model_dump(), **update}) if update else copy
+
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW
 
     @property
     def penalised(self) -> bool:

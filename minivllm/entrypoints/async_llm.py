@@ -129,11 +129,7 @@ class AsyncLLM:
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn, *args)
 
     def encode(self, prompt: str | list[int]) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("this checkpoint has no tokenizer: pass token ids")
-            return self.tokenizer.encode(prompt)
-        return list(prompt)
+        return self.engine.encode(prompt)
 
     def abort(self, request_id: str) -> None:
         """Stop a request; the loop frees its KV blocks before its next step. Unknown ids are ignored."""

@@ -8,35 +8,63 @@ import sys
 import types
 import typing
 
+MODEL_HELP = "checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2-135M)"
+VLLM_SHORT_FLAGS = {"tensor_parallel_size": "-tp"}  # vLLM's short forms
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per :class:`EngineConfig` setting (but ``model``), typed from its annotation."""
-    from minivllm.core.config import EngineConfig
+
+def add_model_arguments(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """The model, given as vLLM takes it: ``serve MODEL`` or ``serve --model MODEL`` (``generate``, whose
+    positional arguments are prompts, takes ``--model`` only). :func:`model_argument` reads it."""
+    if positional:
+        parser.add_argument("model", nargs="?", default=None, help=MODEL_HELP)
+    parser.add_argument("--model", dest="model_flag", metavar="MODEL", default=None, help=MODEL_HELP)
+
+
+def model_argument(args: argparse.Namespace) -> str | None:
+    """The model given positionally or by ``--model`` (both: they must agree); None: the default."""
+    positional, flag = getattr(args, "model", None), args.model_flag
+    if positional is not None and flag is not None and positional != flag:
+        raise ValueError(f"two models given: {positional!r} and --model {flag!r}")
+    return flag if flag is not None else positional
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per :class:`EngineConfig` setting (but ``model`` and ``skip``), typed from its
+    annotation; vLLM's ``-tp``, ``--dtype half`` and ``--trust-remote-code`` (a no-op) are accepted too."""
+    from minivllm.core.config import DTYPE_ALIASES, EngineConfig
 
     group = parser.add_argument_group("engine settings (as LLM(...)'s)")
+    group.add_argument("--trust-remote-code", action="store_true",
+                       help="accepted for vLLM's command lines; no effect: minivllm runs no code from a checkpoint")
     for name, field in EngineConfig.model_fields.items():
-        if name == "model":
+        if name == "model" or name in skip:
             continue
         flag, annotation = "--" + name.replace("_", "-"), field.annotation
+        flags = (VLLM_SHORT_FLAGS[name], flag) if name in VLLM_SHORT_FLAGS else (flag,)
         if annotation is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=field.description)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=field.description)
             continue
         kwargs: dict = {"default": None, "help": field.description or f"default: {field.default}"}
         if typing.get_origin(annotation) is typing.Literal:
-            kwargs["choices"] = typing.get_args(annotation)
+            kwargs["choices"] = typing.get_args(annotation) + (tuple(DTYPE_ALIASES) if name == "dtype" else ())
         elif typing.get_origin(annotation) is dict:
             kwargs["metavar"] = "JSON"  # EngineConfig parses the object
         elif annotation in (int, float):
             kwargs["type"] = annotation
         elif not (annotation is str or isinstance(annotation, types.UnionType)):
             raise TypeError(f"no command-line type for EngineConfig.{name}: {annotation}")
-        group.add_argument(flag, **kwargs)
+        group.add_argument(*flags, **kwargs)
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """The engine settings given on the command line (the rest keep EngineConfig's defaults)."""
+    import logging
+
     from minivllm.core.config import EngineConfig
 
+    if getattr(args, "trust_remote_code", False):
+        logging.getLogger("minivllm").warning("--trust-remote-code has no effect: minivllm runs no code from a "
+                                              "checkpoint (its models are its own or plugins')")
     return {name: getattr(args, name) for name in EngineConfig.model_fields
             if name != "model" and getattr(args, name, None) is not None}
 
@@ -54,6 +82,7 @@ def sampling_params(**flags):
         problems = []
         for err in e.errors():
             flag = "--" + "-".join(str(part) for part in err["loc"]).replace("_", "-") if err["loc"] else "the flags"
+            flag = "-n" if flag == "--n" else flag
             got = f", not {err['input']!r}" if err["loc"] else ""
             problems.append(f"{flag}: {err['msg'].removeprefix('Value error, ')}{got}")
         raise ValueError("; ".join(problems)) from None
@@ -100,7 +129,7 @@ def cmd_serve(args) -> None:
         api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
         **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
     )
-    engine = AsyncLLM(args.model, served_model_name=args.served_model_name, **engine_kwargs(args))
+    engine = AsyncLLM(model_argument(args), served_model_name=args.served_model_name, **engine_kwargs(args))
     serve(engine, settings, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
 
 
@@ -112,7 +141,7 @@ def cmd_chat(args) -> None:
     # the flags are checked before the model loads: a typo should not cost the load
     params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens)
     # one conversation: a cache for more sequences would only reserve memory (unless set on the command line)
-    llm = LLM(args.model, **{"max_num_seqs": 1, **engine_kwargs(args)})
+    llm = LLM(model_argument(args), **{"max_num_seqs": 1, **engine_kwargs(args)})
     template = read_chat_template(args.chat_template)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     interactive = sys.stdin.isatty()
@@ -159,8 +188,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_parsers(sub) -> None:
     serve = sub.add_parser("serve", help="serve the OpenAI API (completions, chat, models, metrics) over HTTP")
-    serve.add_argument("model", nargs="?", help="checkpoint directory, .gguf file or hub id (default: the embedded "
-                                                "SmolLM2, served as SmolLM2-135M-Instruct)")
+    add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
@@ -182,7 +210,7 @@ def add_parsers(sub) -> None:
     serve.set_defaults(func=cmd_serve)
 
     chat = sub.add_parser("chat", help="chat with a model in the terminal (replies stream)")
-    chat.add_argument("--model", help="checkpoint directory, .gguf file or hub id (default: the embedded SmolLM2)")
+    add_model_arguments(chat)
     chat.add_argument("--system", help="a system message to start the conversation with")
     chat.add_argument("--chat-template", help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
     chat.add_argument("--max-tokens", type=int, default=256)

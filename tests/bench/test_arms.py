@@ -77,3 +77,33 @@ def test_bad_settings_fail_before_any_run(llama_path, monkeypatch, argv, message
     with pytest.raises(SystemExit) as exc:
         cli.main(["bench", llama_path, *argv])
     assert message in exc.value.code
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(*args, **kwargs):
+    raise _Stop
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--max-input-len", "64"], True),  # a 56-token shared prompt, 256-token blocks
+    (["--max-input-len", "64", "--set", "kvcache_block_size=16"], False),
+    ([], False),  # 1024 tokens: four blocks
+])
+def test_bench_says_when_the_shared_prefix_is_shorter_than_a_block(llama_path, monkeypatch, caplog, argv, said):
+    monkeypatch.setattr(bench_runner, "run_arm", _stop)  # what is said comes before any run
+    with pytest.raises(_Stop):
+        cli.main(["bench", llama_path, "--workload", "shared-prefix", "--ab", "kv_allocator=simple,prefix_cache",
+                  "--no-progress", *argv])
+    note = ("workload 'shared-prefix': the shared prompt is 56 tokens, shorter than one KV block (256 tokens), "
+            "and the prefix cache shares only full blocks")
+    assert (note in caplog.text) == said, caplog.text
+
+
+def test_a_missing_workload_file_is_an_error_not_a_traceback(llama_path, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_runner, "run_arm", _stop)
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", llama_path, "--workload", f"file:{tmp_path}/nothere.jsonl"])
+    assert exc.value.code == f"error: workload file '{tmp_path}/nothere.jsonl' does not exist"

@@ -56,7 +56,8 @@ def test_bad_engine_settings(llama_path, kwargs, message):
      ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2.0}, "min_p"),
      ({"temperature": float("inf")}, "temperature"), ({"temperature": float("nan")}, "temperature"),
      ({"repetition_penalty": float("inf")}, "repetition_penalty"),
-     ({"presence_penalty": float("nan")}, "presence_penalty"), ({"seed": 2**64}, "seed")],
+     ({"presence_penalty": float("nan")}, "presence_penalty"), ({"seed": 2**64}, "seed"),
+     ({"repetition_penalty": 1e-40}, "repetition_penalty")],
 )
 def test_bad_sampling_params(kwargs, field):
     with pytest.raises(ValidationError, match=field):
@@ -107,6 +108,55 @@ def test_prompt_type_and_params_count_are_checked(llm):
         llm.generate(123, use_tqdm=False)
     with pytest.raises(ValueError, match="got 2 sampling params for 1 prompts"):
         llm.generate(["hi"], [SamplingParams(), SamplingParams()], use_tqdm=False)
+
+
+@pytest.mark.parametrize(("prompt", "got"), [
+    (b"hello", "got bytes"), ([True, False], "got a list holding bool"), ([1, True], "got a list holding bool"),
+    (bytearray(b"hi"), "got bytearray")])
+def test_bytes_and_bools_are_no_token_ids(llm, prompt, got):
+    with pytest.raises(ValueError, match=f"prompt 0: a prompt must be a string or a list of token ids, {got}"):
+        llm.generate(prompt, use_tqdm=False)
+    with pytest.raises(ValueError, match=f"prompt 1: a prompt must be a string or a list of token ids, {got}"):
+        llm.generate([[1, 2], prompt], use_tqdm=False)
+
+
+@pytest.mark.parametrize("temperature", [1e-39, 1e-38, 1e-6])
+def test_a_temperature_too_small_to_divide_by_is_greedy(llm, temperature):
+    greedy = SamplingParams(temperature=0.0, max_tokens=6, ignore_eos=True)
+    expected = llm.generate([1, 2, 3], greedy, use_tqdm=False)[0]["tokens"]
+    tiny = SamplingParams(temperature=temperature, max_tokens=6, ignore_eos=True, top_p=0.5, top_k=3)
+    assert tiny.greedy
+    assert llm.generate([1, 2, 3], tiny, use_tqdm=False)[0]["tokens"] == expected
+
+
+def test_seeds_count_all_64_bits(llm):
+    def tokens(seed):
+        params = SamplingParams(temperature=1.0, max_tokens=8, ignore_eos=True, seed=seed)
+        return llm.generate([1, 2, 3], params, use_tqdm=False)[0]["tokens"]
+
+    assert tokens(5) == tokens(5)
+    assert tokens(5) != tokens(5 + 2**32)
+    assert tokens(-(2**63)) != tokens(2**62)
+    # n completions of the largest seed take seeds 2**63 - 1, then -2**63: still a signed 64-bit seed
+    params = SamplingParams(temperature=1.0, max_tokens=4, ignore_eos=True, seed=2**63 - 1, n=2)
+    assert len(llm.generate([1, 2, 3], params, use_tqdm=False)[0]["outputs"]) == 2
+
+
+@pytest.mark.parametrize(("update", "field"), [({"temperature": -1}, "temperature"), ({"n": 0}, "n"),
+                                               ({"min_tokens": 100}, "min_tokens")])
+def test_model_copy_validates_the_update(update, field):
+    with pytest.raises(ValidationError, match=field):
+        SamplingParams().model_copy(update=update)
+    assert SamplingParams().model_copy(update={"n": 3}).n == 3
+
+
+def test_max_model_len_above_the_models_context_is_refused(llama_path):
+    limit = json.loads(open(os.path.join(llama_path, "config.json")).read())["max_position_embeddings"]
+    with pytest.raises(ValueError, match=f"max_model_len={limit + 1} is more than the model's context "
+                                         rf"\(max_position_embeddings={limit}\)"):
+        LLM(llama_path, max_model_len=limit + 1, num_kvcache_blocks=4)
+    with LLM(llama_path, num_kvcache_blocks=4) as llm:  # the default (4096) is capped, as before
+        assert llm.engine.max_model_len == min(limit, 4096)
 
 
 def test_gguf_or_config_is_required(tmp_path):

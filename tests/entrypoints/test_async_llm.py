@@ -88,6 +88,12 @@ def test_bad_requests_raise_and_the_loop_keeps_serving(engine):
             engine.generate([5] * 200, SamplingParams(), "long")
         with pytest.raises(ValueError, match="vocabulary"):
             engine.generate([10**6], SamplingParams(), "oov")
+        with pytest.raises(ValueError, match="a prompt must be a string or a list of token ids, got int"):
+            engine.generate(123, SamplingParams(), "int")
+        with pytest.raises(ValueError, match="got a list holding bool"):
+            engine.generate([True, False], SamplingParams(), "bools")
+        with pytest.raises(ValueError, match="sampling params must be a SamplingParams, got dict"):
+            engine.generate("x", {"temperature": 0}, "dict")
         return await collect(engine, "Hi", SamplingParams(max_tokens=3, ignore_eos=True), "fine")
 
     texts, tokens, reasons = asyncio.run(main())

@@ -91,6 +91,10 @@ def test_out_of_range_values_name_the_field(client):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, logprobs=21)
     assert e.value.body["message"] == "logprobs: Input should be less than or equal to 20"
+    with pytest.raises(openai.BadRequestError) as e:  # it would overflow the logits to inf (token 0 forever)
+        client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"repetition_penalty": 1e-40})
+    assert e.value.body["message"] == "repetition_penalty: Input should be greater than or equal to 0.01"
+    assert e.value.body["param"] == "repetition_penalty"
     with pytest.raises(openai.BadRequestError) as e:  # a field the engine checks, named by the engine
         client.completions.create(model=MODEL, prompt="Hi", max_tokens=2, extra_body={"stop_token_ids": [10**12]})
     assert e.value.body["message"] == "stop token id 1000000000000 is outside the vocabulary [0, 512)"
@@ -186,6 +190,13 @@ def test_wrong_json_types_are_refused_not_coerced(server, field, value):
         return
     error = openai_error(httpx.post(server[0] + "/v1/completions", json=body), 400, "BadRequestError")
     assert error["param"] == field and error["message"].startswith(f"{field}: Input should be a valid ")
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy(client):
+    """temperature 1e-39 once divided the logits into inf and NaN, and sampled token 0 forever."""
+    greedy = client.completions.create(model=MODEL, prompt="Hi", max_tokens=6, temperature=0, extra_body=NO_EOS)
+    tiny = client.completions.create(model=MODEL, prompt="Hi", max_tokens=6, temperature=1e-39, extra_body=NO_EOS)
+    assert tiny.choices[0].text == greedy.choices[0].text
 
 
 def test_an_integer_is_a_valid_float(client):

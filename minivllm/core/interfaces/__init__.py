@@ -4,7 +4,7 @@ from minivllm.core.interfaces.attention import Attention, AttentionBackend, Atte
 from minivllm.core.interfaces.kv_allocator import KVAllocator
 from minivllm.core.interfaces.model import Model, ModelContext
 from minivllm.core.interfaces.options import PluginOptions
-from minivllm.core.interfaces.sampler import Sampler, SamplingBatch, TokenLogprobs
+from minivllm.core.interfaces.sampler import Sampler, SamplingBatch, TokenLogprobs, row_seed
 from minivllm.core.interfaces.scheduler import ScheduledBatch, Scheduler, SchedulerConfig
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "SchedulerConfig",
     "TokenLogprobs",
     "quantize_fp8",
+    "row_seed",
 ]

@@ -16,6 +16,19 @@ import torch
 
 from minivllm.core.sampling_params import SamplingParams
 
+_MASK64 = 2**64 - 1
+
+
+def row_seed(seed: int, step: int) -> int:
+    """The random key of a seeded row at one step: splitmix64 of (seed, step), 63 bits. Every bit of a 64-bit
+    seed moves every bit of the key, so seeds that differ only above bit 31 (5 and 5 + 2**32) draw different
+    noise even from a generator that keeps 32 bits of its seed (``torch.Generator`` on the CPU)."""
+    z = (seed * 0x9E3779B97F4A7C15 + step + 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & (2**63 - 1)
+
+
 # one generated token's log-probabilities: (the sampled token's, [(token id, logprob)] of the top k)
 TokenLogprobs = tuple[float, list[tuple[int, float]]]
 

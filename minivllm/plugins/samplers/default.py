@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from minivllm.core.interfaces import Sampler, SamplingBatch
+from minivllm.core.interfaces import Sampler, SamplingBatch, row_seed
 from minivllm.core.sampling import to_device
 
 
@@ -35,7 +35,7 @@ def exponential_noise(shape, batch: SamplingBatch, generator, device) -> torch.T
     for row, (p, step) in enumerate(zip(batch.params, batch.steps)):
         if p.seed is not None and not p.greedy:
             g = torch.Generator(device=device)
-            g.manual_seed((p.seed * 1_000_003 + step) & 0xFFFF_FFFF_FFFF_FFFF)
+            g.manual_seed(row_seed(p.seed, step))
             noise[row].exponential_(generator=g)
     return noise
 

@@ -26,19 +26,10 @@ import random
 
 import torch
 
-from minivllm.core.interfaces import Sampler, SamplingBatch
+from minivllm.core.interfaces import Sampler, SamplingBatch, row_seed
 from minivllm.core.sampling import to_device
 
 NUCLEUS_CANDIDATES = 1024  # candidates for a top-p row without top-k; the sort covers a nucleus wider than this
-_MASK63 = 2**63 - 1
-
-
-def _mix(seed: int, step: int) -> int:
-    """splitmix64 of (seed, step): a Philox key per seeded row and step."""
-    z = (seed * 0x9E3779B97F4A7C15 + step + 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFF_FFFF_FFFF_FFFF
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFF_FFFF_FFFF_FFFF
-    return (z ^ (z >> 31)) & _MASK63
 
 
 class FusedSampler(Sampler):
@@ -52,10 +43,9 @@ class FusedSampler(Sampler):
             return logits.argmax(dim=-1)
         params = batch.params
         device = logits.device
-        temps = [p.temperature for p in params]
-        seeds = [_mix(p.seed, step) if p.seed is not None else self.rng.getrandbits(63)
+        seeds = [row_seed(p.seed, step) if p.seed is not None else self.rng.getrandbits(63)
                  for p, step in zip(params, batch.steps)]
-        inv_temp = to_device([1.0 / t if t > 0 else 0.0 for t in temps], device, torch.float32)
+        inv_temp = to_device([0.0 if p.greedy else 1.0 / p.temperature for p in params], device, torch.float32)
         floor = self._floors(logits, batch, inv_temp)
         seeds_t = to_device(seeds, device, torch.int64)
         if device.type == "cuda":
