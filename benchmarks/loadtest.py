@@ -191,7 +191,7 @@ def main() -> None:
     parser.add_argument("--json", help="append the figures as one JSON line to this file")
     args, server_args = parser.parse_known_args()
     if not args.model_path:
-        from minivllm.core.default_model import default_model
+        from minivllm.core.loading.default_model import default_model
 
         args.model_path = default_model()
 

@@ -1,8 +1,8 @@
 """minivllm: a small, plugin-based LLM inference engine."""
 
 from minivllm.core.config import EngineConfig
-from minivllm.core.default_model import default_model
 from minivllm.core.hookspecs import hookimpl
+from minivllm.core.loading.default_model import default_model
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.llm import LLM
 

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
     sampling_params(**sampling)  # bad flags fail here, before any arm loads the model
     model = args.model
     if model is None:
-        from minivllm.core.default_model import default_model
+        from minivllm.core.loading.default_model import default_model
 
         model = default_model()
     try:

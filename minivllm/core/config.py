@@ -10,9 +10,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from minivllm.core import plugins
-from minivllm.core.default_model import default_model
 from minivllm.core.interfaces.scheduler import SchedulerConfig
-from minivllm.core.model_source import looks_like_hub_id
+from minivllm.core.loading.default_model import default_model
+from minivllm.core.loading.model_source import looks_like_hub_id
 
 
 class EngineConfig(BaseModel):

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 from minivllm.core import plugins
 from minivllm.core.bookkeeping import StepBookkeeping
-from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.detokenizer import IncrementalDetokenizer
-from minivllm.core.executor import WorkerError, create_executor
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.loading.checkpoint import Checkpoint
+from minivllm.core.parallel.executor import WorkerError, create_executor
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture

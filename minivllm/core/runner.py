@@ -11,14 +11,14 @@ import numpy as np
 import torch
 
 from minivllm.core import plugins
-from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.cpu import cpu_has_bf16
 from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
 from minivllm.core.interfaces.attention import Attention
 from minivllm.core.kv_cache import KVCache
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.loading.checkpoint import Checkpoint
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.core.sampling import compute_logprobs, needs_processing, process_logits, to_device
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence

@@ -5,7 +5,7 @@ Layers build on :mod:`minivllm.core` (its interfaces and the tensor-parallel han
 """
 
 from minivllm.core.interfaces.attention import Attention
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.layers.activation import GeluAndMul, SiluAndMul
 from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from minivllm.layers.linear import (

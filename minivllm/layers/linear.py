@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.layers import cpu_linear
 
 

@@ -6,7 +6,7 @@ import torch
 
 from minivllm import EngineConfig
 from minivllm.core import cpu, runner
-from minivllm.core.checkpoint import Checkpoint
+from minivllm.core.loading.checkpoint import Checkpoint
 
 
 def test_bf16_support_is_read_from_the_cpu_flags(tmp_path, monkeypatch):

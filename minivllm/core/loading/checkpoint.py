@@ -1,6 +1,6 @@
 """Open a local checkpoint: its Hugging Face config, tokenizer and weights (safetensors, GGUF or dummy).
 
-A GGUF file of an architecture :mod:`minivllm.core.gguf_file` knows is parsed once for all three; other
+A GGUF file of an architecture :mod:`minivllm.core.loading.gguf_file` knows is parsed once for all three; other
 GGUF files go through transformers, which parses the file for each.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from minivllm.core.config import EngineConfig
-from minivllm.core.gguf_file import GGUFFile
-from minivllm.core.model_source import resolve_model
+from minivllm.core.loading.gguf_file import GGUFFile
+from minivllm.core.loading.model_source import resolve_model
 
 
 @dataclass

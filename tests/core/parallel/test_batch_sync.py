@@ -4,8 +4,8 @@ import pickle
 import random
 
 from minivllm import SamplingParams
-from minivllm.core.batch_sync import BatchEncoder, BatchMirror
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.parallel.batch_sync import BatchEncoder, BatchMirror
 from minivllm.core.sequence import Sequence, SequenceStatus
 
 

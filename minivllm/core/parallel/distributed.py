@@ -22,7 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 
 # How long a collective may wait for a rank that is alive but stuck (a dead rank fails at once: its
 # sockets close). Workers wait for rank 0's next command without limit: an idle engine is no error.

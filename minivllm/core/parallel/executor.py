@@ -24,11 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from minivllm.core import distributed, plugins
-from minivllm.core.batch_sync import BatchDelta, BatchEncoder, BatchMirror
-from minivllm.core.checkpoint import Checkpoint
+from minivllm.core import plugins
 from minivllm.core.config import EngineConfig
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.loading.checkpoint import Checkpoint
+from minivllm.core.parallel import distributed
+from minivllm.core.parallel.batch_sync import BatchDelta, BatchEncoder, BatchMirror
 from minivllm.core.runner import ModelRunner
 from minivllm.core.step import StepFuture
 

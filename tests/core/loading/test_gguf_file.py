@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
-from minivllm.core.default_model import default_model
-from minivllm.core.gguf_file import GGUFFile
+from minivllm.core.loading.checkpoint import Checkpoint
+from minivllm.core.loading.default_model import default_model
+from minivllm.core.loading.gguf_file import GGUFFile
 
 TEXTS = ["Hello world!", "  The capital of France is Paris.\n\n\u00dcmlaut \u6771\u4eac \U0001f916",
          "<|im_start|>user\nhi<|im_end|>"]
