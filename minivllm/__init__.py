@@ -4,6 +4,6 @@ from minivllm.core.config import EngineConfig
 from minivllm.core.hookspecs import hookimpl
 from minivllm.core.loading.default_model import default_model
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.llm import LLM
+from minivllm.entrypoints.llm import LLM
 
 __all__ = ["LLM", "EngineConfig", "SamplingParams", "default_model", "hookimpl"]

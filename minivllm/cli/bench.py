@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after it
         raise SystemExit("error: --plot needs matplotlib: pip install 'minivllm[plot]'")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
-    from minivllm.entrypoints.cli import sampling_params
+    from minivllm.cli.serve import sampling_params
 
     sampling_params(**sampling)  # bad flags fail here, before any arm loads the model
     model = args.model

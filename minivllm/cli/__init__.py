@@ -11,7 +11,7 @@ import textwrap
 
 def cmd_generate(args) -> None:
     from minivllm import LLM
-    from minivllm.entrypoints.cli import sampling_params
+    from minivllm.cli.serve import sampling_params
 
     # the flags are checked before the model loads: a typo should not cost the load
     params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
@@ -65,13 +65,13 @@ def cmd_check_plugin(args) -> None:
 
 
 def add_bench_parser(sub) -> None:
-    from minivllm.bench.cli import add_parser  # arguments only: the benchmark itself imports on use
+    from minivllm.cli.bench import add_parser  # arguments only: the benchmark itself imports on use
 
     add_parser(sub)
 
 
 def add_entrypoint_parsers(sub) -> None:
-    from minivllm.entrypoints.cli import add_parsers  # arguments only: the server imports FastAPI on use
+    from minivllm.cli.serve import add_parsers  # arguments only: the server imports FastAPI on use
 
     add_parsers(sub)
 
