@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from minivllm.core.interfaces import Attention, AttentionMetadata, Model, ModelContext
+from minivllm.core.model_spec import head_dim, num_kv_heads
 from minivllm.layers.activation import SiluAndMul
 from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from minivllm.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
@@ -32,11 +33,6 @@ PACKED_MODULES = {
 }
 
 
-def head_dim(config) -> int:
-    """The config's ``head_dim`` where it sets one (Qwen3, Gemma), else ``hidden_size // num_attention_heads``."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-
-
 class DecoderAttention(nn.Module):
     """Self-attention of one decoder layer, [T, hidden_size] -> [T, hidden_size]: the packed q/k/v
     projection (column-parallel: this rank's heads), RMSNorm on each head of q and k when ``qk_norm``
@@ -51,7 +47,7 @@ class DecoderAttention(nn.Module):
         self.head_dim = head_dim(config)
         bias = getattr(config, "attention_bias", False)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, config.num_attention_heads,
-                                          config.num_key_value_heads, bias=qkv_bias or bias, tp=ctx.tp)
+                                          num_kv_heads(config), bias=qkv_bias or bias, tp=ctx.tp)
         self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias,
                                         tp=ctx.tp)
         self.q_norm = qk_norm(self.head_dim) if qk_norm else None

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from minivllm.core.config import EngineConfig
 from minivllm.core.loading.checkpoint import Checkpoint
 from minivllm.core.loading.default_model import default_model
 from minivllm.core.loading.gguf_file import GGUFFile
@@ -76,7 +75,7 @@ def test_weights_in_the_model_dtype_are_the_float32_ones_cast(smollm2):
 
 
 def test_checkpoint_reads_a_known_gguf_once():
-    ckpt = Checkpoint.open(EngineConfig(model=default_model()))
+    ckpt = Checkpoint.open(default_model())
     assert ckpt.load_format == "gguf" and ckpt.gguf is not None and ckpt.architecture == "LlamaForCausalLM"
 
 

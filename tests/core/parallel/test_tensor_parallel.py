@@ -249,9 +249,10 @@ def test_torchrun_rendezvous(llama_path, references, tmp_path):
 def test_more_ranks_than_gpus_or_torchrun_ranks(llama_path, monkeypatch):
     from transformers import AutoConfig
 
+    from minivllm.core.model_spec import ModelSpec
     from minivllm.core.parallel.distributed import check_tensor_parallel
 
-    hf_config = AutoConfig.from_pretrained(llama_path)
+    hf_config = ModelSpec.from_hf_config(AutoConfig.from_pretrained(llama_path))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="tensor_parallel_size=2 exceeds the 1 visible CUDA devices"):
         check_tensor_parallel(hf_config, 2, torch.device("cuda"))
