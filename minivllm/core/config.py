@@ -109,9 +109,9 @@ class EngineConfig(BaseModel):
     @property
     def resolved_attention_backend(self) -> str:
         """The backend name: the configured one, or for "auto" the first of the preferred that is available
-        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on
-        the device are
-        preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
+        and takes ``kvcache_block_size`` and ``kv_cache_dtype``: triton then torch on CUDA, cpu then torch on the
+        CPU. Only backends that passed the conformance kit on the device are preferred (flash_attn has not run on
+        a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
         device = self.torch_device

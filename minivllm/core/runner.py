@@ -21,6 +21,7 @@ from minivllm.core.sampling import compute_logprobs, needs_processing, process_l
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
+from minivllm.core.utils import cdiv
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class ModelRunner:
 
     def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
         """How many blocks fit: a fixed budget on CPU, ``gpu_memory_utilization`` of the GPU on CUDA."""
-        useful = max_num_seqs * -(-max_model_len // self.block_size)  # more blocks than this are never used
+        useful = max_num_seqs * cdiv(max_model_len, self.block_size)  # more blocks than this are never used
         if self.device.type == "cpu":
             budget = int(self.config.cpu_kvcache_space_gib * 2**30)
         else:
@@ -161,7 +162,7 @@ class ModelRunner:
         prefill, first = ScheduledBatch(), 0
         for n in lengths:
             seq = Sequence([0] * n, SamplingParams(max_tokens=1))
-            seq.block_table = list(range(first, first + -(-n // self.block_size)))
+            seq.block_table = list(range(first, first + cdiv(n, self.block_size)))
             first += len(seq.block_table)
             prefill.add(seq, n)
         decode = ScheduledBatch()
@@ -180,7 +181,7 @@ class ModelRunner:
         self.kv_cache.allocate(num_blocks)
         if capture and num_blocks > 0 and self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
-                                       -(-self.max_model_len // self.block_size), self.device)
+                                       cdiv(self.max_model_len, self.block_size), self.device)
             self.graphs.capture()
 
     # --- one step -----------------------------------------------------------------------------
@@ -243,7 +244,7 @@ class ModelRunner:
         """Copy ``parts`` to the device in one transfer; returns a view per part. Each part starts on a
         64-byte boundary, so Triton's alignment specialisation (and its compiled kernels) never change."""
         sizes = [len(p) for p in parts]
-        starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])
+        starts = np.cumsum([0] + [cdiv(n, 16) * 16 for n in sizes])
         buffer = np.zeros(starts[-1], dtype=dtype)
         for part, start, n in zip(parts, starts, sizes):
             buffer[start : start + n] = part

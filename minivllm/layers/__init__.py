@@ -12,7 +12,6 @@ from minivllm.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,
     QKVParallelLinear,
-    ReplicatedLinear,
     RowParallelLinear,
 )
 from minivllm.layers.loading import default_weight_loader, load_packed_weights
@@ -31,7 +30,6 @@ __all__ = [
     "ParallelLMHead",
     "QKVParallelLinear",
     "RMSNorm",
-    "ReplicatedLinear",
     "RotaryEmbedding",
     "RowParallelLinear",
     "SiluAndMul",

@@ -45,11 +45,6 @@ class _Linear(nn.Module):
         return self._linear(x, self.bias)
 
 
-class ReplicatedLinear(_Linear):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel = TensorParallel()):
-        super().__init__(in_features, out_features, bias, tp)
-
-
 class ColumnParallelLinear(_Linear):
     """Splits the output features: each rank computes its slice; no communication."""
 
