@@ -1,10 +1,12 @@
-"""The pieces of a Llama-shaped decoder, and the whole causal LM built from them.
+"""The Llama family (Llama 2/3, SmolLM2), read top to bottom: attention, MLP, decoder layer, causal LM.
 
-The built-in Llama, Qwen2 and Qwen3 are :class:`DecoderForCausalLM` with switches; a plugin for another
-relative (Gemma, say) sets what differs instead of copying the rest. Parameter names follow Hugging Face
-checkpoints (``layers.0.self_attn.qkv_proj``, ``layers.0.mlp.gate_up_proj``, ``norm``, ...), so
-:meth:`DecoderForCausalLM.load_weights` loads them, q/k/v and gate/up packed. Every projection is a
-tensor-parallel layer, so each piece shards over ``ctx.tp`` with no code of its own for it.
+Built from the shared blocks of :mod:`minivllm.layers` (parallel linear layers, RMSNorm, rotary, gated
+activations) and the core's paged :class:`Attention`. Qwen2 and Qwen3 (``qwen.py``) are this decoder with
+a switch each; a plugin for another relative (the Gemma example) sets what differs instead of copying the
+rest. Parameter names follow Hugging Face checkpoints (``layers.0.self_attn.qkv_proj``,
+``layers.0.mlp.gate_up_proj``, ``norm``, ...), so :meth:`DecoderForCausalLM.load_weights` loads them, q/k/v
+and gate/up packed. Every projection is a tensor-parallel layer, so each piece shards over ``ctx.tp`` with
+no code of its own for it.
 """
 
 from __future__ import annotations
@@ -180,4 +182,4 @@ class DecoderForCausalLM(Model):
 
 
 class LlamaForCausalLM(DecoderForCausalLM):
-    pass
+    """Llama itself: the decoder with no switch set."""
