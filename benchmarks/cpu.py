@@ -176,7 +176,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(CASES)}")
     if args.model is None:
-        from minivllm.core.default_model import default_model
+        from minivllm.core.loading.default_model import default_model
 
         args.model = default_model()
     ours = in_process(run_minivllm, args.model, args)

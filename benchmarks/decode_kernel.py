@@ -15,6 +15,7 @@ import torch
 import triton
 
 from minivllm.core.interfaces.attention import FP8_DTYPE
+from minivllm.core.utils import cdiv
 from minivllm.plugins.attention import triton_kernels as K
 
 TILES = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2), (128, 8, 3),
@@ -33,7 +34,7 @@ def main() -> None:
     for batch, ctx in [(256, 1024), (64, 2048), (8, 4000), (1, 4000)]:
         random.seed(batch)
         lens = [random.randint(ctx // 2, ctx * 3 // 2) if batch > 1 else ctx for _ in range(batch)]
-        blocks = sum(-(-n // block_size) for n in lens)
+        blocks = sum(cdiv(n, block_size) for n in lens)
         cache = torch.randn(2, blocks, block_size, kv_heads, head_dim, dtype=torch.bfloat16, device="cuda")
         scales = {}
         if fp8:
@@ -41,10 +42,10 @@ def main() -> None:
             k_scales, v_scales = torch.rand(2, blocks, block_size, kv_heads, device="cuda") / 100
             scales = dict(k_scales=k_scales, v_scales=v_scales)
         perm = torch.randperm(blocks, device="cuda").to(torch.int32)
-        width = max(-(-n // block_size) for n in lens)
+        width = max(cdiv(n, block_size) for n in lens)
         tables, first = torch.zeros(batch, width, dtype=torch.int32, device="cuda"), 0
         for i, n in enumerate(lens):
-            nb = -(-n // block_size)
+            nb = cdiv(n, block_size)
             tables[i, :nb] = perm[first : first + nb]
             first += nb
         seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")

@@ -20,7 +20,9 @@ import socket
 import time
 
 import httpx
-from serve import MODEL_NAME, scrape
+from serve import MODEL_NAME
+
+from minivllm.bench.scrape import scrape
 
 CASES = ("never-reading", "huge-answer", "fan-out", "stop-strings", "long-prompts", "idle-connections")
 

@@ -25,8 +25,8 @@ import torch
 
 from minivllm import LLM, SamplingParams
 from minivllm.bench.report import emit_json_line
-from minivllm.core.default_model import default_model
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.loading.default_model import default_model
 from minivllm.core.sequence import Sequence
 
 TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",

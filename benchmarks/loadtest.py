@@ -35,7 +35,9 @@ import httpx
 from minivllm.bench.report import emit_json_line
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve import MODEL_NAME, free_port, scrape, start_server  # noqa: E402 (the server harness, shared)
+from serve import MODEL_NAME, free_port, start_server  # noqa: E402 (the server harness, shared)
+
+from minivllm.bench.scrape import scrape  # noqa: E402
 
 WORDS = ("the cache stores keys and values in blocks while the scheduler admits new requests every step "
          "and a paged engine keeps the batch full").split()
@@ -191,7 +193,7 @@ def main() -> None:
     parser.add_argument("--json", help="append the figures as one JSON line to this file")
     args, server_args = parser.parse_known_args()
     if not args.model_path:
-        from minivllm.core.default_model import default_model
+        from minivllm.core.loading.default_model import default_model
 
         args.model_path = default_model()
 

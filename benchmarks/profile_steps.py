@@ -20,7 +20,8 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.throughput import workload, write_config
+from benchmarks.throughput import workload
+from minivllm.bench.shapes import write_config
 from minivllm.core.config import EngineConfig
 from minivllm.core.engine import LLMEngine
 from minivllm.core.sampling_params import SamplingParams

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import signal
 import socket
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 import httpx
 
 from minivllm.bench.report import emit_json_line
+from minivllm.bench.scrape import scrape
+from minivllm.bench.shapes import SHAPES, write_config
 
 MODEL_NAME = "bench"
 
@@ -167,25 +168,7 @@ def summarize(results: list[Result], duration: float, rate: float, server_metric
     }
 
 
-def scrape(base_url: str, headers: dict | None = None) -> dict[str, float]:
-    """The server's /metrics: {name without "minivllm:", with its labels but model_name: value}, such as
-    ``kv_cache_used_blocks`` or ``request_success_total{finished_reason="abort"}``."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    response = httpx.get(base_url + "/metrics", headers=headers, timeout=30)
-    response.raise_for_status()
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for s in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()) if k != "model_name")
-            samples[s.name.removeprefix("minivllm:") + (f"{{{labels}}}" if labels else "")] = s.value
-    return samples
-
-
 def main() -> None:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from throughput import SHAPES, write_config  # the model shapes, shared with the offline benchmark
-
     def int_range(text: str) -> tuple[int, int]:
         lo, _, hi = text.partition(":")
         return int(lo), int(hi or lo)

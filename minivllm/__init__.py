@@ -1,10 +1,10 @@
 """minivllm: a small, plugin-based LLM inference engine."""
 
 from minivllm.core.config import EngineConfig
-from minivllm.core.default_model import default_model
 from minivllm.core.hookspecs import hookimpl
+from minivllm.core.loading.default_model import default_model
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.entrypoints.async_llm import AsyncLLM
-from minivllm.llm import LLM
+from minivllm.entrypoints.llm import LLM
 
 __all__ = ["LLM", "AsyncLLM", "EngineConfig", "SamplingParams", "default_model", "hookimpl"]

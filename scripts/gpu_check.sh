@@ -37,7 +37,7 @@ status=0
 bench() { python3 benchmarks/throughput.py --hf-prompts 0 --json "$OUT/results.jsonl" "$@" 2>&1 | grep -v "^INFO\|it/s\]" | tee -a "$OUT/bench.log" || status=1; }
 profile() { python3 benchmarks/profile_steps.py "$@" 2>&1 | tee -a "$OUT/profile.log" || status=1; }
 ab() {  # minivllm bench on the Qwen3-0.6B shape with random weights, 3 interleaved repeats
-  python3 -c "from benchmarks.throughput import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
+  python3 -c "from minivllm.bench.shapes import write_config; write_config('qwen3-0.6b', '/tmp/qwen3-0.6b')" &&
     python3 -m minivllm.cli bench /tmp/qwen3-0.6b --set load_format=dummy --repeats 3 --no-progress "$@" 2>&1 |
     tee -a "$OUT/ab.log" || status=1
 }

@@ -5,6 +5,7 @@ import random
 import torch
 
 from minivllm.core.interfaces import AttentionMetadata
+from minivllm.core.utils import cdiv
 
 
 def make_batch(query_lens, context_lens, block_size, num_blocks, device, seed):
@@ -15,7 +16,7 @@ def make_batch(query_lens, context_lens, block_size, num_blocks, device, seed):
     rng.shuffle(free)
     tables, slots, starts = [], [], [0]
     for q_len, ctx in zip(query_lens, context_lens):
-        n = -(-ctx // block_size)
+        n = cdiv(ctx, block_size)
         table = [free.pop() for _ in range(n)]
         tables.append(table)
         slots += [table[p // block_size] * block_size + p % block_size for p in range(ctx - q_len, ctx)]

@@ -85,9 +85,9 @@ def compare(model: str, arms: list[dict] | None = None, workload: str = "random"
 
 def load_requests(arm: Arm, workload: str, num_prompts, seed, max_input_len, max_output_len):
     """The workload as token ids: the vocabulary bounds synthetic ids, the tokenizer encodes file text."""
-    from minivllm.core.checkpoint import Checkpoint
+    from minivllm.core.loading.checkpoint import Checkpoint
 
-    checkpoint = Checkpoint.open(arm.config)
+    checkpoint = Checkpoint.open(arm.config.model, arm.config.revision, arm.config.load_format)
     requests = make_workload(workload, num_prompts, checkpoint.hf_config.vocab_size, seed, max_input_len,
                              max_output_len)
     if any(isinstance(r.prompt, str) for r in requests):

@@ -10,9 +10,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from minivllm.core import plugins
-from minivllm.core.default_model import default_model
 from minivllm.core.interfaces.scheduler import SchedulerConfig
-from minivllm.core.model_source import looks_like_hub_id
+from minivllm.core.loading.default_model import default_model
+from minivllm.core.loading.model_source import looks_like_hub_id
 
 # vLLM's spellings of a dtype, accepted as it accepts them (`--dtype half`)
 DTYPE_ALIASES = {"half": "float16", "float": "float32"}
@@ -128,9 +128,9 @@ class EngineConfig(BaseModel):
     @property
     def resolved_attention_backend(self) -> str:
         """The backend name: the configured one, or for "auto" the first of the preferred that is available
-        and takes ``kvcache_block_size`` and ``kv_cache_dtype``. Only backends that passed the conformance kit on
-        the device are
-        preferred (flash_attn has not run on a GPU yet: it is chosen only by name)."""
+        and takes ``kvcache_block_size`` and ``kv_cache_dtype``: triton then torch on CUDA, cpu then torch on the
+        CPU. Only backends that passed the conformance kit on the device are preferred (flash_attn has not run on
+        a GPU yet: it is chosen only by name)."""
         if self.attention_backend != "auto":
             return self.attention_backend
         device = self.torch_device

@@ -24,12 +24,12 @@ import torch
 
 from minivllm.core import plugins
 from minivllm.core.bookkeeping import StepBookkeeping
-from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.cpu import choose_threads
 from minivllm.core.detokenizer import IncrementalDetokenizer
-from minivllm.core.executor import WorkerError, create_executor
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.parallel.executor import WorkerError, create_executor
+from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture
@@ -49,20 +49,16 @@ class LLMEngine:
     def __init__(self, config: EngineConfig):
         plugins.load_plugins()
         self.config = config
-        self.checkpoint = Checkpoint.open(config)
-        hf = self.checkpoint.hf_config
-        arch = self.checkpoint.architecture
-        if arch not in plugins.models:
-            raise ValueError(f"unsupported architecture {arch!r}; supported: {', '.join(plugins.models.names())}")
-        self.max_model_len = config.effective_max_model_len(getattr(hf, "max_position_embeddings", None))
-        self.vocab_size = hf.vocab_size
+        setup = RunnerSetup.resolve(config)
+        self.checkpoint, self.max_model_len = setup.checkpoint, setup.max_model_len
+        self.vocab_size = setup.spec.vocab_size
         self.tokenizer = self.checkpoint.load_tokenizer(config.tokenizer)
         self.eos_token_ids = self.checkpoint.eos_token_ids(self.tokenizer)
-        # one ModelRunner in this process, or with tensor parallelism one per rank
         if config.torch_device.type == "cpu" and (threads := choose_threads()) is not None:
             torch.set_num_threads(threads)
             logger.info("CPU: %d intra-op thread(s), one per core idle now (OMP_NUM_THREADS=N to choose)", threads)
-        self.executor = create_executor(config, self.checkpoint, self.max_model_len)
+        # one ModelRunner in this process, or with tensor parallelism one per rank
+        self.executor = create_executor(setup)
         num_blocks = config.num_kvcache_blocks
         if num_blocks == -1:
             num_blocks = self.executor.num_blocks_from_memory(config.max_num_seqs, self.max_model_len)

@@ -11,18 +11,17 @@ import numpy as np
 import torch
 
 from minivllm.core import plugins
-from minivllm.core.checkpoint import Checkpoint
-from minivllm.core.config import EngineConfig
-from minivllm.core.cpu import cpu_has_bf16
 from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
 from minivllm.core.interfaces.attention import Attention
 from minivllm.core.kv_cache import KVCache
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
+from minivllm.core.runner_setup import RunnerSetup, resolve_dtype
 from minivllm.core.sampling import compute_logprobs, needs_processing, process_logits, to_device
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
+from minivllm.core.utils import cdiv
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +36,6 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def resolve_dtype(config: EngineConfig, checkpoint: Checkpoint, device: torch.device) -> torch.dtype:
-    """The configured dtype, or for "auto" the checkpoint's; on the CPU, bfloat16 for bfloat16 and GGUF
-    (quantised) checkpoints where the CPU computes it natively (:func:`cpu_has_bf16`), else float32 for
-    half-precision ones (half-precision matmuls are slow or missing on many CPUs)."""
-    if config.dtype != "auto":
-        return getattr(torch, config.dtype)
-    dtype = checkpoint.dtype
-    if device.type != "cpu":
-        return dtype
-    if (dtype == torch.bfloat16 or checkpoint.load_format == "gguf") and cpu_has_bf16():
-        return torch.bfloat16
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 @dataclass
 class StepInputs:
     input_ids: torch.Tensor  # [T]
@@ -61,11 +46,11 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int,
-                 tp: TensorParallel = TensorParallel()):
+    def __init__(self, setup: RunnerSetup, tp: TensorParallel = TensorParallel()):
+        config, checkpoint, spec = setup.config, setup.checkpoint, setup.spec
         self.config = config
         self.device = config.torch_device
-        self.max_model_len = max_model_len
+        self.max_model_len = max_model_len = setup.max_model_len
         if self.device.type == "cuda":
             # device memory in use before this runner allocates anything: other processes and this
             # process's CUDA context; sizing the KV cache counts only what comes on top of it
@@ -73,16 +58,14 @@ class ModelRunner:
             self._baseline_used = total - free - torch.cuda.memory_reserved(self.device)
         self.dtype = resolve_dtype(config, checkpoint, self.device)
         self.block_size = config.kvcache_block_size
-        hf = checkpoint.hf_config
-        head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
-        num_heads = tp.shard(hf.num_attention_heads, "num_attention_heads")
-        num_kv_heads = max(1, hf.num_key_value_heads // tp.size)
+        num_heads = tp.shard(spec.num_heads, "num_attention_heads")
+        num_kv_heads, _ = tp.shard_kv_heads(spec.num_kv_heads)
         backend_cls = plugins.attention_backends.get(config.resolved_attention_backend)
-        self.attn_backend = backend_cls(num_heads, num_kv_heads, head_dim, self.block_size, self.dtype)
+        self.attn_backend = backend_cls(num_heads, num_kv_heads, spec.head_dim, self.block_size, self.dtype)
         model_cls = plugins.models.get(checkpoint.architecture)
         ctx = ModelContext(attn_backend=self.attn_backend, tp=tp, max_model_len=max_model_len)
         with torch.device(self.device), default_dtype(self.dtype):
-            self.model = model_cls(hf, ctx)
+            self.model = model_cls(checkpoint.hf_config, ctx)
         if checkpoint.load_format == "dummy":
             self._init_dummy_weights(config.seed)
         else:
@@ -92,8 +75,8 @@ class ModelRunner:
             for module in self.model.modules():  # the layers that can hand their weights to oneDNN
                 if callable(pack := getattr(module, "pack_weights", None)):
                     pack()
-        self.vocab_size = hf.vocab_size
-        self.sampler = plugins.samplers.get(config.sampler)(hf.vocab_size, self.device, config.seed)
+        self.vocab_size = spec.vocab_size
+        self.sampler = plugins.samplers.get(config.sampler)(spec.vocab_size, self.device, config.seed)
         # the last step's sampled tokens on the device, and each sampling sequence's row in them: the
         # next step reads pending tokens there (see prepare)
         self._last_sampled = torch.empty(0, dtype=torch.int64)
@@ -118,7 +101,7 @@ class ModelRunner:
 
     def num_blocks_from_memory(self, max_num_seqs: int, max_model_len: int) -> int:
         """How many blocks fit: a fixed budget on CPU, ``gpu_memory_utilization`` of the GPU on CUDA."""
-        useful = max_num_seqs * -(-max_model_len // self.block_size)  # more blocks than this are never used
+        useful = max_num_seqs * cdiv(max_model_len, self.block_size)  # more blocks than this are never used
         if self.device.type == "cpu":
             budget = int(self.config.cpu_kvcache_space_gib * 2**30)
         else:
@@ -179,7 +162,7 @@ class ModelRunner:
         prefill, first = ScheduledBatch(), 0
         for n in lengths:
             seq = Sequence([0] * n, SamplingParams(max_tokens=1))
-            seq.block_table = list(range(first, first + -(-n // self.block_size)))
+            seq.block_table = list(range(first, first + cdiv(n, self.block_size)))
             first += len(seq.block_table)
             prefill.add(seq, n)
         decode = ScheduledBatch()
@@ -198,7 +181,7 @@ class ModelRunner:
         self.kv_cache.allocate(num_blocks)
         if capture and num_blocks > 0 and self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
-                                       -(-self.max_model_len // self.block_size), self.device)
+                                       cdiv(self.max_model_len, self.block_size), self.device)
             self.graphs.capture()
 
     # --- one step -----------------------------------------------------------------------------
@@ -261,7 +244,7 @@ class ModelRunner:
         """Copy ``parts`` to the device in one transfer; returns a view per part. Each part starts on a
         64-byte boundary, so Triton's alignment specialisation (and its compiled kernels) never change."""
         sizes = [len(p) for p in parts]
-        starts = np.cumsum([0] + [-(-n // 16) * 16 for n in sizes])
+        starts = np.cumsum([0] + [cdiv(n, 16) * 16 for n in sizes])
         buffer = np.zeros(starts[-1], dtype=dtype)
         for part, start, n in zip(parts, starts, sizes):
             buffer[start : start + n] = part

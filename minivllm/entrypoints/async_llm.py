@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from minivllm.core.config import EngineConfig
-from minivllm.core.default_model import model_id
 from minivllm.core.engine import LLMEngine
+from minivllm.core.loading.default_model import model_id
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.metrics import EngineMetrics

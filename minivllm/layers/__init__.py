@@ -5,15 +5,13 @@ Layers build on :mod:`minivllm.core` (its interfaces and the tensor-parallel han
 """
 
 from minivllm.core.interfaces.attention import Attention
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.layers.activation import GeluAndMul, SiluAndMul
-from minivllm.layers.decoder import DecoderAttention, DecoderForCausalLM, DecoderLayer, GatedMLP
 from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from minivllm.layers.linear import (
     ColumnParallelLinear,
     MergedColumnParallelLinear,
     QKVParallelLinear,
-    ReplicatedLinear,
     RowParallelLinear,
 )
 from minivllm.layers.loading import default_weight_loader, load_packed_weights
@@ -32,7 +30,6 @@ __all__ = [
     "ParallelLMHead",
     "QKVParallelLinear",
     "RMSNorm",
-    "ReplicatedLinear",
     "RotaryEmbedding",
     "RowParallelLinear",
     "SiluAndMul",
@@ -41,3 +38,16 @@ __all__ = [
     "default_weight_loader",
     "load_packed_weights",
 ]
+
+# The Llama family's pieces live with the family (minivllm/plugins/models/llama.py); plugins written against
+# minivllm.layers still find them here. Imported on first use: the family file builds on these layers, so an
+# import at the top would go round a circle.
+_LLAMA_FAMILY = ("DecoderAttention", "DecoderForCausalLM", "DecoderLayer", "GatedMLP")
+
+
+def __getattr__(name: str):
+    if name in _LLAMA_FAMILY:
+        from minivllm.plugins.models import llama
+
+        return getattr(llama, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,20 +1,18 @@
+"""Gated activations over packed gate/up halves; the computation is in :mod:`minivllm.layers.ops`."""
+
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from minivllm.layers import triton_ops
+from minivllm.layers import ops
 
 
 class SiluAndMul(nn.Module):
     """[..., 2 * d] (gate and up, packed) -> [..., d]: silu(gate) * up."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if triton_ops.enabled(x):
-            return triton_ops.silu_and_mul(x)
-        gate, up = x.chunk(2, dim=-1)
-        return F.silu(gate).mul_(up)
+        return ops.silu_and_mul(x)
 
 
 class GeluAndMul(nn.Module):
@@ -28,5 +26,4 @@ class GeluAndMul(nn.Module):
         self.approximate = approximate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = x.chunk(2, dim=-1)
-        return F.gelu(gate, approximate=self.approximate) * up
+        return ops.gelu_and_mul(x, self.approximate)

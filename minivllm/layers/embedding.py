@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
+from minivllm.core.utils import cdiv
 from minivllm.layers import cpu_linear
 
 
@@ -15,7 +16,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.tp = tp
         self.vocab_size = vocab_size
-        self.shard_size = -(-vocab_size // tp.size)  # the last shard may be padded
+        self.shard_size = cdiv(vocab_size, tp.size)  # the last shard may be padded
         self.vocab_start = tp.rank * self.shard_size
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.layers import cpu_linear
 
 
@@ -45,11 +45,6 @@ class _Linear(nn.Module):
         return self._linear(x, self.bias)
 
 
-class ReplicatedLinear(_Linear):
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, tp: TensorParallel = TensorParallel()):
-        super().__init__(in_features, out_features, bias, tp)
-
-
 class ColumnParallelLinear(_Linear):
     """Splits the output features: each rank computes its slice; no communication."""
 
@@ -77,22 +72,14 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """Packed q/k/v projection. Query heads are split across ranks; KV heads too, or replicated when
-    there are fewer KV heads than ranks (each rank keeps the KV head its query heads use)."""
+    """Packed q/k/v projection. Query heads are split across ranks; KV heads as
+    :meth:`TensorParallel.shard_kv_heads` says (split, or replicated when there are fewer than ranks)."""
 
     def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
                  tp: TensorParallel = TensorParallel()):
         self.head_dim = head_dim
         self.num_heads = tp.shard(num_heads, "num_attention_heads")
-        if num_kv_heads >= tp.size:
-            self.num_kv_heads = tp.shard(num_kv_heads, "num_key_value_heads")
-            self.kv_head_offset = tp.rank * self.num_kv_heads
-        else:
-            if tp.size % num_kv_heads:
-                raise ValueError(f"tensor_parallel_size={tp.size} is not a multiple of "
-                                 f"num_key_value_heads={num_kv_heads}")
-            self.num_kv_heads = 1
-            self.kv_head_offset = tp.rank * num_kv_heads // tp.size
+        self.num_kv_heads, self.kv_head_offset = tp.shard_kv_heads(num_kv_heads)
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim
         _Linear.__init__(self, hidden_size, out, bias, tp)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from minivllm.layers import triton_ops
+from minivllm.layers import ops
 
 
 def rope_parameters(config) -> dict:
@@ -45,11 +45,6 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
         self._step: tuple[torch.Tensor, torch.dtype, torch.Tensor, torch.Tensor] | None = None  # see rows()
 
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((-x2, x1), dim=-1)
-
     def rows(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The cos and sin rows of ``positions`` [T], [T, 1, D] in ``dtype``. On the CPU the last lookup is
         kept and reused while the same ``positions`` tensor comes back (the layers of one step); not on a
@@ -63,13 +58,5 @@ class RotaryEmbedding(nn.Module):
         return cos, sin
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> rotated (q, k). Without Triton, q and k turn as one
-        tensor (half the small ops of turning each: this runs in every layer of every CPU step) and come
-        back as views of it."""
-        if triton_ops.enabled(q):
-            return (triton_ops.rotary(q, positions, self.cos, self.sin),
-                    triton_ops.rotary(k, positions, self.cos, self.sin))
-        cos, sin = self.rows(positions, q.dtype)
-        qk = torch.cat((q, k), dim=1)
-        qk = qk * cos + self._rotate_half(qk) * sin
-        return qk.split((q.shape[1], k.shape[1]), dim=1)
+        """positions [T]; q [T, Hq, D]; k [T, Hkv, D] -> rotated (q, k) (:func:`minivllm.layers.ops.rotary`)."""
+        return ops.rotary(positions, q, k, self.cos, self.sin, self.rows)

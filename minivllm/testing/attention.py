@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from minivllm.core.interfaces import AttentionBackend, AttentionMetadata, KVScales, quantize_fp8
+from minivllm.core.utils import cdiv
 from minivllm.testing.kit import Contract, ContractFailure, ContractSkipped, registry
 
 
@@ -43,7 +44,7 @@ def layout(case: Case, device: torch.device, dtype: torch.dtype):
     reference."""
     g = torch.Generator().manual_seed(0)
     bs, hkv, d = case.block_size, case.num_kv_heads, case.head_dim
-    tables = [-(-(ctx + new) // bs) for ctx, new in case.seqs]
+    tables = [cdiv(ctx + new, bs) for ctx, new in case.seqs]
     num_blocks = sum(tables) + 3
     order = torch.randperm(num_blocks, generator=g).tolist()
     k_cache = torch.randn(num_blocks, bs, hkv, d, generator=g).to(device, dtype)  # stale contents everywhere

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from minivllm import LLM, EngineConfig
-from minivllm.core import cpu, runner
-from minivllm.core.checkpoint import Checkpoint
+from minivllm.core import cpu, runner_setup
+from minivllm.core.loading.checkpoint import Checkpoint
 
 
 def test_bf16_support_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
@@ -41,11 +41,11 @@ class FakeConfig:
     (False, "safetensors", "bfloat16", "auto", torch.float32),
 ])
 def test_auto_dtype_on_the_cpu(llama_path, monkeypatch, has_bf16, load_format, checkpoint_dtype, setting, expected):
-    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(runner_setup, "cpu_has_bf16", lambda: has_bf16)
     checkpoint = Checkpoint(llama_path, None, load_format, FakeConfig(checkpoint_dtype))
     config = EngineConfig(model=llama_path, dtype=setting)
-    assert runner.resolve_dtype(config, checkpoint, torch.device("cpu")) == expected
-    assert runner.resolve_dtype(config.model_copy(update={"dtype": "auto"}), checkpoint,
+    assert runner_setup.resolve_dtype(config, checkpoint, torch.device("cpu")) == expected
+    assert runner_setup.resolve_dtype(config.model_copy(update={"dtype": "auto"}), checkpoint,
                                 torch.device("cuda")) == (getattr(torch, checkpoint_dtype) if checkpoint_dtype
                                                           else torch.float32)
 

@@ -30,11 +30,21 @@ def test_shared_prefix_hits_match_transformers(checkpoints, arch, async_scheduli
     llm = LLM(path, kvcache_block_size=16, max_model_len=512, dtype="float32",
               async_scheduling=async_scheduling)
     expected = hf_greedy(path, prompts, GREEDY.max_tokens)
+    allocator = llm.engine.allocator
+    hits = []  # tokens each new sequence found cached, as the allocator reports them to the scheduler
+    match_prefix = allocator.match_prefix
+    allocator.match_prefix = lambda seq: hits.append(match_prefix(seq)) or hits[-1]
+    whole = [(len(p) - 1) // 16 * 16 for p in prompts]  # every full block of a prompt but its last token's
     assert _generate(llm, prompts[:1]) == expected[:1]
+    assert hits == [0]
+    hits.clear()
     assert _generate(llm, prompts) == expected  # the other prompts hit the first one's blocks
-    seqs_before = llm.engine.allocator.num_free_blocks
+    assert hits == [whole[0], 32, 32, 32]  # the shared 40-token prefix: two full blocks of 16
+    hits.clear()
     assert _generate(llm, prompts) == expected  # a second identical call: whole-prefix hits
-    assert llm.engine.allocator.num_free_blocks == seqs_before
+    assert hits == whole
+    # every sequence has finished: every block is free again (cached ones count as free), none leaked
+    assert allocator.num_free_blocks == allocator.num_blocks
 
 
 @pytest.mark.parametrize("arch", ARCHS)

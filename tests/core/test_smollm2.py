@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minivllm import LLM, SamplingParams
-from minivllm.core.default_model import default_model
+from minivllm.core.loading.default_model import default_model
 from tests.checkpoints import greedy_reference
 
 QUESTION = "What is the capital of France?"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from benchmarks.serve import scrape  # noqa: F401 (/metrics as a dict, for the tests too)
+from minivllm.bench.scrape import scrape  # noqa: F401 (/metrics as a dict)
 
 MODEL = "tiny"  # the served name of conftest's tiny_engine
 

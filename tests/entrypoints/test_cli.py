@@ -68,7 +68,7 @@ def test_serve_command(llama_path, tmp_path):
 def test_api_key_sources(tmp_path, monkeypatch):
     from argparse import Namespace
 
-    from minivllm.entrypoints.cli import api_key
+    from minivllm.cli.serve import api_key
 
     key_file = tmp_path / "key"
     key_file.write_text("  from-the-file \nsecond line\n")

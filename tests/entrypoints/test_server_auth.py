@@ -78,7 +78,7 @@ def test_an_empty_api_key_refuses_to_start(monkeypatch):
 
     from pydantic import ValidationError
 
-    from minivllm.entrypoints.cli import api_key
+    from minivllm.cli.serve import api_key
     from minivllm.entrypoints.settings import ServerSettings
 
     def args(key=None):

@@ -68,7 +68,7 @@ def test_bf16_qwen3_first_tokens_and_memory_budget(tmp_path):
 
     import transformers
 
-    from benchmarks.throughput import SHAPES
+    from minivllm.bench.shapes import SHAPES
 
     config = transformers.Qwen3Config(**SHAPES["qwen3-0.6b"][1], dtype="bfloat16")
     config.architectures = ["Qwen3ForCausalLM"]

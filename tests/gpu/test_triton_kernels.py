@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from minivllm.core.interfaces import KVScales, quantize_fp8
+from minivllm.core.utils import cdiv
 from minivllm.plugins.attention.torch_sdpa import TorchAttentionBackend
 from tests.attention_batches import make_batch
 from tests.gpu.conftest import INTERPRET
@@ -19,7 +20,7 @@ def run_both(query_lens, context_lens, heads, kv_heads, head_dim, block_size, dt
     from minivllm.plugins.attention.triton_attn import TritonAttentionBackend
 
     torch.manual_seed(seed)
-    num_blocks = sum(-(-c // block_size) for c in context_lens) + 3
+    num_blocks = sum(cdiv(c, block_size) for c in context_lens) + 3
     meta = make_batch(query_lens, context_lens, block_size, num_blocks, device, seed)
     tokens = sum(query_lens)
     q = torch.randn(tokens, heads, head_dim, dtype=dtype, device=device)

@@ -1,11 +1,11 @@
-"""The fused Triton layer kernels against the layers' eager PyTorch code, on random inputs."""
+"""The fused Triton layer kernels against the reference PyTorch code of minivllm.layers.ops, on random inputs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
 
-from minivllm.layers import RMSNorm, RotaryEmbedding, triton_ops
+from minivllm.layers import RMSNorm, RotaryEmbedding, ops, triton_ops
 from tests.gpu.conftest import INTERPRET
 
 pytestmark = pytest.mark.kernels
@@ -27,10 +27,11 @@ def test_rms_norm_with_residual(dtype, hidden, unit_offset, device):
     x = torch.randn(37, hidden, dtype=dtype, device=device)
     residual = torch.randn(37, hidden, dtype=dtype, device=device)
     norm = norm.to(dtype)
-    close(triton_ops.rms_norm(x, norm.weight, norm.eps, unit_offset=unit_offset), norm._norm(x), dtype)
+    ref = ops.torch_rms_norm(x, norm.weight, norm.eps, unit_offset)
+    close(triton_ops.rms_norm(x, norm.weight, norm.eps, unit_offset=unit_offset), ref, dtype)
     out, res = triton_ops.rms_norm(x, norm.weight, norm.eps, residual, unit_offset)
     assert torch.equal(res, x + residual)
-    close(out, norm._norm(x + residual), dtype)
+    close(out, ops.torch_rms_norm(x + residual, norm.weight, norm.eps, unit_offset), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -39,7 +40,7 @@ def test_per_head_rms_norm_on_strided_view(dtype, device):
     q = qkv[:, : 6 * 32].view(9, 6, 32)  # rows strided as in the packed projection's output
     norm = RMSNorm(32).to(device=device, dtype=dtype)
     norm.weight.data.uniform_(0.5, 1.5)
-    close(triton_ops.rms_norm(q, norm.weight, norm.eps), norm._norm(q), dtype)
+    close(triton_ops.rms_norm(q, norm.weight, norm.eps), ops.torch_rms_norm(q, norm.weight, norm.eps), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -60,5 +61,18 @@ def test_rotary(dtype, heads, head_dim, device):
     x = qkv[:, :heads]
     cos = rope.cos[positions].unsqueeze(1).to(dtype)
     sin = rope.sin[positions].unsqueeze(1).to(dtype)
-    ref = x * cos + rope._rotate_half(x) * sin
+    ref = x * cos + ops.rotate_half(x) * sin
     close(triton_ops.rotary(x, positions, rope.cos, rope.sin), ref, dtype)
+
+
+@pytest.mark.skipif(INTERPRET, reason="the interpreter runs on CPU tensors, which never take the kernels")
+def test_the_switch_keeps_the_pytorch_code(device, monkeypatch):
+    x = torch.randn(4, 64, device=device)
+    assert ops.fused(x) and not ops.fused(x.cpu())
+    monkeypatch.setenv("MINIVLLM_TRITON_OPS", "0")
+    ops._switched_on.cache_clear()
+    try:
+        assert not ops.fused(x)
+    finally:
+        monkeypatch.undo()
+        ops._switched_on.cache_clear()

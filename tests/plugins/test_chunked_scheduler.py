@@ -7,9 +7,9 @@ import random
 import pytest
 
 from minivllm import LLM, EngineConfig, SamplingParams
+from minivllm.cli.serve import add_engine_arguments, engine_kwargs
 from minivllm.core.interfaces import SchedulerConfig
 from minivllm.core.sequence import Sequence
-from minivllm.entrypoints.cli import add_engine_arguments, engine_kwargs
 from minivllm.plugins.kv_allocators.prefix_cache import PrefixCacheAllocator
 from minivllm.plugins.schedulers.chunked import ChunkedPrefillScheduler
 from tests.checkpoints import hf_greedy, random_prompts

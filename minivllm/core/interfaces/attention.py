@@ -164,7 +164,7 @@ class Attention(nn.Module):
         self.kv_rotation: tuple[torch.Tensor, torch.Tensor] | None = None  # fp8 cache: (H, H / head_dim)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """q [T, Hq * D], k/v [T, Hkv * D] -> [T, Hq * D]."""
+        """q [T, Hq, D], k/v [T, Hkv, D] (or flat: [T, Hq * D], [T, Hkv * D]) -> [T, Hq * D]."""
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)

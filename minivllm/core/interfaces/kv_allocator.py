@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from minivllm.core.sequence import Sequence
+from minivllm.core.utils import cdiv
 
 
 class KVAllocator(ABC):
@@ -22,7 +23,7 @@ class KVAllocator(ABC):
         self.enable_prefix_caching = enable_prefix_caching
 
     def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
+        return cdiv(num_tokens, self.block_size)
 
     @property
     @abstractmethod

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from minivllm.core.interfaces.attention import AttentionBackend, AttentionMetadata
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 
 
 @dataclass

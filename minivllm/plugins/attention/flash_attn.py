@@ -1,7 +1,9 @@
 """flash-attn over the paged cache: ``flash_attn_varlen_func`` for prompts and chunks (over the block
 tables when part of the context is cached), ``flash_attn_with_kvcache`` for decode steps.
 
-Chosen by ``attention_backend="auto"`` on CUDA when ``flash_attn`` imports; the import happens only when
+Chosen only by name (``attention_backend="flash_attn"``): ``auto`` prefers the backends that passed the
+conformance kit on a GPU, and this one has not run on one yet (see
+:attr:`~minivllm.core.config.EngineConfig.resolved_attention_backend`). ``flash_attn`` is imported only when
 the backend is built, so nothing needs flash-attn to be installed. Its paged kernels need blocks of a
 multiple of 256 tokens.
 """

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from minivllm.core.interfaces import AttentionBackend, AttentionMetadata, KVScales, quantize_fp8
+from minivllm.core.utils import cdiv
 
 
 def write_kv_cache(k, v, k_cache, v_cache, slots, kv_scales: KVScales | None = None) -> None:
@@ -76,7 +77,7 @@ class TorchAttentionBackend(AttentionBackend):
         starts = meta.query_start_loc_host
         for i, seq_len in enumerate(meta.seq_lens_host):
             start, end = starts[i], starts[i + 1]
-            num_blocks = -(-seq_len // self.block_size)
+            num_blocks = cdiv(seq_len, self.block_size)
             blocks = meta.block_tables[i, :num_blocks]
             keys = gather_context(k_cache, kv_scales and kv_scales.k, blocks, seq_len, q.dtype)  # [Hkv, L, D]
             values = gather_context(v_cache, kv_scales and kv_scales.v, blocks, seq_len, q.dtype)

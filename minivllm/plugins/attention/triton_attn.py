@@ -1,4 +1,5 @@
-"""Triton attention over the paged cache: the default on CUDA when flash-attn is absent.
+"""Triton attention over the paged cache: what ``attention_backend="auto"`` picks on CUDA (the torch backend where
+the block size or KV-cache dtype rules it out).
 
 Decode-only steps run the flash-decoding kernel, whose grid depends only on the batch size, so they can
 be captured in CUDA graphs; any other step (prompts, chunks over a cached prefix, mixed with decode

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from minivllm.layers import DecoderForCausalLM
+from minivllm.plugins.models.llama import DecoderForCausalLM
 
 
 class Qwen2ForCausalLM(DecoderForCausalLM):

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from minivllm.core.checkpoint import Checkpoint
-from minivllm.core.config import EngineConfig
-from minivllm.core.default_model import default_model
-from minivllm.core.gguf_file import GGUFFile
+from minivllm.core.loading.checkpoint import Checkpoint
+from minivllm.core.loading.default_model import default_model
+from minivllm.core.loading.gguf_file import GGUFFile
 
 TEXTS = ["Hello world!", "  The capital of France is Paris.\n\n\u00dcmlaut \u6771\u4eac \U0001f916",
          "<|im_start|>user\nhi<|im_end|>"]
@@ -76,7 +75,7 @@ def test_weights_in_the_model_dtype_are_the_float32_ones_cast(smollm2):
 
 
 def test_checkpoint_reads_a_known_gguf_once():
-    ckpt = Checkpoint.open(EngineConfig(model=default_model()))
+    ckpt = Checkpoint.open(default_model())
     assert ckpt.load_format == "gguf" and ckpt.gguf is not None and ckpt.architecture == "LlamaForCausalLM"
 
 

@@ -22,7 +22,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from minivllm.core.parallel import TensorParallel
+from minivllm.core.model_spec import ModelSpec
+from minivllm.core.parallel.tensor_parallel import TensorParallel
 
 # How long a collective may wait for a rank that is alive but stuck (a dead rank fails at once: its
 # sockets close). Workers wait for rank 0's next command without limit: an idle engine is no error.
@@ -32,18 +33,9 @@ IDLE_TIMEOUT = timedelta(days=365)
 _torchrun_engines = itertools.count()  # engines of one torchrun job are built in the same order on every rank
 
 
-def check_tensor_parallel(hf_config, tp: int, device: torch.device) -> None:
+def check_tensor_parallel(spec: ModelSpec, tp: int, device: torch.device) -> None:
     """Raise ValueError if the model cannot be split over ``tp`` ranks on ``device``."""
-    heads = hf_config.num_attention_heads
-    kv_heads = getattr(hf_config, "num_key_value_heads", None) or heads
-    if heads % tp:
-        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {heads} attention heads")
-    if kv_heads % tp and tp % kv_heads:
-        raise ValueError(f"tensor_parallel_size={tp} neither divides nor is a multiple of the model's "
-                         f"{kv_heads} key/value heads")
-    mlp = getattr(hf_config, "intermediate_size", None)  # a plugin's architecture may have no such field
-    if mlp and mlp % tp:
-        raise ValueError(f"tensor_parallel_size={tp} does not divide the model's intermediate_size={mlp}")
+    spec.check_tensor_parallel(tp)
     if device.type == "cuda" and launched_by_torchrun() is None and tp > torch.cuda.device_count():
         raise ValueError(f"tensor_parallel_size={tp} exceeds the {torch.cuda.device_count()} visible CUDA devices")
 

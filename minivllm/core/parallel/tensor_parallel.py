@@ -36,3 +36,15 @@ class TensorParallel:
         if n % self.size:
             raise ValueError(f"{what}={n} is not divisible by tensor_parallel_size={self.size}")
         return n // self.size
+
+    def shard_kv_heads(self, num_kv_heads: int) -> tuple[int, int]:
+        """(how many of the model's ``num_kv_heads`` key/value heads this rank holds, the first one's index).
+        Split evenly when there are at least as many as ranks; otherwise replicated, one per rank: each rank
+        keeps the KV head its query heads use (``size`` must then be a multiple of ``num_kv_heads``)."""
+        if num_kv_heads >= self.size:
+            per_rank = self.shard(num_kv_heads, "num_key_value_heads")
+            return per_rank, self.rank * per_rank
+        if self.size % num_kv_heads:
+            raise ValueError(f"tensor_parallel_size={self.size} is not a multiple of "
+                             f"num_key_value_heads={num_kv_heads}")
+        return 1, self.rank * num_kv_heads // self.size

@@ -4,7 +4,7 @@ import os
 
 import minivllm
 from minivllm import EngineConfig
-from minivllm.core.default_model import DEFAULT_MODEL_ID, default_model, model_id
+from minivllm.core.loading.default_model import DEFAULT_MODEL_ID, default_model, model_id
 
 
 def test_default_model_is_exported_and_is_the_config_default():

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from minivllm.core.utils import cdiv
+
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 # GGUF tensor names -> Hugging Face names, for ARCHITECTURES (llama.cpp's convert_hf_to_gguf.py, reversed)
@@ -168,7 +170,7 @@ def _parse(blob: np.ndarray, path: str) -> tuple[dict, dict]:
         pos += 4 + 8 * ndim + 12
         table.append((name, tuple(reversed(dims)), ggml_type, offset))  # ggml lists the fastest dim first
     alignment = metadata.get("general.alignment", 32)
-    data_start = -(-pos // alignment) * alignment  # the data section starts at the next aligned offset
+    data_start = cdiv(pos, alignment) * alignment  # the data section starts at the next aligned offset
     tensors = {name: (shape, ggml_type, data_start + offset, _nbytes(shape, ggml_type))
                for name, shape, ggml_type, offset in table}
     return metadata, tensors

@@ -4,9 +4,10 @@ import pickle
 import random
 
 from minivllm import SamplingParams
-from minivllm.core.batch_sync import BatchEncoder, BatchMirror
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.parallel.batch_sync import BatchEncoder, BatchMirror
 from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.core.utils import cdiv
 
 
 def _ship(encoder, mirror, seqs, num_new):
@@ -72,7 +73,7 @@ def test_random_schedules_with_preemption_and_ends():
                 seq.block_table.clear()
                 seq.num_computed_tokens = 0
             n = min(len(seq) - seq.num_computed_tokens, rng.randint(1, 16)) or 1
-            need = -(-(seq.num_computed_tokens + n) // 16)
+            need = cdiv(seq.num_computed_tokens + n, 16)
             while len(seq.block_table) < need:
                 seq.block_table.append(next_block)
                 next_block += 1

@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 
 from minivllm.bench.workloads import WORKLOADS
-from minivllm.entrypoints.cli import add_model_arguments, model_argument
+from minivllm.cli.serve import add_model_arguments, model_argument
 
 
 def add_parser(sub) -> None:
@@ -46,12 +46,12 @@ def run(args: argparse.Namespace) -> None:
     if args.plot and importlib.util.find_spec("matplotlib") is None:  # fail before the run, not after it
         raise SystemExit("error: --plot needs matplotlib: pip install 'minivllm[plot]'")
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p}
-    from minivllm.entrypoints.cli import sampling_params  # noqa: I001 (after the plot check: imports pydantic)
+    from minivllm.cli.serve import sampling_params  # noqa: I001 (after the plot check: imports pydantic)
 
     sampling_params(**sampling)  # bad flags fail here, before any arm loads the model
     model = model_argument(args)
     if model is None:
-        from minivllm.core.default_model import default_model
+        from minivllm.core.loading.default_model import default_model
 
         model = default_model()
     try:

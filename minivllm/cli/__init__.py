@@ -8,12 +8,12 @@ import logging
 import sys
 import textwrap
 
-from minivllm.entrypoints.cli import add_engine_arguments, add_model_arguments
+from minivllm.cli.serve import add_engine_arguments, add_model_arguments
 
 
 def cmd_generate(args) -> None:
     from minivllm import LLM
-    from minivllm.entrypoints.cli import engine_kwargs, model_argument, sampling_params
+    from minivllm.cli.serve import engine_kwargs, model_argument, sampling_params
 
     # the flags are checked before the model loads: a typo should not cost the load
     params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed,
@@ -68,13 +68,13 @@ def cmd_check_plugin(args) -> None:
 
 
 def add_bench_parser(sub) -> None:
-    from minivllm.bench.cli import add_parser  # arguments only: the benchmark itself imports on use
+    from minivllm.cli.bench import add_parser  # arguments only: the benchmark itself imports on use
 
     add_parser(sub)
 
 
 def add_entrypoint_parsers(sub) -> None:
-    from minivllm.entrypoints.cli import add_parsers  # arguments only: the server imports FastAPI on use
+    from minivllm.cli.serve import add_parsers  # arguments only: the server imports FastAPI on use
 
     add_parsers(sub)
 

@@ -16,7 +16,7 @@ import torch
 
 from minivllm import LLM, SamplingParams
 from minivllm.core import plugins
-from minivllm.core.executor import WorkerError
+from minivllm.core.parallel.executor import WorkerError
 from tests.checkpoints import hf_greedy, random_prompts
 from tests.conftest import ARCHS
 
@@ -114,7 +114,7 @@ def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, se
 
 
 def test_one_rank_stays_in_process(llama_path):
-    from minivllm.core.executor import InProcessExecutor
+    from minivllm.core.parallel.executor import InProcessExecutor
 
     before = _children()
     llm = LLM(llama_path, **SMALL)
@@ -249,9 +249,10 @@ def test_torchrun_rendezvous(llama_path, references, tmp_path):
 def test_more_ranks_than_gpus_or_torchrun_ranks(llama_path, monkeypatch):
     from transformers import AutoConfig
 
-    from minivllm.core.distributed import check_tensor_parallel
+    from minivllm.core.model_spec import ModelSpec
+    from minivllm.core.parallel.distributed import check_tensor_parallel
 
-    hf_config = AutoConfig.from_pretrained(llama_path)
+    hf_config = ModelSpec.from_hf_config(AutoConfig.from_pretrained(llama_path))
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="tensor_parallel_size=2 exceeds the 1 visible CUDA devices"):
         check_tensor_parallel(hf_config, 2, torch.device("cuda"))

@@ -1,6 +1,6 @@
 """Open a local checkpoint: its Hugging Face config, tokenizer and weights (safetensors, GGUF or dummy).
 
-A GGUF file of an architecture :mod:`minivllm.core.gguf_file` knows is parsed once for all three; other
+A GGUF file of an architecture :mod:`minivllm.core.loading.gguf_file` knows is parsed once for all three; other
 GGUF files go through transformers, which parses the file for each.
 """
 
@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from minivllm.core.config import EngineConfig
-from minivllm.core.gguf_file import GGUFFile
-from minivllm.core.model_source import resolve_model
+from minivllm.core.loading.gguf_file import GGUFFile
+from minivllm.core.loading.model_source import resolve_model
 
 
 @dataclass
@@ -27,10 +26,13 @@ class Checkpoint:
     gguf: GGUFFile | None = None  # the parsed file, when this package reads it (see gguf_file.py)
 
     @classmethod
-    def open(cls, config: EngineConfig) -> Checkpoint:
+    def open(cls, model: str, revision: str | None = None, load_format: str = "auto") -> Checkpoint:
+        """Find ``model`` (a directory, a .gguf file or a hub id at ``revision``) and read its config;
+        ``load_format`` is "auto", or the format the caller expects ("safetensors", "gguf", "dummy")."""
         from transformers import AutoConfig
 
-        path, gguf_file = resolve_model(config.model, config.revision), None
+        wanted = load_format
+        path, gguf_file = resolve_model(model, revision), None
         if os.path.isfile(path):
             if not path.endswith(".gguf"):
                 raise ValueError(f"model {path!r} is a file but not a .gguf file")
@@ -40,7 +42,7 @@ class Checkpoint:
             if len(ggufs) != 1:
                 raise ValueError(f"model directory {path!r} has no config.json and not exactly one .gguf file")
             gguf_file = os.path.basename(ggufs[0])
-        if config.load_format == "dummy":
+        if wanted == "dummy":
             load_format = "dummy"
         elif gguf_file:
             load_format = "gguf"
@@ -49,8 +51,8 @@ class Checkpoint:
             if not glob.glob(os.path.join(path, "*.safetensors")):
                 raise ValueError(f"model directory {path!r} has no *.safetensors files (use load_format='dummy' "
                                  "for random weights)")
-        if config.load_format not in ("auto", load_format):
-            raise ValueError(f"load_format={config.load_format!r} does not match the checkpoint ({load_format})")
+        if wanted not in ("auto", load_format):
+            raise ValueError(f"load_format={wanted!r} does not match the checkpoint ({load_format})")
         gguf = GGUFFile(os.path.join(path, gguf_file)) if gguf_file else None
         if gguf is not None and gguf.supported():
             return cls(path, gguf_file, load_format, gguf.hf_config(), gguf)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from minivllm import LLM, EngineConfig, SamplingParams
-from minivllm.core.model_source import looks_like_hub_id, resolve_model
+from minivllm.core.loading.model_source import looks_like_hub_id, resolve_model
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

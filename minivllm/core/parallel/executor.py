@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from minivllm.core import distributed, plugins
-from minivllm.core.batch_sync import BatchDelta, BatchEncoder, BatchMirror
-from minivllm.core.checkpoint import Checkpoint
-from minivllm.core.config import EngineConfig
+from minivllm.core import plugins
 from minivllm.core.interfaces import ScheduledBatch
+from minivllm.core.parallel import distributed
+from minivllm.core.parallel.batch_sync import BatchDelta, BatchEncoder, BatchMirror
 from minivllm.core.runner import ModelRunner
+from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.step import StepFuture
 
 
@@ -62,22 +62,23 @@ class Executor(ABC):
         """Stop whatever the executor started (idempotent)."""
 
 
-def create_executor(config: EngineConfig, checkpoint: Checkpoint, max_model_len: int) -> Executor:
+def create_executor(setup: RunnerSetup) -> Executor:
     """Validate the tensor-parallel layout, then start the ranks. Under torchrun, ranks other than 0
     serve rank 0 here and exit the process when it closes."""
+    config = setup.config
     tp = config.tensor_parallel_size
-    distributed.check_tensor_parallel(checkpoint.hf_config, tp, config.torch_device)
+    distributed.check_tensor_parallel(setup.spec, tp, config.torch_device)
     if tp == 1:
-        return InProcessExecutor(ModelRunner(config, checkpoint, max_model_len))
+        return InProcessExecutor(ModelRunner(setup))
     launch = distributed.launched_by_torchrun()
     if launch is not None:
         if launch.world_size != tp:
             raise ValueError(f"tensor_parallel_size={tp} but torchrun started WORLD_SIZE={launch.world_size} ranks")
         if launch.rank != 0:
             device = launch.local_rank if config.torch_device.type == "cuda" else None
-            run_worker(launch.rank, tp, None, config, checkpoint, max_model_len, device)
+            run_worker(launch.rank, tp, None, setup, device)
             raise SystemExit(0)
-    return MultiprocExecutor(config, checkpoint, max_model_len)
+    return MultiprocExecutor(setup)
 
 
 class InProcessExecutor(Executor):
@@ -136,7 +137,8 @@ class MultiprocExecutor(Executor):
     """Rank 0's side: starts ranks 1..N-1 (or meets them under torchrun), builds rank 0's runner, and runs
     each command on every rank."""
 
-    def __init__(self, config: EngineConfig, checkpoint: Checkpoint, max_model_len: int):
+    def __init__(self, setup: RunnerSetup):
+        config = setup.config
         self.world_size = config.tensor_parallel_size
         self._failed: BaseException | None = None
         self._encoder = BatchEncoder()
@@ -146,13 +148,13 @@ class MultiprocExecutor(Executor):
         launch = distributed.launched_by_torchrun()
         self._store = distributed.open_store(0, self.world_size)  # NCCL meets on it lazily
         if launch is None:
-            self._spawn(config, checkpoint, max_model_len, self._store.port)
+            self._spawn(setup, self._store.port)
             self._wait_until_up()
         elif device.type == "cuda":
             torch.cuda.set_device(launch.local_rank)
         try:
             self._groups = distributed.init_groups(self._store, 0, self.world_size, device)
-            self.runner = ModelRunner(config, checkpoint, max_model_len, self._groups.tp)
+            self.runner = ModelRunner(setup, self._groups.tp)
             distributed.all_reduce_min(self._groups.control, 1)  # every rank has built its runner
         except BaseException as e:
             self._fail(e)
@@ -194,10 +196,10 @@ class MultiprocExecutor(Executor):
         except BaseException as e:
             self._fail(e)
 
-    def _spawn(self, config, checkpoint, max_model_len: int, port: int) -> None:
+    def _spawn(self, setup: RunnerSetup, port: int) -> None:
         ctx = torch.multiprocessing.get_context("spawn")
         devices = [None] * self.world_size
-        if config.torch_device.type == "cuda":  # rank 0 keeps the current device; the others take the rest
+        if setup.config.torch_device.type == "cuda":  # rank 0 keeps the current device; the others take the rest
             current = torch.cuda.current_device()
             devices = [current] + [d for d in range(torch.cuda.device_count()) if d != current]
         threads = max(1, torch.get_num_threads() // self.world_size)
@@ -205,8 +207,7 @@ class MultiprocExecutor(Executor):
             stop_r, stop_w = ctx.Pipe(duplex=False)
             report_r, report_w = ctx.Pipe(duplex=False)
             proc = ctx.Process(target=_worker_main, name=f"minivllm-tp{rank}", daemon=True,
-                               args=(rank, self.world_size, port, config, checkpoint, max_model_len,
-                                     devices[rank], threads, stop_r, report_w))
+                               args=(rank, self.world_size, port, setup, devices[rank], threads, stop_r, report_w))
             proc.start()
             stop_r.close()
             report_w.close()
@@ -272,27 +273,27 @@ def _exit_when_closed(stop) -> None:
     os._exit(0)
 
 
-def _worker_main(rank, world_size, port, config, checkpoint, max_model_len, device, threads, stop, report):
+def _worker_main(rank, world_size, port, setup, device, threads, stop, report):
     threading.Thread(target=_exit_when_closed, args=(stop,), daemon=True).start()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: rank 0 handles it
     try:
         torch.set_num_threads(threads)
-        run_worker(rank, world_size, port, config, checkpoint, max_model_len, device)
+        run_worker(rank, world_size, port, setup, device)
     except BaseException:
         with contextlib.suppress(OSError):  # rank 0 may be gone: then nobody listens
             report.send(traceback.format_exc()[-16000:])  # short enough for the pipe's buffer: never blocks
         raise SystemExit(1) from None
 
 
-def run_worker(rank, world_size, port, config, checkpoint, max_model_len, device) -> None:
+def run_worker(rank, world_size, port, setup: RunnerSetup, device) -> None:
     """Rank ``rank``: build this rank's runner, then run rank 0's commands until it says stop."""
     plugins.load_plugins()  # honours MINIVLLM_PLUGINS, inherited from rank 0
     if device is not None:
         torch.cuda.set_device(device)
     store = distributed.open_store(rank, world_size, port)
     store.set(f"up/{rank}", "1")
-    groups = distributed.init_groups(store, rank, world_size, config.torch_device)
-    runner = ModelRunner(config, checkpoint, max_model_len, groups.tp)
+    groups = distributed.init_groups(store, rank, world_size, setup.config.torch_device)
+    runner = ModelRunner(setup, groups.tp)
     distributed.all_reduce_min(groups.control, 1)  # tell rank 0 this runner is built
     mirror = BatchMirror()
     while (command := distributed.recv_command(groups.control)) is not None:

@@ -1,0 +1,5 @@
+"""``python -m minivllm.cli``: the ``minivllm`` command."""
+
+from minivllm.cli import main
+
+main()
