@@ -1,44 +1,62 @@
 """The async engine: ``async for out in engine.generate(prompt, params, request_id)``.
 
-One background thread owns the :class:`LLMEngine` and steps it while requests are unfinished, so
-requests that arrive while others run join the next step's batch (continuous batching). Other threads
-never touch the engine: they validate a request (read-only), then hand it, or an abort, to the loop
-through an inbox; the loop sends each step's outputs back to the asyncio loop that asked. Tokenizing
-runs on a thread of its own (:meth:`AsyncLLM.tokenize`), so a long prompt never stalls an event loop.
+:class:`AsyncLLM` is the API process's side of the engine core (``engine_core.py``), which owns the
+:class:`LLMEngine` and steps it while requests are unfinished, so requests that arrive while others run
+join the next step's batch (continuous batching). By default the core runs in a process of its own, so
+its host work never waits for the API process's interpreter lock (``engine_process=False``: on a thread of
+this process, the same loop and channel). Here a request is validated (``core/requests.py``) and sent to
+the core; one receiver thread reads the core's one message per step, detokenises each completion's new
+tokens and applies stop strings (aborting a completion one ends), records the metrics, and hands each
+step's outputs to the asyncio loop that asked. Tokenizing runs on a thread of its own (:meth:`tokenize`),
+so a long prompt never stalls an event loop. If the engine process dies, every request fails, ``ready``
+turns False and ``on_engine_dead`` (a server's exit) is called.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import multiprocessing
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from minivllm.core import plugins
+from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.default_model import model_id
-from minivllm.core.engine import LLMEngine
+from minivllm.core.detokenizer import push_text
+from minivllm.core.requests import RequestFactory
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.sequence import Sequence
+from minivllm.core.sequence import Sequence, SequenceStatus
+from minivllm.entrypoints.engine_core import recv, run_engine_core, send
 from minivllm.entrypoints.metrics import EngineMetrics
 from minivllm.entrypoints.output_queue import OutputQueue, StreamOutput
 from minivllm.entrypoints.outputs import releasable_text
 
 logger = logging.getLogger(__name__)
+CLOSE_TIMEOUT = 30.0  # seconds close() waits for the engine process before killing it
 
 
 class EngineClosedError(RuntimeError):
     """The engine is closed or shutting down: it takes no new request."""
 
 
+class EngineDeadError(EngineClosedError):
+    """The engine process died: every request failed, and no new one is taken."""
+
+
 @dataclass
 class _Request:
-    """A request's state on the loop thread. The per-completion lists are indexed like ``seqs``, so an
-    output, a finish or an abort costs O(1) per completion whatever ``n`` is."""
+    """A request's state on the receiver thread. The per-completion lists are indexed like ``seqs`` (this
+    process's mirrors of the core's sequences: tokens, text, finish), so an output, a finish or an abort
+    costs O(1) per completion whatever ``n`` is."""
 
     request_id: str
+    num: int  # the request's number on the channel
     seqs: list[Sequence]
     loop: asyncio.AbstractEventLoop
     queue: OutputQueue
@@ -56,29 +74,53 @@ class _Request:
 
 
 class AsyncLLM:
-    def __init__(self, model: str | None = None, served_model_name: str | None = None, **kwargs):
+    def __init__(self, model: str | None = None, served_model_name: str | None = None,
+                 engine_process: bool | None = None, **kwargs):
         """``model`` and ``kwargs`` are ``LLM(...)``'s; ``served_model_name`` is the name clients use and the
-        metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one)."""
+        metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one).
+        ``engine_process``: run the engine core in a process of its own (default: yes with CUDA; on the CPU
+        the thread, faster there, see README) rather than on a thread of this one."""
         self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
-        self.engine = LLMEngine(self.config)
-        self.tokenizer = self.engine.tokenizer
-        self.max_model_len = self.engine.max_model_len
+        self.engine_process = self.config.torch_device.type == "cuda" if engine_process is None else engine_process
+        self._conn, core_conn = multiprocessing.Pipe()
+        if self.engine_process:
+            self._core = multiprocessing.get_context("spawn").Process(
+                target=run_engine_core, args=(self.config, core_conn), name="minivllm-engine-core")
+        else:
+            self._core = threading.Thread(target=run_engine_core, args=(self.config, core_conn),
+                                          name="minivllm-engine-core", daemon=True)
+        self._core.start()
+        if self.engine_process:
+            core_conn.close()  # the child's now: its end closing is how a dead engine shows
+        self.tokenizer = Checkpoint.open(self.config).load_tokenizer(self.config.tokenizer)  # while the core loads
+        info = self._handshake()
+        self.max_model_len = info["max_model_len"]
+        self.requests = RequestFactory(info["vocab_size"], self.max_model_len, self.tokenizer, info["eos_token_ids"],
+                                       _scheduler_check(self.config, self.max_model_len, info["num_blocks"]))
         self.served_model_name = served_model_name or model_id(self.config.model)
         self.metrics = EngineMetrics(self.served_model_name)
+        self.on_engine_dead: Callable[[], None] | None = None  # called (on the receiver thread) if the core dies
         # one thread: a fast tokenizer is not safe to use from several threads at once (as vLLM's)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivllm-tokenizer")
-        self._requests: dict[str, _Request] = {}  # owned by the loop thread
-        self._owners: dict[int, tuple[_Request, int]] = {}  # seq id -> (request, index); owned by the loop thread
+        self._requests: dict[int, _Request] = {}  # by number; changed under the lock, read by the receiver
+        self._active: dict[str, int] = {}  # request id -> number, while unfinished; guarded by the lock
+        self._numbers = itertools.count()
         self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # outputs not yet handed over, per event loop
-        # ("add", _Request), ("abort", request_id) or ("abort_all", None)
-        self._inbox: list[tuple[str, object]] = []
-        self._active: set[str] = set()  # ids of requests not yet finished; guarded by the lock
-        self._accepting = True  # guarded by the lock
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="minivllm-engine", daemon=True)
-        self._thread.start()
+        self._stats = (0, 0, 0, info["num_blocks"])  # the core's latest (running, waiting, kv_used, kv_total)
+        self._accepting, self._stopped, self._dead = True, False, False  # guarded by the lock
+        self._lock, self._send_lock = threading.Lock(), threading.Lock()
+        self._receiver = threading.Thread(target=self._receive, name="minivllm-engine-client", daemon=True)
+        self._receiver.start()
+
+    def _handshake(self) -> dict:
+        while not self._conn.poll(0.5):
+            if not self._core.is_alive():
+                raise RuntimeError(f"the engine process exited (code {self._core.exitcode}) before it was ready")
+        kind, payload = recv(self._conn)
+        if kind == "failed":
+            self._core.join()
+            raise RuntimeError(f"the engine failed to start:\n{payload}")
+        return payload
 
     # --- the caller's side (any thread, usually the asyncio loop's) ------------------------------
 
@@ -86,29 +128,31 @@ class AsyncLLM:
                  max_buffered: int | None = None) -> AsyncIterator[StreamOutput]:
         """Queue a request and return an async iterator of its outputs as the engine produces them; call
         it from a running event loop and iterate what it returns. Raises ValueError at once for a bad
-        request (nothing queued), and EngineClosedError once the engine is closed or shutting down.
+        request (nothing queued), and EngineClosedError once the engine is closed, dead or shutting down.
         Leaving the iteration early (a client gone, a cancelled task) aborts the request and frees its KV
         blocks. A string prompt is tokenized here, on the caller's thread: a server passes token ids from
         :meth:`tokenize` instead. With ``max_buffered``, output left unread past that many tokens (each
         counting 1 + its top logprobs) aborts the request, and the iterator raises StreamBufferFullError."""
         self._check_open()  # before any work; checked again below, where it counts
         token_ids = self.encode(prompt)
-        seqs = self.engine.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
+        seqs = self.requests.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
         weight = 1 + (params.logprobs or 0)
         queue = OutputQueue(max_buffered, weight, lambda: self.abort(request_id))
-        request = _Request(request_id, seqs, asyncio.get_running_loop(), queue)
+        request = _Request(request_id, next(self._numbers), seqs, asyncio.get_running_loop(), queue)
         with self._lock:  # one lock with begin_shutdown: a request is either refused or aborted by it
             self._check_open()
             if request_id in self._active:
                 raise ValueError(f"request id {request_id!r} is already running")
-            self._active.add(request_id)
-            self._inbox.append(("add", request))
-        self._wake.set()
+            self._active[request_id] = request.num
+            self._requests[request.num] = request
+            self._send(("add", request.num, token_ids, [(s.params, s.stop_token_ids) for s in seqs]))
+        self.metrics.record_admission(len(token_ids))
         return self._outputs(request)
 
     def _check_open(self) -> None:
-        if self._stopped or not self._accepting:
-            raise EngineClosedError("the engine is closed" if self._stopped else "the server is shutting down")
+        if self._stopped or self._dead or not self._accepting:
+            raise (EngineDeadError("the engine process died") if self._dead else EngineClosedError(
+                "the engine is closed" if self._stopped else "the server is shutting down"))
 
     async def _outputs(self, request: _Request) -> AsyncIterator[StreamOutput]:
         finished = False
@@ -136,100 +180,103 @@ class AsyncLLM:
         return list(prompt)
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; the loop frees its KV blocks before its next step. Unknown ids are ignored."""
-        self._post("abort", request_id)
+        """Stop a request; the core frees its KV blocks before its next step. Unknown ids are ignored."""
+        if (num := self._active.get(request_id)) is not None:
+            self._send(("abort", num, -1))
 
     def begin_shutdown(self) -> None:
         """Refuse new requests (``generate`` raises EngineClosedError) and abort every one queued so far:
         each of their streams ends with ``finish_reason`` "abort", so a server's clients get a proper end
-        before it exits. The loop runs on until :meth:`close`."""
+        before it exits. The core runs on until :meth:`close`."""
         with self._lock:
             self._accepting = False
-        self._post("abort_all", None)
+            self._send(("abort_all",))
 
     @property
     def ready(self) -> bool:
-        """Whether new requests are taken: the model is loaded (it is once this object exists) and no
-        shutdown has begun. A server's ``/health`` answers 503 otherwise, so a router or a readiness probe
-        stops sending requests to a draining replica."""
-        return self._accepting and not self._stopped
+        """Whether new requests are taken: the model is loaded (it is once this object exists), the engine
+        alive and no shutdown begun. A server's ``/health`` answers 503 otherwise, so a router or a readiness
+        probe stops sending requests to a draining replica."""
+        return self._accepting and not self._stopped and not self._dead
 
     def stats(self) -> dict:
-        """Queue lengths and KV-cache use (read without the loop's lock: each value is one read)."""
-        scheduler, allocator = self.engine.scheduler, self.engine.allocator
-        return {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
-                "kv_used": allocator.num_blocks - allocator.num_free_blocks, "kv_total": allocator.num_blocks}
+        """Queue lengths and KV-cache use, as of the core's latest message (sent with each step's outputs)."""
+        running, waiting, kv_used, kv_total = self._stats
+        return {"running": running, "waiting": waiting, "kv_used": kv_used, "kv_total": kv_total}
 
     def close(self) -> None:
-        """Stop the loop (requests still running get an error), the tokenizer thread and the engine.
-        Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._wake.set()
-        self._thread.join()
+        """Stop the core (requests still running get an error), its process, the tokenizer thread. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._send(("close",))
+        self._core.join(CLOSE_TIMEOUT)
+        if self._core.is_alive() and self.engine_process:
+            logger.error("the engine process did not stop within %.0f s: killing it", CLOSE_TIMEOUT)
+            self._core.kill()
+            self._core.join()
+        self._receiver.join()
+        self._conn.close()
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
 
-    def _post(self, kind: str, item) -> None:
-        with self._lock:
-            self._inbox.append((kind, item))
-        self._wake.set()
-
-    # --- the loop thread -----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._drain_inbox()
-            self._flush()
-            self.metrics.record_state(**self.stats())
-            if not self.engine.has_unfinished():
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
             try:
-                updated = self.engine.step()
-            except Exception as e:  # the engine could not tell whose request failed the step
-                logger.exception("engine step failed; failing the running requests")
-                self._fail_all(e)
-                continue
-            now = time.monotonic()
-            self.metrics.record_step(len(updated))
-            by_request: dict[str, tuple[_Request, list[int]]] = {}
-            for seq in updated:
-                request, index = self._owners[seq.seq_id]
-                by_request.setdefault(request.request_id, (request, []))[1].append(index)
-            for request, indices in by_request.values():
-                failed = next((request.seqs[i] for i in indices if request.seqs[i].finish_reason == "error"), None)
-                if failed is not None:  # this request made a step fail (the others in it went on)
-                    self._fail(request, RuntimeError(failed.error))
-                else:
-                    self._emit(request, indices, now)
-            self._flush()
-        self._drain_inbox()  # a request queued as the loop stopped fails too, rather than waiting forever
-        self._fail_all(EngineClosedError("the engine was closed"))
+                send(self._conn, message)
+            except OSError:  # the core is gone; the receiver fails what is left
+                pass
 
-    def _drain_inbox(self) -> None:
+    # --- the receiver thread -------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        try:
+            while True:
+                self._handle(*recv(self._conn))
+        except (EOFError, OSError):  # the core closed its end: closed by us, or dead
+            pass
         with self._lock:
-            inbox, self._inbox = self._inbox, []
-        for kind, item in inbox:
-            if kind == "add":
-                self._requests[item.request_id] = item
-                for index, seq in enumerate(item.seqs):
-                    self._owners[seq.seq_id] = (item, index)
-                    self.engine.add(seq)
-                self.metrics.record_admission(item.seqs[0].num_prompt_tokens)
-            elif kind == "abort":
-                if (request := self._requests.get(item)) is not None:
-                    self._abort(request)
-            else:  # "abort_all"
-                for request in list(self._requests.values()):
-                    self._abort(request)
+            dead = self._dead = not self._stopped
+        if dead:
+            self._core.join(1.0)
+            logger.error("the engine process died (exit code %s): failing every request", self._core.exitcode)
+        error = EngineDeadError("the engine process died") if dead else EngineClosedError("the engine was closed")
+        for request in list(self._requests.values()):
+            self._fail(request, error)
+        self._flush()
+        if dead and self.on_engine_dead is not None:
+            self.on_engine_dead()
 
-    def _abort(self, request: _Request) -> None:
-        for seq in request.seqs:
-            self.engine.abort(seq)
-        self._emit(request, [i for i, done in enumerate(request.done) if not done], time.monotonic())
+    def _handle(self, outputs: list[tuple], num_sampled: int, stats: tuple) -> None:
+        now, sampled = time.monotonic(), 0
+        touched: dict[int, tuple[_Request, dict[int, None]]] = {}
+        for num, index, token, logprobs, finish, stop_reason, error in outputs:
+            request = self._requests.get(num)
+            if request is None or request.seqs[index].is_finished:
+                continue  # ended here already (a stop string, a failure): what the core sent since is late
+            if error is not None:  # this request made a step fail (the others in it went on)
+                self._fail(request, RuntimeError(error))
+                continue
+            seq = request.seqs[index]
+            if token is not None:
+                sampled += 1
+                seq.append(token)
+                if logprobs is not None:
+                    seq.logprobs.append(logprobs)
+            if finish is not None:
+                seq.status, seq.finish_reason, seq.stop_reason = SequenceStatus.FINISHED, finish, stop_reason
+            if token is not None and seq.detokenizer is not None and push_text(seq, token, final=finish is not None):
+                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "stop"
+                self._send(("abort", num, index))
+            touched.setdefault(num, (request, {}))[1][index] = None
+        if num_sampled:
+            self.metrics.record_step(sampled)
+        for request, indices in touched.values():
+            if self._requests.get(request.num) is request:
+                self._emit(request, list(indices), now)
+        self._stats = stats
+        self.metrics.record_state(**self.stats())
+        self._flush()
 
     def _emit(self, request: _Request, indices: list[int], now: float) -> None:
         """Send what completions ``indices`` of ``request`` gained; forget the request once all ended."""
@@ -262,26 +309,20 @@ class AsyncLLM:
             self._forget(request)
 
     def _fail(self, request: _Request, error: BaseException) -> None:
-        """End the request with ``error``, raised by its iterator; its other sequences are aborted. Its
-        completions not ended yet count as ended with finish_reason "error"."""
+        """End the request with ``error``, raised by its iterator; its other completions are aborted. Those
+        not ended yet count as ended with finish_reason "error"."""
+        self._send(("abort", request.num, -1))
         for i, seq in enumerate(request.seqs):
-            self.engine.abort(seq)
+            seq.status = SequenceStatus.FINISHED
             if not request.done[i]:
                 self.metrics.record_finish("error", 0.0, None)
         self._outbox.setdefault(request.loop, []).append((request.queue, error))
         self._forget(request)
 
-    def _fail_all(self, error: BaseException) -> None:
-        for request in list(self._requests.values()):
-            self._fail(request, error)
-        self._flush()
-
     def _forget(self, request: _Request) -> None:
-        del self._requests[request.request_id]
-        for seq in request.seqs:
-            del self._owners[seq.seq_id]
         with self._lock:
-            self._active.discard(request.request_id)
+            del self._requests[request.num]
+            del self._active[request.request_id]
 
     def _flush(self) -> None:
         """Hand the step's outputs to their event loops: one wake-up per loop, not one per output."""
@@ -291,6 +332,14 @@ class AsyncLLM:
             except RuntimeError:  # that event loop is closed: nobody is listening any more
                 pass
         self._outbox.clear()
+
+
+def _scheduler_check(config: EngineConfig, max_model_len: int, num_blocks: int) -> Callable[[int, int], None]:
+    """The configured scheduler's ``check_request``, for a cache of the core's ``num_blocks``."""
+    plugins.load_plugins()
+    allocator = plugins.kv_allocators.get(config.kv_allocator)(num_blocks, config.kvcache_block_size,
+                                                               config.enable_prefix_caching)
+    return plugins.schedulers.get(config.scheduler)(config.scheduler_config(max_model_len), allocator).check_request
 
 
 def _deliver(items: list[tuple[OutputQueue, StreamOutput | BaseException]]) -> None:
