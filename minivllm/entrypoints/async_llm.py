@@ -19,23 +19,19 @@ import itertools
 import logging
 import multiprocessing
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.default_model import model_id
-from minivllm.core.detokenizer import push_text
 from minivllm.core.requests import RequestFactory
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.sequence import Sequence, SequenceStatus
 from minivllm.entrypoints.engine_core import recv, run_engine_core, send
 from minivllm.entrypoints.metrics import EngineMetrics
+from minivllm.entrypoints.output_processor import OutputProcessor, RequestState
 from minivllm.entrypoints.output_queue import OutputQueue, StreamOutput
-from minivllm.entrypoints.outputs import releasable_text
 
 logger = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 30.0  # seconds close() waits for the engine process before killing it
@@ -47,30 +43,6 @@ class EngineClosedError(RuntimeError):
 
 class EngineDeadError(EngineClosedError):
     """The engine process died: every request failed, and no new one is taken."""
-
-
-@dataclass
-class _Request:
-    """A request's state on the receiver thread. The per-completion lists are indexed like ``seqs`` (this
-    process's mirrors of the core's sequences: tokens, text, finish), so an output, a finish or an abort
-    costs O(1) per completion whatever ``n`` is."""
-
-    request_id: str
-    num: int  # the request's number on the channel
-    seqs: list[Sequence]
-    loop: asyncio.AbstractEventLoop
-    queue: OutputQueue
-    arrival: float = field(default_factory=time.monotonic)
-    sent_chars: list[int] = field(init=False)  # characters of text sent
-    sent_tokens: list[int] = field(init=False)  # tokens sent
-    first_token_time: list[float | None] = field(init=False)
-    done: list[bool] = field(init=False)  # its end was sent (and counted)
-    num_unfinished: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        n = len(self.seqs)
-        self.sent_chars, self.sent_tokens, self.first_token_time = [0] * n, [0] * n, [None] * n
-        self.done, self.num_unfinished = [False] * n, n
 
 
 class AsyncLLM:
@@ -102,13 +74,11 @@ class AsyncLLM:
         self.on_engine_dead: Callable[[], None] | None = None  # called (on the receiver thread) if the core dies
         # one thread: a fast tokenizer is not safe to use from several threads at once (as vLLM's)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivllm-tokenizer")
-        self._requests: dict[int, _Request] = {}  # by number; changed under the lock, read by the receiver
-        self._active: dict[str, int] = {}  # request id -> number, while unfinished; guarded by the lock
+        self._outputs_of = OutputProcessor(self.metrics, lambda num, index: self._send(("abort", num, index)))
         self._numbers = itertools.count()
-        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # outputs not yet handed over, per event loop
         self._stats = (0, 0, 0, info["num_blocks"])  # the core's latest (running, waiting, kv_used, kv_total)
         self._accepting, self._stopped, self._dead = True, False, False  # guarded by the lock
-        self._lock, self._send_lock = threading.Lock(), threading.Lock()
+        self._lock, self._send_lock = self._outputs_of.lock, threading.Lock()
         self._receiver = threading.Thread(target=self._receive, name="minivllm-engine-client", daemon=True)
         self._receiver.start()
 
@@ -138,13 +108,10 @@ class AsyncLLM:
         seqs = self.requests.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
         weight = 1 + (params.logprobs or 0)
         queue = OutputQueue(max_buffered, weight, lambda: self.abort(request_id))
-        request = _Request(request_id, next(self._numbers), seqs, asyncio.get_running_loop(), queue)
+        request = RequestState(request_id, next(self._numbers), seqs, asyncio.get_running_loop(), queue)
         with self._lock:  # one lock with begin_shutdown: a request is either refused or aborted by it
             self._check_open()
-            if request_id in self._active:
-                raise ValueError(f"request id {request_id!r} is already running")
-            self._active[request_id] = request.num
-            self._requests[request.num] = request
+            self._outputs_of.add(request)
             self._send(("add", request.num, token_ids, [(s.params, s.stop_token_ids) for s in seqs]))
         self.metrics.record_admission(len(token_ids))
         return self._outputs(request)
@@ -154,7 +121,7 @@ class AsyncLLM:
             raise (EngineDeadError("the engine process died") if self._dead else EngineClosedError(
                 "the engine is closed" if self._stopped else "the server is shutting down"))
 
-    async def _outputs(self, request: _Request) -> AsyncIterator[StreamOutput]:
+    async def _outputs(self, request: RequestState) -> AsyncIterator[StreamOutput]:
         finished = False
         try:
             while not finished:
@@ -181,7 +148,7 @@ class AsyncLLM:
 
     def abort(self, request_id: str) -> None:
         """Stop a request; the core frees its KV blocks before its next step. Unknown ids are ignored."""
-        if (num := self._active.get(request_id)) is not None:
+        if (num := self._outputs_of.active.get(request_id)) is not None:
             self._send(("abort", num, -1))
 
     def begin_shutdown(self) -> None:
@@ -232,7 +199,10 @@ class AsyncLLM:
     def _receive(self) -> None:
         try:
             while True:
-                self._handle(*recv(self._conn))
+                outputs, num_sampled, self._stats = recv(self._conn)
+                self._outputs_of.process(outputs, num_sampled)
+                self.metrics.record_state(**self.stats())  # before the outputs reach their callers
+                self._outputs_of.flush()
         except (EOFError, OSError):  # the core closed its end: closed by us, or dead
             pass
         with self._lock:
@@ -241,98 +211,9 @@ class AsyncLLM:
             self._core.join(1.0)
             logger.error("the engine process died (exit code %s): failing every request", self._core.exitcode)
         error = EngineDeadError("the engine process died") if dead else EngineClosedError("the engine was closed")
-        for request in list(self._requests.values()):
-            self._fail(request, error)
-        self._flush()
+        self._outputs_of.fail_all(error)
         if dead and self.on_engine_dead is not None:
             self.on_engine_dead()
-
-    def _handle(self, outputs: list[tuple], num_sampled: int, stats: tuple) -> None:
-        now, sampled = time.monotonic(), 0
-        touched: dict[int, tuple[_Request, dict[int, None]]] = {}
-        for num, index, token, logprobs, finish, stop_reason, error in outputs:
-            request = self._requests.get(num)
-            if request is None or request.seqs[index].is_finished:
-                continue  # ended here already (a stop string, a failure): what the core sent since is late
-            if error is not None:  # this request made a step fail (the others in it went on)
-                self._fail(request, RuntimeError(error))
-                continue
-            seq = request.seqs[index]
-            if token is not None:
-                sampled += 1
-                seq.append(token)
-                if logprobs is not None:
-                    seq.logprobs.append(logprobs)
-            if finish is not None:
-                seq.status, seq.finish_reason, seq.stop_reason = SequenceStatus.FINISHED, finish, stop_reason
-            if token is not None and seq.detokenizer is not None and push_text(seq, token, final=finish is not None):
-                seq.status, seq.finish_reason = SequenceStatus.FINISHED, "stop"
-                self._send(("abort", num, index))
-            touched.setdefault(num, (request, {}))[1][index] = None
-        if num_sampled:
-            self.metrics.record_step(sampled)
-        for request, indices in touched.values():
-            if self._requests.get(request.num) is request:
-                self._emit(request, list(indices), now)
-        self._stats = stats
-        self.metrics.record_state(**self.stats())
-        self._flush()
-
-    def _emit(self, request: _Request, indices: list[int], now: float) -> None:
-        """Send what completions ``indices`` of ``request`` gained; forget the request once all ended."""
-        for i in indices:
-            seq = request.seqs[i]
-            if request.first_token_time[i] is None and seq.num_output_tokens:
-                request.first_token_time[i] = now
-                self.metrics.record_first_token(now - request.arrival)
-            if seq.is_finished and not request.done[i]:
-                request.done[i] = True
-                request.num_unfinished -= 1
-                first = request.first_token_time[i]
-                tpot = (now - first) / (seq.num_output_tokens - 1) if seq.num_output_tokens > 1 else None
-                self.metrics.record_finish(seq.finish_reason, now - request.arrival, tpot)
-        finished = request.num_unfinished == 0
-        for k, i in enumerate(indices):
-            seq = request.seqs[i]
-            text = releasable_text(seq) if seq.detokenizer is not None else ""
-            chars, tokens = request.sent_chars[i], request.sent_tokens[i]
-            request.sent_chars[i], request.sent_tokens[i] = len(text), seq.num_output_tokens
-            out = StreamOutput(
-                request_id=request.request_id, index=i, text=text[chars:],
-                token_ids=seq.token_ids[seq.num_prompt_tokens + tokens :], logprobs=seq.logprobs[tokens:],
-                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
-                num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
-                finished=finished and k == len(indices) - 1,
-            )
-            self._outbox.setdefault(request.loop, []).append((request.queue, out))
-        if finished:
-            self._forget(request)
-
-    def _fail(self, request: _Request, error: BaseException) -> None:
-        """End the request with ``error``, raised by its iterator; its other completions are aborted. Those
-        not ended yet count as ended with finish_reason "error"."""
-        self._send(("abort", request.num, -1))
-        for i, seq in enumerate(request.seqs):
-            seq.status = SequenceStatus.FINISHED
-            if not request.done[i]:
-                self.metrics.record_finish("error", 0.0, None)
-        self._outbox.setdefault(request.loop, []).append((request.queue, error))
-        self._forget(request)
-
-    def _forget(self, request: _Request) -> None:
-        with self._lock:
-            del self._requests[request.num]
-            del self._active[request.request_id]
-
-    def _flush(self) -> None:
-        """Hand the step's outputs to their event loops: one wake-up per loop, not one per output."""
-        for loop, items in self._outbox.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that event loop is closed: nobody is listening any more
-                pass
-        self._outbox.clear()
-
 
 def _scheduler_check(config: EngineConfig, max_model_len: int, num_blocks: int) -> Callable[[int, int], None]:
     """The configured scheduler's ``check_request``, for a cache of the core's ``num_blocks``."""
@@ -340,8 +221,3 @@ def _scheduler_check(config: EngineConfig, max_model_len: int, num_blocks: int) 
     allocator = plugins.kv_allocators.get(config.kv_allocator)(num_blocks, config.kvcache_block_size,
                                                                config.enable_prefix_caching)
     return plugins.schedulers.get(config.scheduler)(config.scheduler_config(max_model_len), allocator).check_request
-
-
-def _deliver(items: list[tuple[OutputQueue, StreamOutput | BaseException]]) -> None:
-    for queue, item in items:
-        queue.put(item)
