@@ -54,6 +54,8 @@ class AsyncLLM:
         the thread, faster there, see README) rather than on a thread of this one."""
         self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
         self.engine_process = self.config.torch_device.type == "cuda" if engine_process is None else engine_process
+        # before the core starts: on a thread, it would import transformers alongside (its lazy imports race)
+        self.tokenizer = Checkpoint.open(self.config).load_tokenizer(self.config.tokenizer)
         self._conn, core_conn = multiprocessing.Pipe()
         if self.engine_process:
             self._core = multiprocessing.get_context("spawn").Process(
@@ -64,7 +66,6 @@ class AsyncLLM:
         self._core.start()
         if self.engine_process:
             core_conn.close()  # the child's now: its end closing is how a dead engine shows
-        self.tokenizer = Checkpoint.open(self.config).load_tokenizer(self.config.tokenizer)  # while the core loads
         info = self._handshake()
         self.max_model_len = info["max_model_len"]
         self.requests = RequestFactory(info["vocab_size"], self.max_model_len, self.tokenizer, info["eos_token_ids"],
@@ -77,16 +78,20 @@ class AsyncLLM:
         self._outputs_of = OutputProcessor(self.metrics, lambda num, index: self._send(("abort", num, index)))
         self._numbers = itertools.count()
         self._stats = (0, 0, 0, info["num_blocks"])  # the core's latest (running, waiting, kv_used, kv_total)
+        self.metrics.record_state(**self.stats())
         self._accepting, self._stopped, self._dead = True, False, False  # guarded by the lock
         self._lock, self._send_lock = self._outputs_of.lock, threading.Lock()
         self._receiver = threading.Thread(target=self._receive, name="minivllm-engine-client", daemon=True)
         self._receiver.start()
 
     def _handshake(self) -> dict:
-        while not self._conn.poll(0.5):
-            if not self._core.is_alive():
-                raise RuntimeError(f"the engine process exited (code {self._core.exitcode}) before it was ready")
-        kind, payload = recv(self._conn)
+        try:
+            while not self._conn.poll(0.5) and self._core.is_alive():
+                pass
+            kind, payload = recv(self._conn)
+        except EOFError:
+            self._core.join()
+            raise RuntimeError(f"the engine process exited (code {self._core.exitcode}) before it was ready") from None
         if kind == "failed":
             self._core.join()
             raise RuntimeError(f"the engine failed to start:\n{payload}")
