@@ -171,6 +171,11 @@ class AsyncLLM:
         probe stops sending requests to a draining replica."""
         return self._accepting and not self._stopped and not self._dead
 
+    @property
+    def dead(self) -> bool:
+        """Whether the engine process died (every request failed; :meth:`close` still reaps it)."""
+        return self._dead
+
     def stats(self) -> dict:
         """Queue lengths and KV-cache use, as of the core's latest message (sent with each step's outputs)."""
         running, waiting, kv_used, kv_total = self._stats
@@ -190,6 +195,8 @@ class AsyncLLM:
             self._core.join()
         self._receiver.join()
         self._conn.close()
+        if self.engine_process:
+            self._core.close()  # its sentinel's descriptor
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
 
     def _send(self, message: tuple) -> None:
