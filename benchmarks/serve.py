@@ -87,6 +87,17 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def start_py_spy(pid: int, path: str) -> subprocess.Popen | None:
+    """``py-spy record`` of the server process (not its engine process) until SIGINT; None without py-spy."""
+    import shutil
+
+    if shutil.which("py-spy") is None:
+        print("py-spy is not installed: no profile", flush=True)
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+                             "--output", path, "--nonblocking"])
+
+
 def workload(args) -> list[tuple[list[int], int]]:
     rng = random.Random(args.seed)
     (in_lo, in_hi), (out_lo, out_hi) = args.input_len, args.output_len
@@ -226,6 +237,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--json", help="append one JSON line per rate to this file")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the API server process with py-spy (if installed) "
+                        "while the rates run, as collapsed stacks (py-spy's raw format) in FILE")
     parser.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the requests through LLM.generate and print each rate's ratio to it")
     args, server_args = parser.parse_known_args()
@@ -239,6 +252,7 @@ def main() -> None:
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         proc = start_server(model_path, port, args, server_args)
+        spy = start_py_spy(proc.pid, args.py_spy) if args.py_spy else None
         try:
             requests = workload(args)
             asyncio.run(run_rate(base_url, requests[: min(8, len(requests))], float("inf"), args.seed))  # warm-up
@@ -250,6 +264,9 @@ def main() -> None:
                            input_len=args.input_len, output_len=args.output_len, server_args=server_args)
                 rows.append(row)
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(timeout=60)
             stop_server(proc)
         offline = offline_throughput(model_path, args, server_args, requests) if args.offline else None
     for row in rows:
