@@ -26,6 +26,7 @@ from minivllm.core import plugins
 from minivllm.core.checkpoint import Checkpoint
 from minivllm.core.config import EngineConfig
 from minivllm.core.default_model import model_id
+from minivllm.core.engine import LLMEngine
 from minivllm.core.requests import RequestFactory
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.entrypoints.engine_core import recv, run_engine_core, send
@@ -54,14 +55,14 @@ class AsyncLLM:
         the thread, faster there, see README) rather than on a thread of this one."""
         self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
         self.engine_process = self.config.torch_device.type == "cuda" if engine_process is None else engine_process
-        # before the core starts: on a thread, it would import transformers alongside (its lazy imports race)
+        # before the core starts loading: on a thread, it would import transformers alongside (lazy imports race)
         self.tokenizer = Checkpoint.open(self.config).load_tokenizer(self.config.tokenizer)
         self._conn, core_conn = multiprocessing.Pipe()
         if self.engine_process:
             self._core = multiprocessing.get_context("spawn").Process(
                 target=run_engine_core, args=(self.config, core_conn), name="minivllm-engine-core")
         else:
-            self._core = threading.Thread(target=run_engine_core, args=(self.config, core_conn),
+            self._core = threading.Thread(target=run_engine_core, args=(self.config, core_conn, LLMEngine(self.config)),
                                           name="minivllm-engine-core", daemon=True)
         self._core.start()
         if self.engine_process:

@@ -27,9 +27,10 @@ from __future__ import annotations
 import logging
 import pickle
 import signal
-import threading
 import traceback
 from multiprocessing.connection import Connection
+
+import torch
 
 from minivllm.core.config import EngineConfig
 from minivllm.core.engine import LLMEngine
@@ -47,16 +48,20 @@ def recv(conn: Connection):
     return pickle.loads(conn.recv_bytes())
 
 
-def run_engine_core(config: EngineConfig, conn: Connection) -> None:
-    """The engine process's (or thread's) entry point: load the engine, say ready, then serve until closed."""
-    if threading.current_thread() is threading.main_thread():  # a process of its own
+def run_engine_core(config: EngineConfig, conn: Connection, engine: LLMEngine | None = None) -> None:
+    """The engine process's entry point: load the engine, say ready, then serve until closed. On a thread,
+    ``engine`` comes loaded: built on the thread that owns torch's thread pool (one built on a new thread ran
+    its steps several times slower on a busy 2-core CPU)."""
+    if engine is None:  # a process of its own
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the API process, which drives
-    try:
-        engine = LLMEngine(config)
-    except BaseException:
-        send(conn, ("failed", traceback.format_exc()))
-        conn.close()
-        return
+        if config.torch_device.type == "cpu":  # leave the API process a core: torch's threads wait on each other
+            torch.set_num_threads(max(1, torch.get_num_threads() - 1))
+        try:
+            engine = LLMEngine(config)
+        except BaseException:
+            send(conn, ("failed", traceback.format_exc()))
+            conn.close()
+            return
     try:
         info = {"max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
                 "eos_token_ids": set(engine.eos_token_ids), "num_blocks": engine.allocator.num_blocks}
