@@ -10,7 +10,10 @@ weights (``load_format="dummy"``, no download), or any checkpoint given by ``--m
     python benchmarks/serve.py --model qwen3-0.6b --request-rates 4,16,inf
     python benchmarks/serve.py --model-path tests-tiny-ckpt --num-prompts 20 --device cpu   # smoke test
 
-Prints a Markdown table (one row per rate) and, with ``--json FILE``, appends one JSON line per rate.
+Prints a Markdown table (one row per rate) and, with ``--json FILE``, appends one JSON line per rate. Then,
+unless ``--no-offline``, the offline arm: the same requests through ``LLM.generate``, all at once, with the
+same engine flags, once the server has stopped; each rate's row gets ``÷ offline``, its output throughput
+over the offline one (the issue's target: >= 0.9 at rate inf).
 """
 
 from __future__ import annotations
@@ -83,6 +86,17 @@ def stop_server(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def start_py_spy(pid: int, path: str) -> subprocess.Popen | None:
+    """``py-spy record`` of the server process (not its engine process) until SIGINT; None without py-spy."""
+    import shutil
+
+    if shutil.which("py-spy") is None:
+        print("py-spy is not installed: no profile", flush=True)
+        return None
+    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
+                             "--output", path, "--nonblocking"])
 
 
 def workload(args) -> list[tuple[list[int], int]]:
@@ -168,6 +182,25 @@ def summarize(results: list[Result], duration: float, rate: float, server_metric
     }
 
 
+def offline_throughput(model_path: str, args, server_args: list[str], requests: list[tuple[list[int], int]]) -> float:
+    """Output tokens per second of ``LLM.generate`` on the same requests, with the server's engine flags."""
+    from minivllm import LLM, SamplingParams
+    from minivllm.cli.serve import add_engine_arguments, engine_kwargs
+
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    flags, _ = parser.parse_known_args(server_args)
+    kwargs = {**engine_kwargs(flags), "max_model_len": args.max_model_len, "device": args.device}
+    llm = LLM(model_path, **kwargs)
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for _, m in requests]
+    llm.generate([p for p, _ in requests[:8]], params[:8], use_tqdm=False)  # warm-up, as the server's
+    start = time.perf_counter()
+    outputs = llm.generate([p for p, _ in requests], params, use_tqdm=False)
+    elapsed = time.perf_counter() - start
+    llm.close()
+    return sum(len(o["tokens"]) for o in outputs) / elapsed
+
+
 def main() -> None:
     def int_range(text: str) -> tuple[int, int]:
         lo, _, hi = text.partition(":")
@@ -187,6 +220,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--json", help="append one JSON line per rate to this file")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the API server process with py-spy (if installed) "
+                        "while the rates run, as collapsed stacks (py-spy's raw format) in FILE")
+    parser.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the requests through LLM.generate and print each rate's ratio to it")
     args, server_args = parser.parse_known_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,6 +235,7 @@ def main() -> None:
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         proc = start_server(model_path, port, args, server_args)
+        spy = start_py_spy(proc.pid, args.py_spy) if args.py_spy else None
         try:
             requests = workload(args)
             asyncio.run(run_rate(base_url, requests[: min(8, len(requests))], float("inf"), args.seed))  # warm-up
@@ -208,18 +246,28 @@ def main() -> None:
                 row.update(model=args.model_path or args.model, num_prompts=args.num_prompts,
                            input_len=args.input_len, output_len=args.output_len, server_args=server_args)
                 rows.append(row)
-                emit_json_line(row, args.json)
         finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                spy.wait(timeout=60)
             stop_server(proc)
+        offline = offline_throughput(model_path, args, server_args, requests) if args.offline else None
+    for row in rows:
+        row["offline_output_throughput"] = offline
+        row["ratio_to_offline"] = row["output_throughput"] / offline if offline else None
+        emit_json_line(row, args.json)
     print("\n| rate (req/s) | done | req/s | output tok/s | TTFT mean / p99 (ms) | TPOT mean / p99 (ms) "
-          "| ITL mean / p99 (ms) | E2E mean (ms) | mean batch so far |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| ITL mean / p99 (ms) | TTFT p50 (ms) | E2E mean (ms) | mean batch so far | ÷ offline |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['request_rate']:g} | {r['completed']}/{r['completed'] + r['failed']} "
               f"| {r['request_throughput']:.2f} "
               f"| {r['output_throughput']:.0f} | {r['ttft_ms']['mean']:.0f} / {r['ttft_ms']['p99']:.0f} "
               f"| {r['tpot_ms']['mean']:.1f} / {r['tpot_ms']['p99']:.1f} | {r['itl_ms']['mean']:.1f} / "
-              f"{r['itl_ms']['p99']:.1f} | {r['e2e_ms']['mean']:.0f} | {r['server_batch_size_mean']:.1f} |")
+              f"{r['itl_ms']['p99']:.1f} | {r['ttft_ms']['median']:.0f} | {r['e2e_ms']['mean']:.0f} "
+              f"| {r['server_batch_size_mean']:.1f} | {r['ratio_to_offline'] or float('nan'):.2f} |")
+    if offline:
+        print(f"\noffline (LLM.generate, all {args.num_prompts} at once): {offline:.0f} output tok/s")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@
 #              kv_allocator simple vs prefix_cache (shared-prefix), enforce_eager true vs false
 #   attn       minivllm bench: attention_backend torch vs triton (32 short prompts)
 #   tp1        TP=1 throughput at 300ebbe, 074673a (trees in .ab/, made by gpu_prepare.sh) and now
-#   serve      benchmarks/serve.py: the OpenAI server under Poisson arrivals (needs the server wheels)
+#   serve      benchmarks/serve.py (issue 26): Qwen3-0.6B shape, 200 prompts, rates inf and 16, fcfs and chunked,
+#              each with its offline arm and ratio, a py-spy profile of the API process (if the py-spy wheel is
+#              in .whl); then rate inf with --no-engine-process (the in-process thread) for comparison
+#   serve-8b   the same at rate inf on the Llama-3.1-8B shape, 64 prompts
 # Usage on the device machine:  bash scripts/gpu_check.sh STAGE [STAGE ...]
 # (scripts/gpu_prepare.sh, run first on the CPU machine, makes the wheels and prints the command)
 set -uo pipefail
@@ -90,8 +93,16 @@ for stage in "$@"; do
            PYTHONPATH=/tmp/site:$PWD/$tree python3 $tree/benchmarks/throughput.py --hf-prompts 0 2>&1 |
              tee -a "$OUT/tp1.log" || status=1
          done ;;
-    serve) python3 benchmarks/serve.py --model qwen3-0.6b --num-prompts 200 --request-rates 16,inf \
-             --json "$OUT/serve.jsonl" 2>&1 | tee "$OUT/serve.log" || status=1 ;;
+    serve) pip install -q --no-index --find-links .whl py-spy 2>/dev/null  # optional: a profile of the API process
+           for sched in fcfs chunked; do  # each run ends with its offline arm (LLM.generate) and the ratios
+             python3 benchmarks/serve.py --model qwen3-0.6b --num-prompts 200 --input-len 128:1024 \
+               --output-len 64:512 --request-rates inf,16 --sampler fused --scheduler $sched \
+               --py-spy "$OUT/serve_api_$sched.txt" --json "$OUT/serve.jsonl" 2>&1 | tee -a "$OUT/serve.log" || status=1
+           done
+           python3 benchmarks/serve.py --model qwen3-0.6b --num-prompts 200 --request-rates inf --sampler fused \
+             --no-engine-process --no-offline --json "$OUT/serve.jsonl" 2>&1 | tee -a "$OUT/serve.log" || status=1 ;;
+    serve-8b) python3 benchmarks/serve.py --model llama3-8b --num-prompts 64 --request-rates inf \
+             --sampler fused --json "$OUT/serve.jsonl" 2>&1 | tee -a "$OUT/serve.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done

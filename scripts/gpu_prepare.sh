@@ -22,7 +22,7 @@ if [ $wheels = 1 ]; then
   bash ../shared/device/fetch-wheels.sh > /dev/null
   python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx gguf  # httpx: benchmarks/serve.py's client
+    -d .whl 'fastapi>=0.110' 'uvicorn>=0.29' httpx gguf py-spy  # httpx: serve.py's client; py-spy: its profile
 fi
 gguf=$(python3 -c "from minivllm import default_model; print(default_model())")
 half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))

@@ -129,8 +129,11 @@ def cmd_serve(args) -> None:
         api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
         **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
     )
-    engine = AsyncLLM(model_argument(args), served_model_name=args.served_model_name, **engine_kwargs(args))
+    engine = AsyncLLM(model_argument(args), served_model_name=args.served_model_name,
+                      engine_process=args.engine_process, **engine_kwargs(args))
     serve(engine, settings, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
+    if engine.dead:
+        raise SystemExit("the engine process died: the server stopped")
 
 
 def cmd_chat(args) -> None:
@@ -194,6 +197,9 @@ def add_parsers(sub) -> None:
     serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
                                          "(visible in `ps`: prefer --api-key-file or $MINIVLLM_API_KEY)")
     serve.add_argument("--api-key-file", help="read the API key from the first line of this file")
+    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=None, help=(
+        "run the engine core in a process of its own, apart from the HTTP side (default: with CUDA; on the CPU "
+        "--no-engine-process, a thread of the server's process, measured faster there)"))
     serve.add_argument("--served-model-name", help="the model name clients use (default: the model as given; "
                                                    "SmolLM2-135M-Instruct for the embedded one)")
     serve.add_argument("--chat-template",

@@ -17,7 +17,6 @@ collected after a submit differs (the one just submitted, or the one before).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence as SequenceABC
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,10 @@ from minivllm.core import plugins
 from minivllm.core.bookkeeping import StepBookkeeping
 from minivllm.core.config import EngineConfig
 from minivllm.core.cpu import choose_threads
-from minivllm.core.detokenizer import IncrementalDetokenizer
+from minivllm.core.detokenizer import push_text
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.parallel.executor import WorkerError, create_executor
+from minivllm.core.requests import RequestFactory
 from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
@@ -74,6 +74,8 @@ class LLMEngine:
         self.scheduler = plugins.schedulers.get(config.scheduler)(
             config.scheduler_config(self.max_model_len), self.allocator)
         self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
+        self.requests = RequestFactory(self.vocab_size, self.max_model_len, self.tokenizer, self.eos_token_ids,
+                                       self.scheduler.check_request)
         self.async_scheduling = config.resolved_async_scheduling
         self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next
 
@@ -82,60 +84,16 @@ class LLMEngine:
         self.executor.close()
 
     def encode(self, prompt: str | list[int]) -> list[int]:
-        """A prompt's token ids: a string tokenized, a sequence of token ids as a list. Anything else is a
-        ValueError, bytes and bools included (Python would read them as token ids)."""
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("this checkpoint has no tokenizer: pass token ids")
-            return self.tokenizer.encode(prompt)
-        if not is_token_ids(prompt):
-            got = type(prompt).__name__
-            if isinstance(prompt, SequenceABC) and not isinstance(prompt, (bytes, bytearray)):
-                got = f"a {got} holding {type(next(t for t in prompt if not is_token_id(t))).__name__}"
-            raise ValueError(f"a prompt must be a string or a list of token ids, got {got}")
-        return list(prompt)
+        """A prompt's token ids (see :meth:`RequestFactory.encode`)."""
+        return self.requests.encode(prompt)
 
     def make_sequence(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> Sequence:
-        """Validate a request; raises ValueError naming the problem. Nothing is queued. With
-        ``detokenize`` (implied by stop strings) the sequence keeps its text as tokens arrive, in
-        ``seq.detokenizer.text``."""
-        if not token_ids:
-            raise ValueError("the prompt is empty")
-        bad = next((t for t in token_ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt of {len(token_ids)} tokens is too long: max_model_len={self.max_model_len} "
-                "leaves no room to generate"
-            )
-        self.scheduler.check_request(len(token_ids), min(len(token_ids) + params.max_tokens, self.max_model_len))
-        if params.stop and self.tokenizer is None:
-            raise ValueError("stop strings need a tokenizer, and this checkpoint has none")
-        bad = next((t for t in params.stop_token_ids if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise ValueError(f"stop token id {bad} is outside the vocabulary [0, {self.vocab_size})")
-        if params.top_k >= self.vocab_size:  # keeps every token: the same as no top-k, in every sampler
-            params = params.model_copy(update={"top_k": -1})
-        seq = Sequence(token_ids, params)
-        if not params.ignore_eos:
-            seq.stop_token_ids |= self.eos_token_ids
-        if (detokenize or params.stop) and self.tokenizer is not None:
-            seq.detokenizer = IncrementalDetokenizer(self.tokenizer)
-        return seq
+        """Validate a request and make its sequence (see :class:`RequestFactory`); nothing is queued."""
+        return self.requests.make_sequence(token_ids, params, detokenize)
 
     def make_sequences(self, token_ids: list[int], params: SamplingParams, detokenize: bool = False) -> list[Sequence]:
-        """The ``params.n`` sequences of one request. They hold the same prompt, so the prefix cache
-        shares its full KV blocks. Seeded requests give completion ``i`` the seed ``seed + i`` (as vLLM)."""
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
-        if params.n == 1:
-            return [self.make_sequence(token_ids, params, detokenize)]
-        return [
-            self.make_sequence(token_ids, params.model_copy(
-                update={"n": 1, "seed": None if params.seed is None else _wrap64(params.seed + i)}), detokenize)
-            for i in range(params.n)
-        ]
+        """The ``params.n`` sequences of one request (see :class:`RequestFactory`)."""
+        return self.requests.make_sequences(token_ids, params, detokenize)
 
     def add(self, seq: Sequence) -> None:
         self.scheduler.add(seq)
@@ -243,38 +201,6 @@ class LLMEngine:
             seq.stop_reason = token if token in params.stop_token_ids else None  # None: EOS
         elif self.bookkeeping.ends_by_length(seq):
             reason = "length"
-        if seq.detokenizer is not None:
-            delta = seq.detokenizer.push([token], final=reason is not None)
-            if not reason and may_stop and params.stop and self._find_stop_string(seq, len(delta)):
-                reason = "stop"
+        if seq.detokenizer is not None and push_text(seq, token, final=reason is not None):
+            reason = "stop"
         return reason
-
-    @staticmethod
-    def _find_stop_string(seq: Sequence, num_new_chars: int) -> bool:
-        """Look for a stop string ending in the newest text; cut the text there (after it with
-        ``include_stop_str_in_output``) and record it as the stop reason."""
-        detok = seq.detokenizer
-        longest = max(len(s) for s in seq.params.stop)
-        start = max(0, len(detok.text) - num_new_chars - longest + 1)
-        hits = [(i, s) for s in seq.params.stop if (i := detok.text.find(s, start)) != -1]
-        if not hits:
-            return False
-        index, stop = min(hits)
-        detok.text = detok.text[: index + len(stop) if seq.params.include_stop_str_in_output else index]
-        seq.stop_reason = stop
-        return True
-
-
-def _wrap64(seed: int) -> int:
-    """A seed + completion index kept a signed 64-bit integer (2**63 - 1 + 1 wraps to -2**63)."""
-    return (seed + 2**63) % 2**64 - 2**63
-
-
-def is_token_id(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_token_ids(prompt) -> bool:
-    """A prompt of token ids: a sequence of ints (not bools), but not bytes (a sequence of ints to Python)."""
-    return (isinstance(prompt, SequenceABC) and not isinstance(prompt, (str, bytes, bytearray))
-            and all(is_token_id(t) for t in prompt))

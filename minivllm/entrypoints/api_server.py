@@ -161,7 +161,8 @@ class _Server(uvicorn.Server):
 
 def serve(engine: AsyncLLM, settings: ServerSettings | None = None, host: str = "127.0.0.1", port: int = 8000,
           log_level: str = "info") -> None:
-    """Run the server until SIGTERM or SIGINT (shutting down within the grace period), then close the engine."""
+    """Run the server until SIGTERM or SIGINT (shutting down within the grace period) or the engine process's
+    death (its requests failed, ``/health`` 503 meanwhile), then close the engine."""
     settings = settings or ServerSettings()
     raise_descriptor_limit(settings.max_connections)
     config = server_config(build_app(engine, settings), settings, host, port, log_level)
@@ -170,8 +171,10 @@ def serve(engine: AsyncLLM, settings: ServerSettings | None = None, host: str = 
     # interrupt, as SIGINT's is, and end normally.
     on_main_thread = threading.current_thread() is threading.main_thread()  # signals can only be set there
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    server = _Server(config, engine)
+    engine.on_engine_dead = lambda: setattr(server, "should_exit", True)  # every request has failed already
     try:
-        _Server(config, engine).run()
+        server.run()
     except KeyboardInterrupt:
         pass
     finally:

@@ -1,84 +1,103 @@
 """The async engine: ``async for out in engine.generate(prompt, params, request_id)``.
 
-One background thread owns the :class:`LLMEngine` and steps it while requests are unfinished, so
-requests that arrive while others run join the next step's batch (continuous batching). Other threads
-never touch the engine: they validate a request (read-only), then hand it, or an abort, to the loop
-through an inbox; the loop sends each step's outputs back to the asyncio loop that asked. Tokenizing
-runs on a thread of its own (:meth:`AsyncLLM.tokenize`), so a long prompt never stalls an event loop.
+:class:`AsyncLLM` is the API process's side of the engine core (``engine_core.py``), which owns the
+:class:`LLMEngine` and steps it while requests are unfinished, so requests that arrive while others run
+join the next step's batch (continuous batching). By default the core runs in a process of its own, so
+its host work never waits for the API process's interpreter lock (``engine_process=False``: on a thread of
+this process, the same loop and channel). Here a request is validated (``core/requests.py``) and sent to
+the core; one receiver thread reads the core's one message per step, detokenises each completion's new
+tokens and applies stop strings (aborting a completion one ends), records the metrics, and hands each
+step's outputs to the asyncio loop that asked. Tokenizing runs on a thread of its own (:meth:`tokenize`),
+so a long prompt never stalls an event loop. If the engine process dies, every request fails, ``ready``
+turns False and ``on_engine_dead`` (a server's exit) is called.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import multiprocessing
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
+from minivllm.core import plugins
 from minivllm.core.config import EngineConfig
 from minivllm.core.engine import LLMEngine
+from minivllm.core.loading.checkpoint import Checkpoint
 from minivllm.core.loading.default_model import model_id
+from minivllm.core.requests import RequestFactory
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.sequence import Sequence
+from minivllm.entrypoints.engine_core import recv, run_engine_core, send
 from minivllm.entrypoints.metrics import EngineMetrics
+from minivllm.entrypoints.output_processor import OutputProcessor, RequestState
 from minivllm.entrypoints.output_queue import OutputQueue, StreamOutput
-from minivllm.entrypoints.outputs import releasable_text
 
 logger = logging.getLogger(__name__)
+CLOSE_TIMEOUT = 30.0  # seconds close() waits for the engine process before killing it
 
 
 class EngineClosedError(RuntimeError):
     """The engine is closed or shutting down: it takes no new request."""
 
 
-@dataclass
-class _Request:
-    """A request's state on the loop thread. The per-completion lists are indexed like ``seqs``, so an
-    output, a finish or an abort costs O(1) per completion whatever ``n`` is."""
-
-    request_id: str
-    seqs: list[Sequence]
-    loop: asyncio.AbstractEventLoop
-    queue: OutputQueue
-    arrival: float = field(default_factory=time.monotonic)
-    sent_chars: list[int] = field(init=False)  # characters of text sent
-    sent_tokens: list[int] = field(init=False)  # tokens sent
-    first_token_time: list[float | None] = field(init=False)
-    done: list[bool] = field(init=False)  # its end was sent (and counted)
-    num_unfinished: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        n = len(self.seqs)
-        self.sent_chars, self.sent_tokens, self.first_token_time = [0] * n, [0] * n, [None] * n
-        self.done, self.num_unfinished = [False] * n, n
+class EngineDeadError(EngineClosedError):
+    """The engine process died: every request failed, and no new one is taken."""
 
 
 class AsyncLLM:
-    def __init__(self, model: str | None = None, served_model_name: str | None = None, **kwargs):
+    def __init__(self, model: str | None = None, served_model_name: str | None = None,
+                 engine_process: bool | None = None, **kwargs):
         """``model`` and ``kwargs`` are ``LLM(...)``'s; ``served_model_name`` is the name clients use and the
-        metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one)."""
+        metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one).
+        ``engine_process``: run the engine core in a process of its own (default: yes with CUDA; on the CPU
+        the thread, faster there, see README) rather than on a thread of this one."""
         self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
-        self.engine = LLMEngine(self.config)
-        self.tokenizer = self.engine.tokenizer
-        self.max_model_len = self.engine.max_model_len
+        self.engine_process = self.config.torch_device.type == "cuda" if engine_process is None else engine_process
+        # before the core starts loading: on a thread, it would import transformers alongside (lazy imports race)
+        checkpoint = Checkpoint.open(self.config.model, self.config.revision, self.config.load_format)
+        self.tokenizer = checkpoint.load_tokenizer(self.config.tokenizer)
+        self._conn, core_conn = multiprocessing.Pipe()
+        if self.engine_process:
+            self._core = multiprocessing.get_context("spawn").Process(
+                target=run_engine_core, args=(self.config, core_conn), name="minivllm-engine-core")
+        else:
+            self._core = threading.Thread(target=run_engine_core, args=(self.config, core_conn, LLMEngine(self.config)),
+                                          name="minivllm-engine-core", daemon=True)
+        self._core.start()
+        if self.engine_process:
+            core_conn.close()  # the child's now: its end closing is how a dead engine shows
+        info = self._handshake()
+        self.max_model_len = info["max_model_len"]
+        self.requests = RequestFactory(info["vocab_size"], self.max_model_len, self.tokenizer, info["eos_token_ids"],
+                                       _scheduler_check(self.config, self.max_model_len, info["num_blocks"]))
         self.served_model_name = served_model_name or model_id(self.config.model)
         self.metrics = EngineMetrics(self.served_model_name)
+        self.on_engine_dead: Callable[[], None] | None = None  # called (on the receiver thread) if the core dies
         # one thread: a fast tokenizer is not safe to use from several threads at once (as vLLM's)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minivllm-tokenizer")
-        self._requests: dict[str, _Request] = {}  # owned by the loop thread
-        self._owners: dict[int, tuple[_Request, int]] = {}  # seq id -> (request, index); owned by the loop thread
-        self._outbox: dict[asyncio.AbstractEventLoop, list] = {}  # outputs not yet handed over, per event loop
-        # ("add", _Request), ("abort", request_id) or ("abort_all", None)
-        self._inbox: list[tuple[str, object]] = []
-        self._active: set[str] = set()  # ids of requests not yet finished; guarded by the lock
-        self._accepting = True  # guarded by the lock
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopped = False
-        self._thread = threading.Thread(target=self._run, name="minivllm-engine", daemon=True)
-        self._thread.start()
+        self._outputs_of = OutputProcessor(self.metrics, lambda num, index: self._send(("abort", num, index)))
+        self._numbers = itertools.count()
+        self._stats = (0, 0, 0, info["num_blocks"])  # the core's latest (running, waiting, kv_used, kv_total)
+        self.metrics.record_state(**self.stats())
+        self._accepting, self._stopped, self._dead = True, False, False  # guarded by the lock
+        self._lock, self._send_lock = self._outputs_of.lock, threading.Lock()
+        self._receiver = threading.Thread(target=self._receive, name="minivllm-engine-client", daemon=True)
+        self._receiver.start()
+
+    def _handshake(self) -> dict:
+        try:
+            while not self._conn.poll(0.5) and self._core.is_alive():
+                pass
+            kind, payload = recv(self._conn)
+        except EOFError:
+            self._core.join()
+            raise RuntimeError(f"the engine process exited (code {self._core.exitcode}) before it was ready") from None
+        if kind == "failed":
+            self._core.join()
+            raise RuntimeError(f"the engine failed to start:\n{payload}")
+        return payload
 
     # --- the caller's side (any thread, usually the asyncio loop's) ------------------------------
 
@@ -86,31 +105,30 @@ class AsyncLLM:
                  max_buffered: int | None = None) -> AsyncIterator[StreamOutput]:
         """Queue a request and return an async iterator of its outputs as the engine produces them; call
         it from a running event loop and iterate what it returns. Raises ValueError at once for a bad
-        request (nothing queued), and EngineClosedError once the engine is closed or shutting down.
+        request (nothing queued), and EngineClosedError once the engine is closed, dead or shutting down.
         Leaving the iteration early (a client gone, a cancelled task) aborts the request and frees its KV
         blocks. A string prompt is tokenized here, on the caller's thread: a server passes token ids from
         :meth:`tokenize` instead. With ``max_buffered``, output left unread past that many tokens (each
         counting 1 + its top logprobs) aborts the request, and the iterator raises StreamBufferFullError."""
         self._check_open()  # before any work; checked again below, where it counts
         token_ids = self.encode(prompt)
-        seqs = self.engine.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
+        seqs = self.requests.make_sequences(token_ids, params, detokenize=self.tokenizer is not None)
         weight = 1 + (params.logprobs or 0)
         queue = OutputQueue(max_buffered, weight, lambda: self.abort(request_id))
-        request = _Request(request_id, seqs, asyncio.get_running_loop(), queue)
+        request = RequestState(request_id, next(self._numbers), seqs, asyncio.get_running_loop(), queue)
         with self._lock:  # one lock with begin_shutdown: a request is either refused or aborted by it
             self._check_open()
-            if request_id in self._active:
-                raise ValueError(f"request id {request_id!r} is already running")
-            self._active.add(request_id)
-            self._inbox.append(("add", request))
-        self._wake.set()
+            self._outputs_of.add(request)
+            self._send(("add", request.num, token_ids, [(s.params, s.stop_token_ids) for s in seqs]))
+        self.metrics.record_admission(len(token_ids))
         return self._outputs(request)
 
     def _check_open(self) -> None:
-        if self._stopped or not self._accepting:
-            raise EngineClosedError("the engine is closed" if self._stopped else "the server is shutting down")
+        if self._stopped or self._dead or not self._accepting:
+            raise (EngineDeadError("the engine process died") if self._dead else EngineClosedError(
+                "the engine is closed" if self._stopped else "the server is shutting down"))
 
-    async def _outputs(self, request: _Request) -> AsyncIterator[StreamOutput]:
+    async def _outputs(self, request: RequestState) -> AsyncIterator[StreamOutput]:
         finished = False
         try:
             while not finished:
@@ -129,166 +147,88 @@ class AsyncLLM:
         return await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, fn, *args)
 
     def encode(self, prompt: str | list[int]) -> list[int]:
-        return self.engine.encode(prompt)
+        """A prompt's token ids (see :meth:`RequestFactory.encode`); a ValueError for what is no prompt."""
+        return self.requests.encode(prompt)
 
     def abort(self, request_id: str) -> None:
-        """Stop a request; the loop frees its KV blocks before its next step. Unknown ids are ignored."""
-        self._post("abort", request_id)
+        """Stop a request; the core frees its KV blocks before its next step. Unknown ids are ignored."""
+        if (num := self._outputs_of.active.get(request_id)) is not None:
+            self._send(("abort", num, -1))
 
     def begin_shutdown(self) -> None:
         """Refuse new requests (``generate`` raises EngineClosedError) and abort every one queued so far:
         each of their streams ends with ``finish_reason`` "abort", so a server's clients get a proper end
-        before it exits. The loop runs on until :meth:`close`."""
+        before it exits. The core runs on until :meth:`close`."""
         with self._lock:
             self._accepting = False
-        self._post("abort_all", None)
+            self._send(("abort_all",))
 
     @property
     def ready(self) -> bool:
-        """Whether new requests are taken: the model is loaded (it is once this object exists) and no
-        shutdown has begun. A server's ``/health`` answers 503 otherwise, so a router or a readiness probe
-        stops sending requests to a draining replica."""
-        return self._accepting and not self._stopped
+        """Whether new requests are taken: the model is loaded (it is once this object exists), the engine
+        alive and no shutdown begun. A server's ``/health`` answers 503 otherwise, so a router or a readiness
+        probe stops sending requests to a draining replica."""
+        return self._accepting and not self._stopped and not self._dead
+
+    @property
+    def dead(self) -> bool:
+        """Whether the engine process died (every request failed; :meth:`close` still reaps it)."""
+        return self._dead
 
     def stats(self) -> dict:
-        """Queue lengths and KV-cache use (read without the loop's lock: each value is one read)."""
-        scheduler, allocator = self.engine.scheduler, self.engine.allocator
-        return {"running": len(scheduler.running), "waiting": len(scheduler.waiting),
-                "kv_used": allocator.num_blocks - allocator.num_free_blocks, "kv_total": allocator.num_blocks}
+        """Queue lengths and KV-cache use, as of the core's latest message (sent with each step's outputs)."""
+        running, waiting, kv_used, kv_total = self._stats
+        return {"running": running, "waiting": waiting, "kv_used": kv_used, "kv_total": kv_total}
 
     def close(self) -> None:
-        """Stop the loop (requests still running get an error), the tokenizer thread and the engine.
-        Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._wake.set()
-        self._thread.join()
+        """Stop the core (requests still running get an error), its process, the tokenizer thread. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._send(("close",))
+        self._core.join(CLOSE_TIMEOUT)
+        if self._core.is_alive() and self.engine_process:
+            logger.error("the engine process did not stop within %.0f s: killing it", CLOSE_TIMEOUT)
+            self._core.kill()
+            self._core.join()
+        self._receiver.join()
+        self._conn.close()
+        if self.engine_process:
+            self._core.close()  # its sentinel's descriptor
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
 
-    def _post(self, kind: str, item) -> None:
-        with self._lock:
-            self._inbox.append((kind, item))
-        self._wake.set()
-
-    # --- the loop thread -----------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while not self._stopped:
-            self._drain_inbox()
-            self._flush()
-            self.metrics.record_state(**self.stats())
-            if not self.engine.has_unfinished():
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
-                continue
+    def _send(self, message: tuple) -> None:
+        with self._send_lock:
             try:
-                updated = self.engine.step()
-            except Exception as e:  # the engine could not tell whose request failed the step
-                logger.exception("engine step failed; failing the running requests")
-                self._fail_all(e)
-                continue
-            now = time.monotonic()
-            self.metrics.record_step(len(updated))
-            by_request: dict[str, tuple[_Request, list[int]]] = {}
-            for seq in updated:
-                request, index = self._owners[seq.seq_id]
-                by_request.setdefault(request.request_id, (request, []))[1].append(index)
-            for request, indices in by_request.values():
-                failed = next((request.seqs[i] for i in indices if request.seqs[i].finish_reason == "error"), None)
-                if failed is not None:  # this request made a step fail (the others in it went on)
-                    self._fail(request, RuntimeError(failed.error))
-                else:
-                    self._emit(request, indices, now)
-            self._flush()
-        self._drain_inbox()  # a request queued as the loop stopped fails too, rather than waiting forever
-        self._fail_all(EngineClosedError("the engine was closed"))
-
-    def _drain_inbox(self) -> None:
-        with self._lock:
-            inbox, self._inbox = self._inbox, []
-        for kind, item in inbox:
-            if kind == "add":
-                self._requests[item.request_id] = item
-                for index, seq in enumerate(item.seqs):
-                    self._owners[seq.seq_id] = (item, index)
-                    self.engine.add(seq)
-                self.metrics.record_admission(item.seqs[0].num_prompt_tokens)
-            elif kind == "abort":
-                if (request := self._requests.get(item)) is not None:
-                    self._abort(request)
-            else:  # "abort_all"
-                for request in list(self._requests.values()):
-                    self._abort(request)
-
-    def _abort(self, request: _Request) -> None:
-        for seq in request.seqs:
-            self.engine.abort(seq)
-        self._emit(request, [i for i, done in enumerate(request.done) if not done], time.monotonic())
-
-    def _emit(self, request: _Request, indices: list[int], now: float) -> None:
-        """Send what completions ``indices`` of ``request`` gained; forget the request once all ended."""
-        for i in indices:
-            seq = request.seqs[i]
-            if request.first_token_time[i] is None and seq.num_output_tokens:
-                request.first_token_time[i] = now
-                self.metrics.record_first_token(now - request.arrival)
-            if seq.is_finished and not request.done[i]:
-                request.done[i] = True
-                request.num_unfinished -= 1
-                first = request.first_token_time[i]
-                tpot = (now - first) / (seq.num_output_tokens - 1) if seq.num_output_tokens > 1 else None
-                self.metrics.record_finish(seq.finish_reason, now - request.arrival, tpot)
-        finished = request.num_unfinished == 0
-        for k, i in enumerate(indices):
-            seq = request.seqs[i]
-            text = releasable_text(seq) if seq.detokenizer is not None else ""
-            chars, tokens = request.sent_chars[i], request.sent_tokens[i]
-            request.sent_chars[i], request.sent_tokens[i] = len(text), seq.num_output_tokens
-            out = StreamOutput(
-                request_id=request.request_id, index=i, text=text[chars:],
-                token_ids=seq.token_ids[seq.num_prompt_tokens + tokens :], logprobs=seq.logprobs[tokens:],
-                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
-                num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
-                finished=finished and k == len(indices) - 1,
-            )
-            self._outbox.setdefault(request.loop, []).append((request.queue, out))
-        if finished:
-            self._forget(request)
-
-    def _fail(self, request: _Request, error: BaseException) -> None:
-        """End the request with ``error``, raised by its iterator; its other sequences are aborted. Its
-        completions not ended yet count as ended with finish_reason "error"."""
-        for i, seq in enumerate(request.seqs):
-            self.engine.abort(seq)
-            if not request.done[i]:
-                self.metrics.record_finish("error", 0.0, None)
-        self._outbox.setdefault(request.loop, []).append((request.queue, error))
-        self._forget(request)
-
-    def _fail_all(self, error: BaseException) -> None:
-        for request in list(self._requests.values()):
-            self._fail(request, error)
-        self._flush()
-
-    def _forget(self, request: _Request) -> None:
-        del self._requests[request.request_id]
-        for seq in request.seqs:
-            del self._owners[seq.seq_id]
-        with self._lock:
-            self._active.discard(request.request_id)
-
-    def _flush(self) -> None:
-        """Hand the step's outputs to their event loops: one wake-up per loop, not one per output."""
-        for loop, items in self._outbox.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that event loop is closed: nobody is listening any more
+                send(self._conn, message)
+            except OSError:  # the core is gone; the receiver fails what is left
                 pass
-        self._outbox.clear()
 
+    # --- the receiver thread -------------------------------------------------------------------
 
-def _deliver(items: list[tuple[OutputQueue, StreamOutput | BaseException]]) -> None:
-    for queue, item in items:
-        queue.put(item)
+    def _receive(self) -> None:
+        try:
+            while True:
+                outputs, num_sampled, self._stats = recv(self._conn)
+                self._outputs_of.process(outputs, num_sampled)
+                self.metrics.record_state(**self.stats())  # before the outputs reach their callers
+                self._outputs_of.flush()
+        except (EOFError, OSError):  # the core closed its end: closed by us, or dead
+            pass
+        with self._lock:
+            dead = self._dead = not self._stopped
+        if dead:
+            self._core.join(1.0)
+            logger.error("the engine process died (exit code %s): failing every request", self._core.exitcode)
+        error = EngineDeadError("the engine process died") if dead else EngineClosedError("the engine was closed")
+        self._outputs_of.fail_all(error)
+        if dead and self.on_engine_dead is not None:
+            self.on_engine_dead()
+
+def _scheduler_check(config: EngineConfig, max_model_len: int, num_blocks: int) -> Callable[[int, int], None]:
+    """The configured scheduler's ``check_request``, for a cache of the core's ``num_blocks``."""
+    plugins.load_plugins()
+    allocator = plugins.kv_allocators.get(config.kv_allocator)(num_blocks, config.kvcache_block_size,
+                                                               config.enable_prefix_caching)
+    return plugins.schedulers.get(config.scheduler)(config.scheduler_config(max_model_len), allocator).check_request

@@ -8,7 +8,8 @@ from collections.abc import Sequence as SequenceABC
 from tqdm.auto import tqdm
 
 from minivllm.core.config import EngineConfig
-from minivllm.core.engine import LLMEngine, is_token_ids
+from minivllm.core.engine import LLMEngine
+from minivllm.core.requests import is_token_ids
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.entrypoints.chat import chat_prompt

@@ -33,7 +33,7 @@ class StreamBufferFullError(RuntimeError):
 
 class OutputQueue:
     """One request's outputs not yet read by its caller, on the caller's event loop (the loop thread only
-    hands them over, in ``async_llm._deliver``). With ``max_buffered``, it holds at most that many output
+    hands them over, in ``output_processor._deliver``). With ``max_buffered``, it holds at most that many output
     tokens, each counting 1 + its top logprobs: one more and the queue drops what it holds, aborts the
     request and leaves the reader a :class:`StreamBufferFullError`. So a caller that stops reading (an
     HTTP client that never reads its stream) costs bounded memory, and its hang-up frees little."""

@@ -56,7 +56,7 @@ def tiny_async_llm(llama_path: str, **settings):
     from minivllm.entrypoints import AsyncLLM
 
     return AsyncLLM(llama_path, served_model_name=MODEL, kvcache_block_size=16, max_model_len=128,
-                    num_kvcache_blocks=160, **settings)
+                    num_kvcache_blocks=160, engine_process=True, **settings)
 
 
 def health_while(base_url: str, request: dict) -> tuple[httpx.Response, float, list[float]]:

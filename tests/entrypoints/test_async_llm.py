@@ -12,7 +12,7 @@ SETTINGS = dict(kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=64)
 
 @pytest.fixture(scope="module")
 def engine(llama_path, async_scheduling):
-    engine = AsyncLLM(llama_path, async_scheduling=async_scheduling, **SETTINGS)
+    engine = AsyncLLM(llama_path, async_scheduling=async_scheduling, engine_process=True, **SETTINGS)
     yield engine
     engine.close()
 
@@ -101,7 +101,7 @@ def test_bad_requests_raise_and_the_loop_keeps_serving(engine):
 
 
 def test_close_fails_running_requests(llama_path):
-    engine = AsyncLLM(llama_path, **SETTINGS)
+    engine = AsyncLLM(llama_path, engine_process=True, **SETTINGS)
 
     async def main():
         stream = engine.generate("Once upon a time", SamplingParams(max_tokens=100, ignore_eos=True), "r")
@@ -130,7 +130,8 @@ def test_a_failing_request_fails_alone_and_the_loop_goes_on(llama_path):
 
     plugins.load_plugins()
     plugins.samplers.register("touchy", Touchy, source="test")
-    engine = AsyncLLM(llama_path, sampler="touchy", **SETTINGS)
+    # the plugin is registered in this process only: the engine core runs on a thread here
+    engine = AsyncLLM(llama_path, sampler="touchy", engine_process=False, **SETTINGS)
     ok = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
 
     async def main():
@@ -192,7 +193,7 @@ def test_abort_of_a_large_n_ends_every_completion_once(engine):
 def test_begin_shutdown_aborts_everything_and_refuses_new_requests(llama_path):
     from minivllm.entrypoints.async_llm import EngineClosedError
 
-    engine = AsyncLLM(llama_path, **SETTINGS)
+    engine = AsyncLLM(llama_path, engine_process=True, **SETTINGS)
     params = SamplingParams(max_tokens=100, ignore_eos=True)
 
     async def main():
@@ -258,7 +259,7 @@ def test_metrics_read_while_the_loop_writes(engine):
 
 
 def test_two_engines_keep_their_own_metrics(engine, llama_path):
-    other = AsyncLLM(llama_path, served_model_name=engine.served_model_name, **SETTINGS)
+    other = AsyncLLM(llama_path, served_model_name=engine.served_model_name, engine_process=True, **SETTINGS)
     try:
         label = {"model_name": engine.served_model_name}
         before = engine.metrics.registry.get_sample_value("minivllm:generation_tokens_total", label)

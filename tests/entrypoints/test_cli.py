@@ -52,7 +52,7 @@ def test_serve_command(llama_path, tmp_path):
     template.write_text(TEMPLATE)
     # the key from the environment: it never shows on the command line
     proc, base_url = start_serve([llama_path, "--served-model-name", "tiny", "--chat-template", str(template),
-                                  *SMALL], env={"MINIVLLM_API_KEY": "k"})
+                                  "--engine-process", *SMALL], env={"MINIVLLM_API_KEY": "k"})
     try:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base_url + "/v1", api_key="wrong", max_retries=0).models.list()
@@ -92,7 +92,7 @@ def test_sigterm_ends_streams_in_flight_with_abort(llama_path, tmp_path):
     key_file = tmp_path / "key"
     key_file.write_text("from-a-file\n")
     proc, base_url = start_serve([llama_path, "--api-key-file", str(key_file), "--shutdown-grace-period", "4",
-                                  "--kvcache-block-size", "16", "--max-model-len", "2048"])
+                                  "--kvcache-block-size", "16", "--max-model-len", "2048", "--engine-process"])
     assert "from-a-file" not in " ".join(proc.args)
     headers = {"Authorization": "Bearer from-a-file"}
     body = {"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True}

@@ -7,7 +7,7 @@ from tests.entrypoints import serving
 
 
 def test_the_embedded_model_is_served_under_its_short_id():
-    engine = AsyncLLM(max_model_len=256, kvcache_block_size=16, max_num_seqs=2)  # no model: the embedded one
+    engine = AsyncLLM(max_model_len=256, kvcache_block_size=16, max_num_seqs=2, engine_process=True)  # embedded
     try:
         assert engine.served_model_name == "SmolLM2-135M-Instruct"
         with serving(engine) as base_url:

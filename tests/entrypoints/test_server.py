@@ -220,7 +220,7 @@ def test_metrics_exposition(llama_path):
     from minivllm.entrypoints import AsyncLLM
 
     name = 'tiny "v2"\nof C:\\models'
-    engine = AsyncLLM(llama_path, served_model_name=name, kvcache_block_size=16, max_model_len=128,
+    engine = AsyncLLM(llama_path, served_model_name=name, kvcache_block_size=16, max_model_len=128, engine_process=True,
                       num_kvcache_blocks=32)
     try:
         with serving(engine) as base_url:
@@ -254,7 +254,7 @@ def test_metrics_exposition(llama_path):
 def test_requests_after_shutdown_began_get_503(llama_path):
     from minivllm.entrypoints import AsyncLLM
 
-    engine = AsyncLLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=32)
+    engine = AsyncLLM(llama_path, kvcache_block_size=16, max_model_len=128, num_kvcache_blocks=32, engine_process=True)
     try:
         with serving(engine) as base_url:
             engine.begin_shutdown()
