@@ -9,7 +9,7 @@ memory-mapped, and the three products are built from that parse:
 - the tokenizer with transformers' GGUF tokenizer converter;
 - the weights one tensor at a time, dequantised a chunk of rows at a time by ``gguf.quants.dequantize``
   (the function transformers itself uses) straight into the target dtype, so the load never holds a second
-  float32 copy of the model; or, with ``quantized=True``, the linear layers' weights kept quantized
+  float32 copy of the model; or, with ``quantized=True``, the weights of matmuls and the embedding kept quantized
   (``core/quantized_weight.py``: the CPU's ``quantization="gguf"``).
 
 Only the architectures whose tensor names and layout we know are read this way (:data:`ARCHITECTURES`);
@@ -46,7 +46,8 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 _FLOATS = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # ggml types stored as plain values
 _CHUNK_ELEMENTS = 1 << 22  # rows dequantised at once: 16 MB of float32 scratch, whatever the tensor
-_LINEARS = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"}  # kept quantized
+# kept quantized with quantized=True: the linear layers, the embedding and the LM head
+_QUANTIZABLE = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd", "output"}
 
 
 class GGUFFile:
@@ -110,8 +111,8 @@ class GGUFFile:
                 quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
         """(Hugging Face name, tensor of ``dtype``) pairs, one tensor in memory at a time. Tensors that
         the Hugging Face model has no parameter for (llama3's ``rope_freqs``) are skipped, as transformers
-        skips them. With ``quantized``, the linear layers' weights of the types ``quantized_linear.py`` takes
-        come as a ``QuantizedWeight`` instead."""
+        skips them. With ``quantized``, the weights of the linear layers, the embedding and the LM head of
+        the types ``quantized_weight.py`` takes come as a ``QuantizedWeight`` instead."""
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
@@ -124,7 +125,7 @@ class GGUFFile:
             rows, cols = int(np.prod(shape[:-1])), shape[-1]
             raw = self._blob[offset:offset + nbytes].reshape(rows, -1)  # [rows, bytes per row]
             kept = None
-            if quantized and gguf_name.split(".")[-2] in _LINEARS:
+            if quantized and gguf_name.split(".")[-2] in _QUANTIZABLE:
                 kept = quantized_weight.from_gguf(raw, ggml_type, cols)
             if kept is not None:
                 if self.architecture == "llama" and hf_name.split(".")[-2] in ("q_proj", "k_proj"):

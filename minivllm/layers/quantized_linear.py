@@ -31,10 +31,13 @@ class PackedQuantizedLinear:
     ``linear.py``'s layers call it in place of ``F.linear``."""
 
     def __init__(self, weight: QuantizedWeight, dtype: torch.dtype):
-        self.out_features = weight.shape[0]
+        self.out_features, original = weight.shape[0], weight
         if weight.zero is None:
             self.values, self.scales = weight.values, weight.scale[:, 0].to(dtype)
         else:
+            padded = -(-self.out_features // 16) * 16  # the int4 layout packs rows by 16: pad with zero rows
+            weight = weight.empty_rows(padded)
+            weight.copy_rows_(0, original)
             self.values = torch.ops.aten._convert_weight_to_int4pack_for_cpu(weight.values.int(), 1)
             self.scales = torch.stack([weight.scale, weight.zero], -1).transpose(0, 1).contiguous().to(dtype)
         self.int4 = weight.zero is not None
@@ -45,5 +48,5 @@ class PackedQuantizedLinear:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.values, GROUP, self.scales)
         else:
             y = torch.ops.aten._weight_int8pack_mm(rows, self.values, self.scales)
-        y = y.reshape(*x.shape[:-1], self.out_features)
+        y = y[:, : self.out_features].reshape(*x.shape[:-1], self.out_features)
         return y if bias is None else y + bias

@@ -25,17 +25,18 @@ def test_greedy_equals_the_dequantised_path(checkpoints, tmp_path, arch, qtype):
     prompts = random_prompts(3, 4, 30, seed=3)
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     quantized, plain = LLM(path, quantization="gguf", **SETTINGS), LLM(path, **SETTINGS)
-    assert quantized_layers(quantized) == 2 * 4  # qkv, o, gate_up, down of 2 layers
+    assert quantized_layers(quantized) == 2 * 4 + 1  # qkv, o, gate_up, down of 2 layers, and the LM head
     assert quantized_layers(plain) == 0
     assert quantized.generate(prompts, params, use_tqdm=False) == plain.generate(prompts, params, use_tqdm=False)
 
 
 def test_quantized_weights_are_the_dequantised_ones(checkpoints, tmp_path):
-    """llama's permuted Q/K rows are put back in the quantized weights too (with their scales)."""
+    """The linears', the embedding's and the LM head's weights come quantized; llama's permuted Q/K rows are
+    put back in the quantized weights too (with their scales)."""
     gguf = GGUFFile(write_gguf(checkpoints["llama"], "llama", str(tmp_path / "llama.gguf"), "Q4_1"))
     plain, quantized = dict(gguf.weights()), dict(gguf.weights(quantized=True))
     kept = {name for name, w in quantized.items() if isinstance(w, QuantizedWeight)}
-    assert kept == {name for name in plain if name.endswith("proj.weight")}
+    assert kept == {name for name in plain if name.endswith(("proj.weight", "embed_tokens.weight", "lm_head.weight"))}
     for name, tensor in plain.items():
         got = quantized[name].dequantize() if name in kept else quantized[name]
         torch.testing.assert_close(got, tensor, rtol=0, atol=1e-6)

@@ -64,3 +64,24 @@ def test_sharded_layers_keep_quantized_parts_and_equal_the_dequantised_reference
     torch.testing.assert_close(load(row, [(down, None)]), load(row_plain, [(down.dequantize(), None)]),
                                rtol=1e-5, atol=1e-5)
     assert row.quantized is not None and row.weight.numel() == 0  # only the quantized copy is kept
+
+
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q4_1])
+def test_quantized_embedding_and_tied_lm_head_equal_the_dequantised_reference(qtype):
+    """The table stays quantized (the parameter is never written); the lookup dequantises only its rows."""
+    from minivllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+
+    table = gguf_weight(qtype, 100, 64)
+    modules = []
+    for loaded in (table, table.dequantize()):
+        embed = VocabParallelEmbedding(100, 64)
+        head = ParallelLMHead(100, 64, tie=embed)
+        embed.weight.weight_loader(embed.weight, loaded)
+        head.pack_weights()
+        modules.append((embed, head))
+    (embed, head), (embed_ref, head_ref) = modules
+    assert head.quantized is not None and head_ref.quantized is None
+    ids = torch.tensor([0, 99, 7, 7])
+    torch.testing.assert_close(embed(ids), embed_ref(ids), rtol=0, atol=0)
+    hidden = torch.randn(3, 64)
+    torch.testing.assert_close(head(hidden), head_ref(hidden), rtol=1e-5, atol=1e-5)
