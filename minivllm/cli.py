@@ -18,7 +18,8 @@ def cmd_generate(args) -> None:
 
     # the prompts run as one batch, so the KV cache needs room for that many sequences, no more
     llm = LLM(args.model, revision=args.revision, max_model_len=args.max_model_len, device=args.device,
-              max_num_seqs=len(args.prompt), tensor_parallel_size=args.tensor_parallel_size)
+              max_num_seqs=len(args.prompt), tensor_parallel_size=args.tensor_parallel_size,
+              quantization=args.quantization)
     prompts = []
     for text in args.prompt:
         if args.chat and llm.tokenizer.chat_template:
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--max-model-len", type=int, default=4096)
     gen.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     gen.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks (GPUs or CPU processes), 1-8")
+    gen.add_argument("--quantization", default="none", choices=["none", "gguf"],
+                     help="on the CPU: 'gguf' keeps a GGUF file's weights quantized (see the README)")
     gen.add_argument("--no-chat", dest="chat", action="store_false", help="do not apply the chat template")
     gen.set_defaults(func=cmd_generate)
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
