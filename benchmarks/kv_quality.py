@@ -1,5 +1,6 @@
-"""What the fp8 KV cache costs in quality, on real weights: perplexity over a real English text and greedy
-agreement on chat prompts, ``kv_cache_dtype="fp8"`` against ``"auto"``.
+"""What the fp8 KV cache (or the quantized GGUF weights) cost in quality, on real weights: perplexity over a
+real English text and greedy agreement on chat prompts, ``kv_cache_dtype="fp8"`` against ``"auto"``, or with
+``--setting quantization``, ``quantization="gguf"`` against ``"none"`` (the dequantised reference).
 
 - Perplexity: the text (default ``benchmarks/data/coriolanus.txt``: the opening of Shakespeare's
   *Coriolanus*, public domain, from the tinyshakespeare data set) is run through the engine's own model
@@ -10,6 +11,7 @@ agreement on chat prompts, ``kv_cache_dtype="fp8"`` against ``"auto"``.
 
     python benchmarks/kv_quality.py                                   # the embedded SmolLM2, CPU, float32
     python benchmarks/kv_quality.py --device cuda --dtype bfloat16   # on a GPU, in bf16
+    python benchmarks/kv_quality.py --setting quantization           # GGUF weights kept quantized (CPU)
 
 Prints a Markdown table and one JSON line (``--json FILE`` appends it there too).
 """
@@ -31,6 +33,7 @@ from minivllm.core.sequence import Sequence
 
 TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
           "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
+SETTINGS = {"kv_cache_dtype": ("auto", "fp8"), "quantization": ("none", "gguf")}  # (reference, compared)
 PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + \
           [f"Write two sentences about {t}." for t in TOPICS]
 
@@ -64,35 +67,37 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="kv_cache_dtype")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model = args.model or default_model()
     text = open(args.text).read()
     results = {}
-    for kv in ("auto", "fp8"):
+    for value in SETTINGS[args.setting]:
         start = time.perf_counter()
-        llm = LLM(model, device=args.device, dtype=args.dtype, kv_cache_dtype=kv, kvcache_block_size=256,
-                  max_model_len=8192, max_num_seqs=args.num_prompts, num_kvcache_blocks=64, enforce_eager=True)
+        llm = LLM(model, device=args.device, dtype=args.dtype, kvcache_block_size=256, max_model_len=8192,
+                  max_num_seqs=args.num_prompts, num_kvcache_blocks=64, enforce_eager=True, **{args.setting: value})
         tokens = llm.tokenizer.encode(text)
         ppl = perplexity(llm, tokens, args.chunk)
         conversations = [[{"role": "user", "content": p}] for p in PROMPTS[: args.num_prompts]]
         greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
         outputs = [o["tokens"] for o in llm.chat(conversations, greedy, use_tqdm=False)]
-        results[kv] = dict(ppl=ppl, outputs=outputs, seconds=time.perf_counter() - start,
+        results[value] = dict(ppl=ppl, outputs=outputs, seconds=time.perf_counter() - start,
                            dtype=str(llm.engine.executor.runner.dtype).removeprefix("torch."),
                            block_bytes=llm.engine.executor.block_bytes)
         del llm
-    base, fp8 = results["auto"], results["fp8"]
+    name, other = SETTINGS[args.setting]
+    base, fp8 = results[name], results[other]
     prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) / len(x)
               for x, y in zip(base["outputs"], fp8["outputs"])]
     summary = dict(model=os.path.basename(model), device=args.device, dtype=base["dtype"], text_tokens=len(tokens),
-                   chunk=args.chunk, ppl_auto=base["ppl"], ppl_fp8=fp8["ppl"],
+                   chunk=args.chunk, setting=args.setting, **{f"ppl_{name}": base["ppl"], f"ppl_{other}": fp8["ppl"]},
                    ppl_increase=fp8["ppl"] / base["ppl"] - 1, prompts=len(prefix),
                    identical=sum(p == 1.0 for p in prefix), mean_prefix=sum(prefix) / len(prefix),
-                   block_bytes_auto=base["block_bytes"], block_bytes_fp8=fp8["block_bytes"])
-    print(f"| kv_cache_dtype | perplexity ({len(tokens)} tokens) | bytes per block |\n| --- | ---: | ---: |")
-    print(f"| auto ({base['dtype']}) | {base['ppl']:.4f} | {base['block_bytes']:,} |")
-    print(f"| fp8 | {fp8['ppl']:.4f} ({100 * summary['ppl_increase']:+.2f}%) | {fp8['block_bytes']:,} |")
+                   **{f"block_bytes_{name}": base["block_bytes"], f"block_bytes_{other}": fp8["block_bytes"]})
+    print(f"| {args.setting} | perplexity ({len(tokens)} tokens) | KV bytes per block |\n| --- | ---: | ---: |")
+    print(f"| {name} ({base['dtype']}) | {base['ppl']:.4f} | {base['block_bytes']:,} |")
+    print(f"| {other} | {fp8['ppl']:.4f} ({100 * summary['ppl_increase']:+.2f}%) | {fp8['block_bytes']:,} |")
     print(f"greedy, {args.max_tokens} tokens: {summary['identical']}/{len(prefix)} outputs identical, "
           f"{100 * summary['mean_prefix']:.1f}% of each output matches before the first difference (mean)")
     emit_json_line(summary, args.json)

@@ -57,6 +57,10 @@ class ModelRunner:
             free, total = torch.cuda.mem_get_info(self.device)
             self._baseline_used = total - free - torch.cuda.memory_reserved(self.device)
         self.dtype = resolve_dtype(config, checkpoint, self.device)
+        quantized = config.quantization == "gguf"
+        if quantized and checkpoint.gguf is None:
+            raise ValueError("quantization='gguf' keeps the weights of a GGUF file quantized: "
+                             f"{config.model!r} is not one minivllm reads itself")
         self.block_size = config.kvcache_block_size
         num_heads = tp.shard(spec.num_heads, "num_attention_heads")
         num_kv_heads, _ = tp.shard_kv_heads(spec.num_kv_heads)
@@ -69,9 +73,9 @@ class ModelRunner:
         if checkpoint.load_format == "dummy":
             self._init_dummy_weights(config.seed)
         else:
-            self.model.load_weights(checkpoint.weights(self.dtype))
+            self.model.load_weights(checkpoint.weights(self.dtype, quantized))
         self.model.eval()
-        if self.device.type == "cpu" and config.cpu_weight_prepack:
+        if self.device.type == "cpu" and (config.cpu_weight_prepack or quantized):
             for module in self.model.modules():  # the layers that can hand their weights to oneDNN
                 if callable(pack := getattr(module, "pack_weights", None)):
                     pack()

@@ -1,7 +1,9 @@
 """Linear layers that shard over tensor-parallel ranks (Megatron style).
 
 Every parameter carries a ``weight_loader(param, full_tensor, shard_id=None)`` that copies this rank's
-slice of a full checkpoint tensor, so weights are sharded as they are read.
+slice of a full checkpoint tensor, so weights are sharded as they are read. A checkpoint weight may come
+quantized (a ``QuantizedWeight``, with ``quantization="gguf"``): the layer then keeps it so, and
+``pack_weights`` hands it to its kernel (see quantized_linear.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from minivllm.core.parallel.tensor_parallel import TensorParallel
+from minivllm.core.quantized_weight import QuantizedWeight
 from minivllm.layers import cpu_linear
+from minivllm.layers.quantized_linear import PackedQuantizedLinear
 
 
 class _Linear(nn.Module):
@@ -25,18 +29,45 @@ class _Linear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
         self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (on the CPU)
+        self.staged: QuantizedWeight | None = None  # the weight as loaded quantized, until pack_weights
+        self.quantized: PackedQuantizedLinear | None = None
+        self._plain = False  # whether the weight got a part in floating point (then it all stays so)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        param.data.copy_(loaded)
+        self._store(param, loaded)
+
+    def _store(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, offset: int = 0) -> None:
+        """Write this rank's part ``loaded`` into ``param`` from row ``offset``. Quantized parts of one kind
+        are kept quantized; a weight whose parts are mixed is dequantised whole."""
+        if param is self.weight and isinstance(loaded, QuantizedWeight) and not self._plain and (
+                self.staged is None or self.staged.kind == loaded.kind):
+            self.staged = self.staged or loaded.empty_rows(param.shape[0])
+            self.staged.copy_rows_(offset, loaded)
+            return
+        if param is self.weight:
+            if self.staged is not None:
+                param.data.copy_(self.staged.dequantize(param.dtype))
+                self.staged = None
+            self._plain = True
+        if isinstance(loaded, QuantizedWeight):
+            loaded = loaded.dequantize(param.dtype)
+        param.data.narrow(0, offset, loaded.shape[0]).copy_(loaded)
 
     def pack_weights(self) -> None:
-        """Called by the runner once weights are loaded, on the CPU: keep only oneDNN's packed
-        copy of the weight (see cpu_linear.py)."""
-        if cpu_linear.can_pack(self.weight):
+        """Called by the runner once weights are loaded, on the CPU: keep only the weight in its
+        kernel's layout: the quantized one (see quantized_linear.py), else oneDNN's packed copy
+        (see cpu_linear.py)."""
+        if self.staged is not None:
+            self.quantized = PackedQuantizedLinear(self.staged, self.weight.dtype)
+            self.staged = None
+            self.weight.data = torch.empty(0, dtype=self.weight.dtype)
+        elif cpu_linear.can_pack(self.weight):
             self.packed = cpu_linear.pack(self.weight.data)
             self.weight.data = torch.empty(0, dtype=self.weight.dtype)
 
     def _linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.quantized is not None:
+            return self.quantized(x, bias)
         if self.packed is not None:
             return cpu_linear.packed_linear(x, self.packed, bias)
         return F.linear(x, self.weight, bias)
@@ -53,7 +84,7 @@ class ColumnParallelLinear(_Linear):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         size = param.shape[0]
-        param.data.copy_(loaded.narrow(0, self.tp.rank * size, size))
+        self._store(param, loaded.narrow(0, self.tp.rank * size, size))
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -68,7 +99,7 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int) -> None:
         size = self.out_sizes[shard_id]
         offset = sum(self.out_sizes[:shard_id])
-        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, self.tp.rank * size, size))
+        self._store(param, loaded.narrow(0, self.tp.rank * size, size), offset)
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -94,7 +125,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         else:
             offset = q if shard_id == "k" else q + kv
             size, start = kv, self.kv_head_offset * self.head_dim
-        param.data.narrow(0, offset, size).copy_(loaded.narrow(0, start, size))
+        self._store(param, loaded.narrow(0, start, size), offset)
 
 
 class RowParallelLinear(_Linear):
@@ -109,7 +140,7 @@ class RowParallelLinear(_Linear):
             param.data.copy_(loaded)
             return
         size = param.shape[1]
-        param.data.copy_(loaded.narrow(1, self.tp.rank * size, size))
+        self._store(param, loaded.narrow(1, self.tp.rank * size, size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.tp.all_reduce(self._linear(x, None))

@@ -7,10 +7,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from minivllm.core.quantized_weight import QuantizedWeight
+
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
     if param.shape != loaded.shape:
         raise ValueError(f"shape mismatch: parameter {tuple(param.shape)} vs checkpoint {tuple(loaded.shape)}")
+    if isinstance(loaded, QuantizedWeight):  # a parameter of no quantizing layer: its floating-point value
+        loaded = loaded.dequantize(param.dtype)
     param.data.copy_(loaded)
 
 

@@ -109,9 +109,11 @@ class Checkpoint:
         except OSError:
             return None
 
-    def weights(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+    def weights(self, dtype: torch.dtype = torch.float32,
+                quantized: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
         """(Hugging Face name, tensor) pairs; one file at a time for safetensors, one tensor at a time (of
-        ``dtype``) for GGUF files read here."""
+        ``dtype``) for GGUF files read here, the linears' weights kept quantized with ``quantized``
+        (see ``GGUFFile.weights``)."""
         if self.load_format == "safetensors":
             from safetensors import safe_open
 
@@ -120,7 +122,7 @@ class Checkpoint:
                     for name in f.keys():
                         yield name, f.get_tensor(name)
         elif self.gguf is not None:
-            yield from self.gguf.weights(dtype)
+            yield from self.gguf.weights(dtype, quantized)
         elif self.load_format == "gguf":
             yield from self._gguf_weights().items()
         else:

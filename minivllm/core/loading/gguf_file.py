@@ -9,7 +9,8 @@ memory-mapped, and the three products are built from that parse:
 - the tokenizer with transformers' GGUF tokenizer converter;
 - the weights one tensor at a time, dequantised a chunk of rows at a time by ``gguf.quants.dequantize``
   (the function transformers itself uses) straight into the target dtype, so the load never holds a second
-  float32 copy of the model.
+  float32 copy of the model; or, with ``quantized=True``, the weights of matmuls and the embedding kept quantized
+  (``core/quantized_weight.py``: the CPU's ``quantization="gguf"``).
 
 Only the architectures whose tensor names and layout we know are read this way (:data:`ARCHITECTURES`);
 :meth:`GGUFFile.supported` says so, and ``Checkpoint`` falls back to transformers for the others.
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from minivllm.core import quantized_weight
+from minivllm.core.quantized_weight import QuantizedWeight
 from minivllm.core.utils import cdiv
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
@@ -44,6 +47,8 @@ _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: 
 _STRING, _ARRAY = 8, 9
 _FLOATS = {0: torch.float32, 1: torch.float16, 30: torch.bfloat16}  # ggml types stored as plain values
 _CHUNK_ELEMENTS = 1 << 22  # rows dequantised at once: 16 MB of float32 scratch, whatever the tensor
+# kept quantized with quantized=True: the linear layers, the embedding and the LM head
+_QUANTIZABLE = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd", "output"}
 
 
 class GGUFFile:
@@ -103,10 +108,12 @@ class GGUFFile:
         backend, extra = convert_gguf_tokenizer(self.architecture, tokenizer)
         return TokenizersBackend(tokenizer_object=backend, **tokenizer_config, **extra)
 
-    def weights(self, dtype: torch.dtype = torch.float32) -> Iterator[tuple[str, torch.Tensor]]:
+    def weights(self, dtype: torch.dtype = torch.float32,
+                quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
         """(Hugging Face name, tensor of ``dtype``) pairs, one tensor in memory at a time. Tensors that
         the Hugging Face model has no parameter for (llama3's ``rope_freqs``) are skipped, as transformers
-        skips them."""
+        skips them. With ``quantized``, the weights of the linear layers, the embedding and the LM head of
+        the types ``quantized_weight.py`` takes come as a ``QuantizedWeight`` instead."""
         from gguf import GGMLQuantizationType
         from gguf.quants import dequantize
 
@@ -118,6 +125,15 @@ class GGUFFile:
                 continue
             rows, cols = int(np.prod(shape[:-1])), shape[-1]
             raw = self._blob[offset:offset + nbytes].reshape(rows, -1)  # [rows, bytes per row]
+            kept = None
+            if quantized and gguf_name.split(".")[-2] in _QUANTIZABLE:
+                kept = quantized_weight.from_gguf(raw, ggml_type, cols)
+            if kept is not None:
+                if self.architecture == "llama" and hf_name.split(".")[-2] in ("q_proj", "k_proj"):
+                    n = heads if "q_proj" in hf_name else kv_heads
+                    kept = kept.map_rows(lambda t, n=n: _unpermute_rope(t, n))
+                yield hf_name, kept
+                continue
             out = torch.empty(rows, cols, dtype=dtype)
             step = max(1, _CHUNK_ELEMENTS // cols)
             for start in range(0, rows, step):
@@ -143,7 +159,8 @@ def hf_tensor_name(gguf_name: str) -> str | None:
 
 def _unpermute_rope(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Undo llama.cpp's reordering of Q/K rows: it interleaves each head's two rotary halves (pairs of
-    adjacent rows) for its rope kernel; Hugging Face keeps the halves apart (rotate_half)."""
+    adjacent rows) for its rope kernel; Hugging Face keeps the halves apart (rotate_half). ``w`` is
+    [rows, anything]: a weight, or a quantized weight's per-row scales."""
     rows, cols = w.shape
     # [heads, half, 2, cols] -> [heads, 2, half, cols]
     return w.reshape(num_heads, rows // num_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
