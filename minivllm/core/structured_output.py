@@ -1,0 +1,154 @@
+"""Structured output: constrain a sequence's tokens to a JSON schema, a regex, a choice or a grammar.
+
+The grammar engine is llguidance (benchmarks/RESULTS.md, "Structured output", says why). A request's
+:class:`~minivllm.core.sampling_params.StructuredOutputsParams` becomes an llguidance grammar, validated
+against the tokenizer when the request is (:meth:`StructuredOutputs.check`, cached by the grammar, so a
+thousand requests with one schema compile it once). Each sequence then gets its own matcher, built on a
+thread pool (:meth:`StructuredOutputs.start`): the engine keeps the sequence out of the scheduler until its
+matcher is ready, so compiling never stalls a step.
+
+Every step the engine asks for the allowed tokens of the constrained rows (:meth:`StructuredOutputs.bitmask`:
+one bit per token, filled on the host by llguidance's threads), the runner applies them to the logits in one
+pass before the sampler runs (``sampling.apply_token_mask``), and each token that arrives advances its
+sequence's matcher (:meth:`StructuredOutputs.accept`). EOS is a token like any other: allowed only where the
+grammar may end. A grammar that completes ends the sequence (``finish_reason="stop"``).
+
+A mask needs the matcher to have seen every earlier token. With async scheduling a sequence's previous token
+is still on the device when the next step is planned, so the engine collects it before submitting a batch
+with a constrained row (engine.py): a batch with constrained rows runs without the overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from minivllm.core.sampling_params import StructuredOutputsParams
+from minivllm.core.sequence import Sequence
+
+CACHE_SIZE = 1024  # compiled grammars kept (least recently used dropped)
+
+
+def to_grammar(spec: StructuredOutputsParams) -> str:
+    """The llguidance grammar (its JSON form) of a constraint; not yet validated."""
+    from llguidance import LLMatcher, gbnf_to_lark
+
+    kind = spec.kind
+    if kind == "json":
+        return LLMatcher.grammar_from_json_schema(spec.json)
+    if kind == "json_object":
+        return LLMatcher.grammar_from_json_schema({"type": "object"})
+    if kind == "regex":
+        return LLMatcher.grammar_from_regex(spec.regex)
+    if kind == "choice":  # a Lark rule of string literals: no regex escaping to get wrong
+        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c, ensure_ascii=False)
+                                                                  for c in spec.choice))
+    lark = gbnf_to_lark(spec.grammar) if "::=" in spec.grammar else spec.grammar  # GBNF/EBNF as llama.cpp's
+    return LLMatcher.grammar_from_lark(lark)
+
+
+def cache_key(spec: StructuredOutputsParams) -> str:
+    return json.dumps([spec.kind, getattr(spec, spec.kind)], sort_keys=True)
+
+
+@dataclass
+class TokenMask:
+    """The allowed tokens of a step's constrained rows, as the engine hands them to the executor."""
+
+    rows: dict[int, int]  # seq_id -> its row in ``bits``
+    bits: np.ndarray  # [R, ceil(vocab_size / 32)] int32: bit ``t % 32`` of word ``t // 32`` allows token t
+
+
+class StructuredOutputs:
+    """The engine's grammar side, for one tokenizer and the model's vocabulary. :meth:`check` may be called
+    from any thread; the rest only from the engine's."""
+
+    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: set[int], threads: int = 2):
+        import llguidance
+        import llguidance.hf
+
+        self.vocab_size = vocab_size
+        # EOS: the one the grammar allows where it may end (the engine's other stop tokens stop it anyway)
+        eos = sorted(eos_token_ids) or None
+        self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
+        self._executor = llguidance.LLExecutor(threads)  # fills the rows of a step's mask side by side
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="minivllm-grammar")
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, spec: StructuredOutputsParams) -> str:
+        """The validated grammar of ``spec`` (cached); raises ValueError saying what is wrong with it."""
+        key = cache_key(spec)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        from llguidance import LLMatcher
+
+        try:
+            grammar = to_grammar(spec)
+        except ValueError as e:
+            raise ValueError(f"invalid {spec.kind} for structured output: {e}") from None
+        error = LLMatcher.validate_grammar(grammar, self.tokenizer)
+        if error:
+            raise ValueError(f"invalid {spec.kind} for structured output: {error}")
+        with self._lock:
+            self._cache[key] = grammar
+            if len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return grammar
+
+    def start(self, seq: Sequence) -> None:
+        """Build the sequence's matcher on the pool; ``seq.grammar`` holds its future until :meth:`ready`."""
+        from llguidance import LLMatcher
+
+        grammar = self.check(seq.params.structured_outputs)
+        seq.grammar = self._pool.submit(LLMatcher, self.tokenizer, grammar, log_level=0)
+
+    @staticmethod
+    def ready(seq: Sequence) -> bool:
+        """Whether the matcher is built (then ``seq.grammar`` is the matcher). Raises what building raised."""
+        if isinstance(seq.grammar, Future):
+            if not seq.grammar.done():
+                return False
+            seq.grammar = seq.grammar.result()
+            if seq.grammar.is_error():
+                raise ValueError(seq.grammar.get_error())
+        return True
+
+    @staticmethod
+    def wait(seqs: list[Sequence], timeout: float) -> None:
+        """Block until one of the sequences' matchers is built, or ``timeout`` seconds pass."""
+        from concurrent.futures import FIRST_COMPLETED
+        from concurrent.futures import wait as wait_futures
+
+        wait_futures([s.grammar for s in seqs if isinstance(s.grammar, Future)], timeout, FIRST_COMPLETED)
+
+    def bitmask(self, seqs: list[Sequence]) -> TokenMask | None:
+        """The allowed tokens of the constrained ones among a step's sampling sequences; None if there are none.
+        Every matcher must be up to date (no token pending)."""
+        constrained = [seq for seq in seqs if seq.grammar is not None]
+        if not constrained:
+            return None
+        import llguidance.numpy as lln
+
+        bits = lln.allocate_token_bitmask(len(constrained), self.vocab_size)
+        lln.fill_next_token_bitmask_par(self._executor, [(seq.grammar, i) for i, seq in enumerate(constrained)], bits)
+        return TokenMask({seq.seq_id: i for i, seq in enumerate(constrained)}, bits)
+
+    @staticmethod
+    def accept(seq: Sequence, token: int) -> bool:
+        """Advance the sequence's matcher by its new token; returns whether the grammar is complete (it takes
+        nothing more). Raises ValueError if the grammar forbids the token (a sampler that ignored the mask)."""
+        matcher = seq.grammar
+        if not matcher.consume_token(token):
+            raise ValueError(f"token {token} breaks the grammar: {matcher.get_error()}")
+        return matcher.is_stopped()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
