@@ -36,7 +36,8 @@ CACHE_SIZE = 1024  # compiled grammars kept (least recently used dropped)
 
 def to_grammar(spec: StructuredOutputsParams) -> str:
     """The llguidance grammar (its JSON form) of a constraint; not yet validated."""
-    from llguidance import LLMatcher, gbnf_to_lark
+    from llguidance import LLMatcher
+    from llguidance.gbnf_to_lark import GbnfToLarkError, any_to_lark
 
     kind = spec.kind
     if kind == "json":
@@ -48,8 +49,10 @@ def to_grammar(spec: StructuredOutputsParams) -> str:
     if kind == "choice":  # a Lark rule of string literals: no regex escaping to get wrong
         return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c, ensure_ascii=False)
                                                                   for c in spec.choice))
-    lark = gbnf_to_lark(spec.grammar) if "::=" in spec.grammar else spec.grammar  # GBNF/EBNF as llama.cpp's
-    return LLMatcher.grammar_from_lark(lark)
+    try:  # Lark as it is; GBNF/EBNF (llama.cpp's, xgrammar's) translated
+        return LLMatcher.grammar_from_lark(any_to_lark(spec.grammar))
+    except GbnfToLarkError as e:
+        raise ValueError(str(e)) from None
 
 
 def cache_key(spec: StructuredOutputsParams) -> str:
@@ -73,8 +76,10 @@ class StructuredOutputs:
         import llguidance.hf
 
         self.vocab_size = vocab_size
-        # EOS: the one the grammar allows where it may end (the engine's other stop tokens stop it anyway)
-        eos = sorted(eos_token_ids) or None
+        # the grammar allows EOS where it may end: the checkpoint's EOS ids that are special tokens (an id
+        # that is also text, as in a config that names a plain token, stays text to the grammar)
+        special = set(tokenizer.all_special_ids)
+        eos = sorted(t for t in eos_token_ids if t in special) or tokenizer.eos_token_id
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size, eos_token=eos)
         self._executor = llguidance.LLExecutor(threads)  # fills the rows of a step's mask side by side
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="minivllm-grammar")
