@@ -93,7 +93,8 @@ def run_arm(arm: Arm, mode: str, common: dict, tmp: str, bar) -> dict:
     """Run ``python -m minivllm.bench.worker`` for one arm; advance ``bar`` by its finished requests."""
     stem = os.path.join(tmp, f"{len(os.listdir(tmp))}-{mode}")
     with open(stem + ".spec.json", "w") as f:
-        json.dump({**common, "mode": mode, "config": arm.config.model_dump()}, f)
+        json.dump({**common, "mode": mode, "config": arm.config.model_dump(),
+                   "structured_output": arm.structured_output}, f)
     with open(stem + ".stderr", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "minivllm.bench.worker", stem + ".spec.json", stem + ".json"],
                                 stdout=subprocess.PIPE, stderr=err, text=True)

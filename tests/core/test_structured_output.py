@@ -35,7 +35,8 @@ KINDS = {
     "choice": (StructuredOutputsParams(choice=CHOICES), lambda t: t in CHOICES),
     "grammar (lark)": (StructuredOutputsParams(grammar='start: "(" NUM ("," NUM)* ")"\nNUM: /[0-9]{1,2}/'),
                        lambda t: re.fullmatch(r"\([0-9]{1,2}(,[0-9]{1,2})*\)", t)),
-    "grammar (gbnf)": (StructuredOutputsParams(grammar='root ::= "x" [a-b]+ "!"'), lambda t: re.fullmatch(r"x[ab]+!", t)),
+    "grammar (gbnf)": (StructuredOutputsParams(grammar='root ::= "x" [a-b]+ "!"'),
+                       lambda t: re.fullmatch(r"x[ab]+!", t)),
 }
 
 
@@ -75,10 +76,10 @@ def test_both_pipelines_give_the_same_seeded_outputs(llama_path):
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize("engine", [dict(num_kvcache_blocks=6), dict(enable_prefix_caching=False)],
+@pytest.mark.parametrize("engine", [dict(num_kvcache_blocks=12), dict(enable_prefix_caching=False)],
                          ids=["preemption", "no prefix caching"])
 def test_preemption_and_prefix_caching_keep_the_grammar_state(llama_path, async_scheduling, engine):
-    """Recompute-preemption (6 blocks of 16 tokens cannot hold 8 sequences of up to 120 tokens) and a run
+    """Recompute-preemption (12 blocks of 16 tokens cannot hold 8 sequences of up to 150 tokens) and a run
     without the prefix cache give the seeded outputs of the roomy, caching run."""
     params = _params(KINDS["json"][0], n=2)
     reference = LLM(llama_path, async_scheduling=async_scheduling, **SETTINGS).generate(PROMPTS, params, use_tqdm=False)
@@ -102,7 +103,8 @@ def test_a_constrained_request_leaves_its_neighbours_unchanged(llama_path, async
 def test_eos_cannot_end_what_the_grammar_has_not_finished(llama_path):
     """The tiny model samples <eos> often; the grammar forbids it until its five characters are out."""
     llm = LLM(llama_path, **SETTINGS)
-    results = llm.generate(PROMPTS, _params(StructuredOutputsParams(regex="[a-z]{5}"), n=4, ignore_eos=False), use_tqdm=False)
+    params = _params(StructuredOutputsParams(regex="[a-z]{5}"), n=4, ignore_eos=False)
+    results = llm.generate(PROMPTS, params, use_tqdm=False)
     assert all(re.fullmatch("[a-z]{5}", o["text"]) and o["finish_reason"] == "stop"
                for r in results for o in r["outputs"])
 
