@@ -38,6 +38,7 @@ WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "descrip
                 "parameters": {"type": "object", "properties": {
                     "city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
                     "required": ["city", "unit"], "additionalProperties": False}}}
+MODEL = None  # the served model's name, read from /v1/models
 PROMPTS = ["Describe a person.", "Give me an example record.", "Fill in the data.", "Answer in JSON."]
 
 
@@ -69,7 +70,7 @@ def check_json(client, n: int, max_tokens: int) -> dict:
     def one(i):
         schema = SCHEMAS[i % len(SCHEMAS)]
         out = client.chat.completions.create(
-            model="m", max_tokens=max_tokens, temperature=0.7, seed=i,
+            model=MODEL, max_tokens=max_tokens, temperature=0.7, seed=i,
             messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
             response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}})
         choice = out.choices[0]
@@ -91,7 +92,7 @@ def check_parse(client) -> dict:
         country: str = pydantic.Field(max_length=30)
         population: int = pydantic.Field(ge=0, le=50_000_000)
 
-    out = client.chat.completions.parse(model="m", max_tokens=120, response_format=City,
+    out = client.chat.completions.parse(model=MODEL, max_tokens=120, response_format=City,
                                         messages=[{"role": "user", "content": "Tell me about Paris."}])
     parsed = out.choices[0].message.parsed
     assert isinstance(parsed, City), out
@@ -101,7 +102,7 @@ def check_parse(client) -> dict:
 def check_tools(client) -> dict:
     import jsonschema
 
-    kwargs = dict(model="m", max_tokens=120, tools=[WEATHER_TOOL], tool_choice="required",
+    kwargs = dict(model=MODEL, max_tokens=120, tools=[WEATHER_TOOL], tool_choice="required",
                   messages=[{"role": "user", "content": "What is the weather in Paris?"}])
     whole = client.chat.completions.create(**kwargs).choices[0]
     with client.chat.completions.stream(**kwargs) as events:
@@ -123,7 +124,7 @@ def check_samples(client, samples: int) -> dict:
                                  ("choice", {"choice": choices}, lambda t: t in choices)):
         texts = []
         for start in range(0, samples, 20):
-            out = client.completions.create(model="m", prompt="The review says:", max_tokens=20, temperature=1.0,
+            out = client.completions.create(model=MODEL, prompt="The review says:", max_tokens=20, temperature=1.0,
                                             n=min(20, samples - start), extra_body={"structured_outputs": constraint})
             texts += [c.text for c in out.choices]
         bad = [t for t in texts if not ok(t)]
@@ -180,6 +181,8 @@ def main() -> None:
     proc, base_url = start_server(args)
     try:
         client = openai.OpenAI(base_url=base_url, api_key="none", timeout=3600, max_retries=0)
+        global MODEL
+        MODEL = client.models.list().data[0].id
         for name, fn in (("json", lambda: check_json(client, args.num_json, args.max_tokens)),
                          ("parse", lambda: check_parse(client)), ("tools", lambda: check_tools(client)),
                          ("samples", lambda: check_samples(client, args.samples))):

@@ -19,16 +19,15 @@ from pydantic import ValidationError
 
 from minivllm.core.config import EngineConfig
 
-# the constraints an arm's timed requests may carry (StructuredOutputsParams fields): open-ended ones, so that
-# most requests run their whole max_tokens as unconstrained ones do (one whose grammar completes, or that
-# samples EOS where the grammar may end, stops early: compare tokens/s, which counts what ran)
+# the constraints an arm's timed requests may carry (StructuredOutputsParams fields): ones that cannot end
+# (nor allow EOS) within a workload's output lengths, so a constrained request runs its whole max_tokens as
+# an unconstrained one does, and the arms do the same work
 STRUCTURED_OUTPUTS: dict[str, dict | None] = {
     "none": None,
-    "json": {"json": {"type": "array", "items": {"type": "object", "properties": {
+    "json": {"json": {"type": "array", "minItems": 1000, "items": {"type": "object", "properties": {
         "id": {"type": "integer", "minimum": 0, "maximum": 10**9}, "name": {"type": "string", "maxLength": 40},
         "kind": {"enum": ["a", "b", "c"]}, "score": {"type": "number"}}, "required": ["id", "name", "kind"]}}},
-    "json_object": {"json_object": True},
-    "regex": {"regex": "([A-Za-z]+ )*"},
+    "regex": {"regex": "([A-Za-z]+ ){1000}"},
 }
 SETTINGS = sorted([*(name for name in EngineConfig.model_fields if name != "model"), "structured_output"])
 

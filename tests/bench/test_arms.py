@@ -44,7 +44,7 @@ def test_an_arm_can_constrain_its_requests(llama_path):
     assert arms[0].config == arms[1].config  # the same engine; only the requests differ
     for constraint in STRUCTURED_OUTPUTS.values():
         assert constraint is None or StructuredOutputsParams(**constraint)
-    with pytest.raises(ValueError, match="structured_output 'yaml'; choose one of none, json, json_object, regex"):
+    with pytest.raises(ValueError, match="structured_output 'yaml'; choose one of none, json, regex"):
         build_arms(llama_path, parse_ab(["structured_output=none,yaml"]))
 
 
