@@ -4,6 +4,10 @@
 ``--ab`` form the cross product, and the first value of each is the baseline. ``--set KEY=V`` fixes a
 field for every arm. Every arm's whole config is validated by ``EngineConfig`` (so plugin names are
 checked against the registries) before anything runs.
+
+One key is the requests', not the engine's: ``structured_output`` constrains every timed request of the arm
+with one of :data:`STRUCTURED_OUTPUTS` (``none`` for no constraint), so ``--ab structured_output=none,json``
+measures what structured output costs on the same prompts.
 """
 
 from __future__ import annotations
@@ -15,14 +19,25 @@ from pydantic import ValidationError
 
 from minivllm.core.config import EngineConfig
 
-SETTINGS = sorted(name for name in EngineConfig.model_fields if name != "model")
+# the constraints an arm's timed requests may carry (StructuredOutputsParams fields): ones that cannot end
+# (nor allow EOS) within a workload's output lengths, so a constrained request runs its whole max_tokens as
+# an unconstrained one does, and the arms do the same work
+STRUCTURED_OUTPUTS: dict[str, dict | None] = {
+    "none": None,
+    "json": {"json": {"type": "array", "minItems": 1000, "items": {"type": "object", "properties": {
+        "id": {"type": "integer", "minimum": 0, "maximum": 10**9}, "name": {"type": "string", "maxLength": 40},
+        "kind": {"enum": ["a", "b", "c"]}, "score": {"type": "number"}}, "required": ["id", "name", "kind"]}}},
+    "regex": {"regex": "([A-Za-z]+ ){1000}"},
+}
+SETTINGS = sorted([*(name for name in EngineConfig.model_fields if name != "model"), "structured_output"])
 
 
 @dataclass
 class Arm:
     name: str  # "key=value,..." of what the arm varies; "baseline" when nothing does
-    overrides: dict  # the arm's EngineConfig fields besides ``model``, as validated (typed)
+    overrides: dict  # the arm's EngineConfig fields besides ``model``, as validated (typed), and structured_output
     config: EngineConfig = field(repr=False)
+    structured_output: dict | None = None  # the constraint of its timed requests (a STRUCTURED_OUTPUTS value)
 
 
 def split_assignment(text: str, flag: str) -> tuple[str, str]:
@@ -80,14 +95,20 @@ def build_arms(model: str, arms: list[dict], settings: dict | None = None) -> li
             if key in settings:
                 raise ValueError(f"{key!r} is both compared and fixed: use --ab or --set, not both")
         name = ",".join(f"{k}={v}" for k, v in fields.items()) or "baseline"
+        engine_fields = {k: v for k, v in {**settings, **fields}.items() if k != "structured_output"}
+        constraint = {**settings, **fields}.get("structured_output", "none")
+        if constraint not in STRUCTURED_OUTPUTS:
+            raise ValueError(f"arm {name}: structured_output {constraint!r}; choose one of "
+                             f"{', '.join(STRUCTURED_OUTPUTS)}")
         try:
-            config = EngineConfig(model=model, **settings, **fields)
+            config = EngineConfig(model=model, **engine_fields)
         except ValidationError as e:
             raise ValueError(f"arm {name}: {'; '.join(map(describe, e.errors()))}") from None
-        overrides = {key: getattr(config, key) for key in [*settings, *fields]}
-        built.append(Arm(name, overrides, config))
+        overrides = {key: getattr(config, key, constraint) for key in [*settings, *fields]}
+        built.append(Arm(name, overrides, config, STRUCTURED_OUTPUTS[constraint]))
     for i, arm in enumerate(built):
-        twin = next((other for other in built[:i] if other.config == arm.config), None)
+        twin = next((other for other in built[:i] if (other.config, other.structured_output)
+                     == (arm.config, arm.structured_output)), None)
         if twin is not None:
             raise ValueError(f"arms {twin.name} and {arm.name} are the same configuration")
     return built

@@ -100,7 +100,8 @@ def run_arm(arm: Arm, mode: str, common: dict, tmp: str, bar) -> dict:
     stem = os.path.join(tmp, f"{len(os.listdir(tmp))}-{mode}")
     with open(stem + ".spec.json", "w") as f:
         # what was set, no more: a max_model_len left at its default is capped by the model, a given one is checked
-        json.dump({**common, "mode": mode, "config": arm.config.model_dump(exclude_unset=True)}, f)
+        json.dump({**common, "mode": mode, "config": arm.config.model_dump(exclude_unset=True),
+                   "structured_output": arm.structured_output}, f)
     with open(stem + ".stderr", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "minivllm.bench.worker", stem + ".spec.json", stem + ".json"],
                                 stdout=subprocess.PIPE, stderr=err, text=True)

@@ -85,7 +85,7 @@ def timed(engine, spec: dict, prompts: list[list[int]], max_tokens: list[int]) -
     device = engine.config.torch_device
     rng = random.Random(-1)
     warm = [[rng.randrange(engine.vocab_size) for _ in range(len(p))] for p in prompts[:WARMUP_PROMPTS]]
-    sampling = spec["sampling"]
+    sampling = {**spec["sampling"], "structured_outputs": spec.get("structured_output")}
     run(engine, warm, [SamplingParams(**sampling, ignore_eos=True, max_tokens=WARMUP_TOKENS)] * len(warm),
         progress=False)
     if device.type == "cuda":

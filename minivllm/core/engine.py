@@ -11,7 +11,9 @@ step N+1's work; that token is dropped when it arrives, so nothing of it shows (
 counts). What the host can know in advance it uses: a sequence whose pending token is its last by
 ``max_tokens`` or ``max_model_len`` leaves the scheduler (and frees its blocks) as soon as that token is
 submitted, so no step is wasted on it. Both modes run the same code; only which step's tokens are
-collected after a submit differs (the one just submitted, or the one before).
+collected after a submit differs (the one just submitted, or the one before). A batch with a
+structured-output row waits for the step in flight before it is submitted: its grammar's mask needs the
+row's newest token (see structured_output.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture
+from minivllm.core.structured_output import StructuredOutputs
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +77,17 @@ class LLMEngine:
         self.scheduler = plugins.schedulers.get(config.scheduler)(
             config.scheduler_config(self.max_model_len), self.allocator)
         self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
+        self.structured = StructuredOutputs(self.tokenizer, self.vocab_size, self.eos_token_ids)
         self.requests = RequestFactory(self.vocab_size, self.max_model_len, self.tokenizer, self.eos_token_ids,
-                                       self.scheduler.check_request)
+                                       self.scheduler.check_request, self.structured.check)
         self.async_scheduling = config.resolved_async_scheduling
         self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next
+        self._compiling: list[Sequence] = []  # added, waiting for their grammar's matcher
 
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent)."""
         self.executor.close()
+        self.structured.close()
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """A prompt's token ids (see :meth:`RequestFactory.encode`)."""
@@ -96,23 +102,47 @@ class LLMEngine:
         return self.requests.make_sequences(token_ids, params, detokenize)
 
     def add(self, seq: Sequence) -> None:
-        self.scheduler.add(seq)
+        """Queue a sequence from :meth:`make_sequence`; one with a grammar waits until its matcher is built."""
+        if seq.params.structured_outputs is None:
+            self.scheduler.add(seq)
+        else:
+            self.structured.start(seq)
+            self._compiling.append(seq)
 
     def has_unfinished(self) -> bool:
-        """Whether :meth:`step` has work left: sequences queued, or a step in flight whose tokens are still
-        wanted (one whose sequences all ended meanwhile has nothing left to give)."""
+        """Whether :meth:`step` has work left: sequences queued or compiling, or a step in flight whose tokens
+        are still wanted (one whose sequences all ended meanwhile has nothing left to give)."""
         in_flight = self._in_flight
-        return self.scheduler.has_unfinished() or (
+        return bool(self._compiling) or self.scheduler.has_unfinished() or (
             in_flight is not None and not all(seq.is_finished for seq in in_flight.seqs))
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence now and free its KV blocks (a token in flight for it is dropped on arrival)."""
+        if seq in self._compiling:
+            self._compiling.remove(seq)
         if not seq.is_finished:
             self.bookkeeping.finish(seq, "abort")
+
+    def _admit_compiled(self) -> list[Sequence]:
+        """Move the sequences whose matcher is built into the scheduler; one whose grammar failed ends with
+        ``finish_reason="error"`` (returned). With nothing else to do, wait a little for a matcher first."""
+        if not self.scheduler.has_unfinished() and self._in_flight is None:
+            StructuredOutputs.wait(self._compiling, timeout=0.1)
+        failed, waiting = [], []
+        for seq in self._compiling:
+            try:
+                (self.scheduler.add if StructuredOutputs.ready(seq) else waiting.append)(seq)
+            except Exception as e:
+                seq.error = f"{type(e).__name__}: {e}"
+                self.bookkeeping.finish(seq, "error")
+                failed.append(seq)
+        self._compiling = waiting
+        return failed
 
     def step(self) -> list[Sequence]:
         """Run one step; returns the sequences that got a new token (finished ones included). With async
         scheduling these are the tokens of the step submitted by the previous call."""
+        failed = self._admit_compiled() if self._compiling else []
         batch = self.scheduler.schedule()
         if not batch and self.scheduler.has_unfinished():
             raise RuntimeError(
@@ -120,6 +150,11 @@ class LLMEngine:
                 f"running and {len(self.scheduler.waiting)} waiting sequences are unfinished: a scheduler bug "
                 "(Scheduler.schedule must make progress)"
             )
+        early = []
+        if batch and self._in_flight is not None and any(
+                seq.grammar is not None and seq.num_pending_tokens for seq in batch.sampling_seqs()):
+            early, self._in_flight = self._collect(self._in_flight), None  # the masks need those tokens
+            batch = self._live(batch)
         try:
             submitted = self._submit(batch) if batch else None
         except WorkerError:
@@ -127,16 +162,27 @@ class LLMEngine:
         except Exception as e:  # a request the validation let through, or a plugin's bug: find who caused it
             if self.config.tensor_parallel_size > 1:
                 raise  # the other ranks may have run the step: no way back
-            return self._isolate(batch, e)
+            return failed + early + self._isolate(batch, e)
         if self.async_scheduling:
             done, self._in_flight = self._in_flight, submitted
         else:
             done = submitted
-        return self._collect(done) if done is not None else []
+        return failed + early + (self._collect(done) if done is not None else [])
+
+    @staticmethod
+    def _live(batch: ScheduledBatch) -> ScheduledBatch:
+        """The batch without the sequences that ended since it was scheduled."""
+        live = ScheduledBatch()
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            if not seq.is_finished:
+                live.add(seq, n)
+        return live
 
     def _submit(self, batch: ScheduledBatch) -> _Submitted:
         """Queue the batch on the device and advance its sequences as if its tokens were known."""
-        future = self.executor.submit(batch)
+        sampling = batch.sampling_seqs()
+        mask = self.structured.bitmask(sampling) if any(seq.grammar is not None for seq in sampling) else None
+        future = self.executor.submit(batch, mask)
         return _Submitted(self.bookkeeping.submitted(batch), future)
 
     def _collect(self, submitted: _Submitted) -> list[Sequence]:
@@ -149,7 +195,14 @@ class LLMEngine:
                 continue
             if token_logprobs is not None:
                 seq.logprobs.append(token_logprobs)
-            reason = self._stop_reason(seq, token)
+            try:
+                complete = seq.grammar is not None and self.structured.accept(seq, token)
+            except ValueError as e:
+                seq.error = str(e)
+                self.bookkeeping.finish(seq, "error")
+                updated.append(seq)
+                continue
+            reason = self._stop_reason(seq, token, complete)
             if reason:
                 self.bookkeeping.finish(seq, reason)
             updated.append(seq)
@@ -165,11 +218,7 @@ class LLMEngine:
         self._in_flight = None
         parts = [batch]
         while parts:
-            part = parts.pop()
-            live = ScheduledBatch()
-            for seq, n in zip(part.seqs, part.num_new_tokens):
-                if not seq.is_finished:
-                    live.add(seq, n)
+            live = self._live(parts.pop())
             if not live:
                 continue
             try:
@@ -191,7 +240,7 @@ class LLMEngine:
             updated += self._collect(submitted)
         return updated
 
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+    def _stop_reason(self, seq: Sequence, token: int, grammar_complete: bool) -> str | None:
         """Why the sequence ends with ``token``, if it does; updates its text when it keeps one."""
         params = seq.params
         may_stop = seq.num_output_tokens >= params.min_tokens
@@ -199,6 +248,8 @@ class LLMEngine:
         if may_stop and token in seq.stop_token_ids:
             reason = "stop"
             seq.stop_reason = token if token in params.stop_token_ids else None  # None: EOS
+        elif grammar_complete:  # the grammar takes nothing more (EOS at most)
+            reason = "stop"
         elif self.bookkeeping.ends_by_length(seq):
             reason = "length"
         if seq.detokenizer is not None and push_text(seq, token, final=reason is not None):

@@ -9,18 +9,21 @@ from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 
 from minivllm.core.detokenizer import IncrementalDetokenizer
-from minivllm.core.sampling_params import SamplingParams
+from minivllm.core.sampling_params import SamplingParams, StructuredOutputsParams
 from minivllm.core.sequence import Sequence
 
 
 class RequestFactory:
     """What a request is checked against: the vocabulary, ``max_model_len``, the tokenizer (None: the
-    checkpoint has none), the EOS ids, and the scheduler's own check (``Scheduler.check_request``)."""
+    checkpoint has none), the EOS ids, the scheduler's own check (``Scheduler.check_request``) and the
+    grammar check (``StructuredOutputs.check``: a grammar that does not compile is refused here)."""
 
     def __init__(self, vocab_size: int, max_model_len: int, tokenizer, eos_token_ids: set[int],
-                 check_request: Callable[[int, int], None]):
+                 check_request: Callable[[int, int], None],
+                 check_grammar: Callable[[StructuredOutputsParams], object]):
         self.vocab_size, self.max_model_len, self.tokenizer = vocab_size, max_model_len, tokenizer
         self.eos_token_ids, self.check_request = eos_token_ids, check_request  # the engine's set, not a copy
+        self.check_grammar = check_grammar
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """A prompt's token ids: a string tokenized, a sequence of token ids as a list. Anything else is a
@@ -56,6 +59,10 @@ class RequestFactory:
         bad = next((t for t in params.stop_token_ids if not 0 <= t < self.vocab_size), None)
         if bad is not None:
             raise ValueError(f"stop token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+        if params.structured_outputs is not None:
+            if self.tokenizer is None:
+                raise ValueError("structured output needs a tokenizer, and this checkpoint has none")
+            self.check_grammar(params.structured_outputs)  # compiled once per grammar (cached)
         if params.top_k >= self.vocab_size:  # keeps every token: the same as no top-k, in every sampler
             params = params.model_copy(update={"top_k": -1})
         seq = Sequence(token_ids, params)

@@ -21,6 +21,7 @@ from minivllm.core.sampling import compute_logprobs, needs_processing, process_l
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
+from minivllm.core.structured_output import TokenMask
 from minivllm.core.utils import cdiv
 
 logger = logging.getLogger(__name__)
@@ -265,11 +266,11 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     @torch.inference_mode()
-    def submit(self, batch: ScheduledBatch, fetch: bool = True) -> StepFuture:
+    def submit(self, batch: ScheduledBatch, fetch: bool = True, mask: TokenMask | None = None) -> StepFuture:
         """Queue one step on the device: the forward pass, then sampling for the sequences whose new
         tokens reach their end (core logits processing, the sampler, logprobs). Returns at once on CUDA;
         ``result()`` of what it returns waits for the tokens. ``fetch=False`` (the other tensor-parallel
-        ranks) skips bringing them to the host."""
+        ranks) skips bringing them to the host. ``mask``: the tokens structured-output grammars allow."""
         inputs = self.prepare(batch)
         meta = inputs.meta
         if self.graphs is not None and meta.is_decode_only and meta.num_seqs <= self.graphs.max_batch_size:
@@ -283,12 +284,12 @@ class ModelRunner:
         params = [seq.params for seq in seqs]
         sampling = SamplingBatch(params, [seq.num_generated_tokens for seq in seqs], self.vocab_size)
         processed = logits
-        if needs_processing(seqs):
+        if needs_processing(seqs, mask):
             pending = None
             if any(seq.num_pending_tokens for seq in seqs):  # a row's pending token is its last input token
                 has = to_device([seq.num_pending_tokens > 0 for seq in seqs], self.device)
                 pending = torch.where(has, inputs.input_ids[inputs.logits_indices], self.vocab_size)
-            processed = process_logits(logits, seqs, pending)
+            processed = process_logits(logits, seqs, pending, mask)
         tokens = self.sampler.sample(processed, sampling)
         self._last_sampled, self._last_rows = tokens, {seq.seq_id: row for row, seq in enumerate(seqs)}
         if not fetch:

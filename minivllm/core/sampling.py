@@ -1,8 +1,9 @@
 """What the core does around every sampler: request semantics a sampler never has to know about.
 
 Before :meth:`Sampler.sample` runs, :func:`process_logits` applies, batched on the device, what depends
-on a sequence's history: vLLM's repetition / presence / frequency penalties and the ``min_tokens`` ban
-on stop tokens (EOS included). After it, :func:`compute_logprobs` takes the sampled token's
+on a sequence's history: vLLM's repetition / presence / frequency penalties, the ``min_tokens`` ban
+on stop tokens (EOS included) and the tokens a structured-output grammar forbids (:func:`apply_token_mask`).
+After it, :func:`compute_logprobs` takes the sampled token's
 log-probability and the top ``k`` from the raw logits (vLLM's default, ``raw_logprobs``). So a
 third-party sampler that only picks tokens still honours every ``SamplingParams`` field.
 
@@ -14,10 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from minivllm.core.interfaces.sampler import SamplingBatch, TokenLogprobs
 from minivllm.core.sequence import Sequence
+from minivllm.core.structured_output import TokenMask
 
 
 def to_device(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -35,18 +38,23 @@ def padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tenso
     return to_device([r + [pad] * (width - len(r)) for r in rows], device, torch.int64)
 
 
-def needs_processing(seqs: list[Sequence]) -> bool:
-    return any(seq.params.penalised or seq.num_generated_tokens < seq.params.min_tokens for seq in seqs)
+def needs_processing(seqs: list[Sequence], mask: TokenMask | None = None) -> bool:
+    return mask is not None or any(
+        seq.params.penalised or seq.num_generated_tokens < seq.params.min_tokens for seq in seqs)
 
 
-def process_logits(logits: torch.Tensor, seqs: list[Sequence], pending: torch.Tensor | None) -> torch.Tensor:
-    """Penalties and ``min_tokens`` bans on logits [B, V]; returns new float32 logits (``logits`` is kept
-    for logprobs). ``pending`` [B] int64: each row's token in flight, ``V`` where it has none."""
+def process_logits(logits: torch.Tensor, seqs: list[Sequence], pending: torch.Tensor | None,
+                   mask: TokenMask | None = None) -> torch.Tensor:
+    """Penalties, ``min_tokens`` bans and the grammars' ``mask`` on logits [B, V]; returns new float32
+    logits (``logits`` is kept for logprobs). ``pending`` [B] int64: each row's token in flight, ``V`` where
+    it has none."""
     logits = logits.float()
     if any(seq.params.penalised for seq in seqs):
         logits = apply_penalties(logits, seqs, pending)
     if any(seq.num_generated_tokens < seq.params.min_tokens for seq in seqs):
         logits = ban_stop_tokens(logits, seqs)
+    if mask is not None:
+        logits = apply_token_mask(logits, seqs, mask)
     return logits
 
 
@@ -84,6 +92,23 @@ def ban_stop_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         logits = logits.index_put((to_device(rows, logits.device), to_device(cols, logits.device)),
                                   torch.tensor(float("-inf"), device=logits.device))
     return logits
+
+
+def apply_token_mask(logits: torch.Tensor, seqs: list[Sequence], mask: TokenMask) -> torch.Tensor:
+    """Structured output: the tokens a row's grammar forbids get -inf, in one pass over logits [B, V]. The
+    bitmask travels to the device as one [B, V / 32] int32 tensor (all ones for unconstrained rows)."""
+    batch, vocab = logits.shape
+    words = mask.bits.shape[1]
+    full = np.full((batch, words), -1, dtype=np.int32)
+    for row, seq in enumerate(seqs):
+        if (src := mask.rows.get(seq.seq_id)) is not None:
+            full[row] = mask.bits[src]
+    bits = torch.from_numpy(full)
+    if logits.device.type == "cuda":
+        bits = bits.pin_memory().to(logits.device, non_blocking=True)
+    shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
+    allowed = ((bits[:, :, None] >> shifts) & 1).bool().view(batch, words * 32)[:, :vocab]  # [B, V]
+    return logits.masked_fill(~allowed, float("-inf"))
 
 
 @dataclass

@@ -2,12 +2,58 @@
 
 from __future__ import annotations
 
+import json as _json
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.dataclasses import dataclass
 
 MAX_LOGPROBS = 20  # as vLLM's default max_logprobs (and OpenAI's top_logprobs limit)
 # a temperature below this is greedy decoding (vLLM's _SAMPLING_EPS): dividing logits by 1e-38 overflows them to
 # inf, and the softmax of those is NaN, which would sample token 0 forever
 GREEDY_BELOW = 1e-5
+
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid"))  # a dataclass: a model's ``json`` method is in the way
+class StructuredOutputsParams:
+    """What the output must match (vLLM's ``StructuredOutputsParams``): exactly one of a JSON schema, any
+    JSON object, a regular expression, a choice of strings, or a grammar (Lark, or GBNF/EBNF with ``::=``).
+    Plain data: the core compiles it (minivllm/core/structured_output.py)."""
+
+    json: dict[str, Any] | None = Field(None, description="a JSON schema (a dict or its JSON text)")
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = Field(None, description="any JSON object")
+
+    @field_validator("json", mode="before")
+    @classmethod
+    def _json(cls, v):
+        if isinstance(v, str):
+            try:
+                v = _json.loads(v)
+            except ValueError as e:
+                raise ValueError(f"the JSON schema is not valid JSON: {e}") from None
+        if v is not None and not isinstance(v, dict):
+            raise ValueError("a JSON schema must be an object")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> StructuredOutputsParams:
+        given = [k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise ValueError(f"structured_outputs takes exactly one of json, regex, choice, grammar, json_object; "
+                             f"got {', '.join(given) or 'none'}")
+        if self.choice is not None and (not self.choice or not all(self.choice)):
+            raise ValueError("choice must list at least one non-empty string")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which constraint: "json", "regex", "choice", "grammar" or "json_object"."""
+        return next(k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None) \
+            if not self.json_object else "json_object"
 
 
 class SamplingParams(BaseModel):
@@ -32,6 +78,8 @@ class SamplingParams(BaseModel):
     include_stop_str_in_output: bool = False
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
                                  description="top log-probabilities per generated token (0: the sampled one only)")
+    structured_outputs: StructuredOutputsParams | None = Field(
+        None, description="constrain the output to a JSON schema, a regex, a choice or a grammar")
 
     @field_validator("top_k")
     @classmethod

@@ -36,6 +36,9 @@ class Sequence:
         # tokens that end the sequence (EOS included unless ignored); banned before min_tokens
         self.stop_token_ids: frozenset[int] = frozenset(params.stop_token_ids)
         self.detokenizer = None  # an IncrementalDetokenizer when the engine keeps the text as tokens arrive
+        # with params.structured_outputs: the grammar's matcher (a Future of it while it is built), see
+        # structured_output.py; it has seen every token the host knows
+        self.grammar = None
         # per output token when params.logprobs is set: (sampled token's logprob, [(token id, logprob)] top-k)
         self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
 

@@ -136,7 +136,11 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
         if (chars := sum(len(m["content"]) for m in messages)) > settings.max_prompt_chars:
             raise APIError(400, f"the messages have {chars} characters, more than the limit of "
                                 f"{settings.max_prompt_chars}", "messages")
-        [prompt] = await tokenized(lambda m: chat_prompt(engine.tokenizer, m, settings.chat_template),
+        try:
+            tools = req.tools if req.resolved_tool_choice != "none" else None
+        except ValueError as e:
+            raise bad_request(e) from None
+        [prompt] = await tokenized(lambda m: chat_prompt(engine.tokenizer, m, settings.chat_template, tools),
                                    [messages], [chars])
         run = RequestRun(engine, model_name, "chatcmpl", [prompt], req, req.chat_logprobs, settings.max_stream_buffer)
         return await run.respond(raw, "chat.completion")

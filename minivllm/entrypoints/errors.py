@@ -19,6 +19,8 @@ ENGINE_ERROR_PARAMS: tuple[tuple[str, str], ...] = (
     ("stop token id ", "stop_token_ids"),
     ("min_tokens (", "min_tokens"),
     ("stop strings must not be empty", "stop"),
+    ("invalid ", "structured_outputs"),  # a grammar that does not compile (core/structured_output.py)
+    ("structured output needs", "structured_outputs"),
 )
 
 
@@ -28,14 +30,15 @@ class APIError(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-def bad_request(e: ValueError, where: str = "", prompt_param: str = "prompt") -> APIError:
+def bad_request(e: ValueError, where: str = "", prompt_param: str = "prompt",
+                constraint_param: str = "structured_outputs") -> APIError:
     """A 400 for a bad value: pydantic's errors said field by field, without the values; the engine's
-    named after :data:`ENGINE_ERROR_PARAMS`."""
+    named after :data:`ENGINE_ERROR_PARAMS` (a grammar's after the field that asked for it)."""
     if isinstance(e, ValidationError):
         message, param = describe_errors(e.errors())
     else:
         message, param = str(e), getattr(e, "param", None)
     if param is None:
         param = next((p for start, p in ENGINE_ERROR_PARAMS if message.startswith(start)), None)
-        param = prompt_param if param == "prompt" else param
+        param = {"prompt": prompt_param, "structured_outputs": constraint_param}.get(param, param)
     return APIError(400, where + message, param)

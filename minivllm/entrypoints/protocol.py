@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from minivllm.core.sampling_params import MAX_LOGPROBS, SamplingParams
+from minivllm.core.sampling_params import MAX_LOGPROBS, SamplingParams, StructuredOutputsParams
+from minivllm.entrypoints.tools import (
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCallParser,
+    response_format_constraint,
+    tool_calls_text,
+    tool_constraint,
+)
 
 # OpenAI and vLLM fields that change what is generated and that minivllm does not implement. A request
 # that uses one gets a 400 naming it: ignoring it would answer a different question than the one asked.
@@ -14,7 +23,6 @@ from minivllm.core.sampling_params import MAX_LOGPROBS, SamplingParams
 # (``metadata``, ``store``, ``service_tier``, ... change nothing here).
 UNSUPPORTED_FIELDS: dict[str, tuple] = {
     "logit_bias": (None, {}),
-    "response_format": (None, {"type": "text"}),
     "best_of": (None, 1),
     "use_beam_search": (None, False),
     "prompt_logprobs": (None,),
@@ -25,15 +33,12 @@ UNSUPPORTED_FIELDS: dict[str, tuple] = {
     "guided_regex": (None,),
     "guided_choice": (None,),
     "guided_grammar": (None,),
-    "structured_outputs": (None,),
     "truncate_prompt_tokens": (None,),
     "skip_special_tokens": (None, True),
 }
 UNSUPPORTED_COMPLETION_FIELDS = {**UNSUPPORTED_FIELDS, "echo": (None, False), "suffix": (None, "")}
 UNSUPPORTED_CHAT_FIELDS = {
     **UNSUPPORTED_FIELDS,
-    "tools": (None, []),
-    "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
     "audio": (None,),
@@ -89,6 +94,8 @@ class _SamplingRequest(BaseModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
+    structured_outputs: dict[str, Any] | None = None  # a StructuredOutputsParams (strict parsing takes no dataclass)
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -102,6 +109,29 @@ class _SamplingRequest(BaseModel):
         extra = self.model_extra or {}
         return next((name for name, harmless in self.unsupported_fields.items()
                      if name in extra and extra[name] not in harmless), None)
+
+    def constraints(self) -> dict[str, StructuredOutputsParams]:
+        """The structured-output constraints the request asks for, by the field that asks."""
+        found = {}
+        if self.structured_outputs is not None:
+            try:
+                found["structured_outputs"] = StructuredOutputsParams(**self.structured_outputs)
+            except ValidationError as e:
+                message, _ = describe_errors(e.errors())
+                raise FieldError("structured_outputs", f"structured_outputs: {message}") from None
+        if self.response_format is not None:
+            try:
+                found["response_format"] = response_format_constraint(self.response_format)
+            except ValueError as e:
+                raise FieldError("response_format", str(e)) from None
+        return {k: v for k, v in found.items() if v is not None}
+
+    def constraint(self) -> tuple[str, StructuredOutputsParams] | tuple[None, None]:
+        """(the field, its constraint): at most one field may constrain the output."""
+        found = self.constraints()
+        if len(found) > 1:
+            raise FieldError(list(found)[1], f"only one of {' and '.join(found)} may constrain the output")
+        return next(iter(found.items()), (None, None))
 
     def sampling_params(self, num_prompt_tokens: int, max_model_len: int, logprobs: int | None) -> SamplingParams:
         """Raises ValueError (pydantic's ValidationError is one) for out-of-range values, and, as vLLM,
@@ -122,7 +152,7 @@ class _SamplingRequest(BaseModel):
             stop_token_ids=self.stop_token_ids, include_stop_str_in_output=self.include_stop_str_in_output,
             ignore_eos=self.ignore_eos, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
-            logprobs=logprobs,
+            logprobs=logprobs, structured_outputs=self.constraint()[1],
         )
 
     @property
@@ -158,12 +188,15 @@ class CompletionRequest(_SamplingRequest):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str  # text parts are joined: the template sees plain strings
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls, written back as the model wrote them
 
     @field_validator("content", mode="before")
     @classmethod
-    def _content(cls, v):
+    def _content(cls, v, info):
+        if v is None and info.data.get("role") == "assistant":  # a turn that only called tools
+            return ""
         if isinstance(v, str):
             return v
         if isinstance(v, list) and all(isinstance(part, dict) and part.get("type") == "text"
@@ -172,7 +205,7 @@ class ChatMessage(BaseModel):
         raise ValueError("must be a string or a list of {'type': 'text', 'text': ...} parts")
 
     def as_template_input(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+        return {"role": self.role, "content": self.content + tool_calls_text(self.tool_calls or [])}
 
 
 class ChatCompletionRequest(_SamplingRequest):
@@ -182,6 +215,29 @@ class ChatCompletionRequest(_SamplingRequest):
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+
+    @property
+    def resolved_tool_choice(self):
+        """OpenAI's default: "auto" with tools, "none" without."""
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise FieldError("tool_choice", "tool_choice needs tools")
+        return self.tool_choice or ("auto" if self.tools else "none")
+
+    def constraints(self) -> dict[str, StructuredOutputsParams]:
+        found = super().constraints()
+        try:
+            if (tools := tool_constraint(self.tools or [], self.resolved_tool_choice)) is not None:
+                found["tool_choice"] = tools
+        except ValueError as e:
+            raise FieldError("tool_choice", str(e)) from None
+        return found
+
+    def tool_parser(self) -> ToolCallParser | None:
+        """What turns the output into ``tool_calls``; None when the request offers no tools."""
+        choice = self.resolved_tool_choice
+        return None if choice == "none" else ToolCallParser(self.tools, choice)
 
     @property
     def chat_logprobs(self) -> int | None:

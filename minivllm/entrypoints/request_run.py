@@ -46,8 +46,9 @@ class RequestRun:
                 engine.abort(f"{self.id}-{started}")
             if isinstance(e, EngineClosedError):
                 raise APIError(503, str(e)) from None
-            raise bad_request(e, f"prompt {i}: " if len(prompts) > 1 else "",
-                              "messages" if self.chat else "prompt") from None
+            raise bad_request(e, f"prompt {i}: " if len(prompts) > 1 else "", "messages" if self.chat else "prompt",
+                              _constraint_field(req)) from None
+        self.tools = req.tool_parser() if self.chat else None  # turns the text into tool_calls
         self.num_prompt_tokens = sum(len(p) for p in prompts)
         self.num_completion_tokens = 0
 
@@ -112,12 +113,18 @@ class RequestRun:
             yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                 "finish_reason": None} for i in range(num_choices)])
         offsets = [0] * num_choices
+        held = [""] * num_choices  # with tools: each choice's text, sent once it is known to be text or calls
         try:
             async with contextlib.aclosing(self._outputs()) as outputs:
                 async for index, out in outputs:
                     choice = {"index": index, "logprobs": self._logprobs(out, offsets, index),
                               "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
-                    if self.chat:
+                    if self.tools is not None:
+                        held[index] += out.text
+                        if not out.finish_reason:
+                            continue
+                        choice["delta"] = self._tool_delta(held[index], choice)
+                    elif self.chat:
                         choice["delta"] = {"content": out.text} if out.text or not out.finish_reason else {}
                     else:
                         choice["text"] = out.text
@@ -129,6 +136,15 @@ class RequestRun:
         if self.req.include_usage:
             yield self._chunk([], self._usage())
         yield "data: [DONE]\n\n"
+
+    def _tool_delta(self, text: str, choice: dict) -> dict:
+        """The last delta of a choice whose text may be tool calls: the calls (one delta each, arguments
+        whole) with ``finish_reason="tool_calls"``, or the text."""
+        content, calls = self.tools.message(text) if choice["finish_reason"] in ("stop", "length") else (text, [])
+        if not calls:
+            return {"content": text} if text else {}
+        choice["finish_reason"] = "tool_calls"
+        return {"content": content, "tool_calls": [{"index": i, **call} for i, call in enumerate(calls)]}
 
     async def _whole(self, object_name: str) -> bytes:
         outs: list[list[StreamOutput]] = [[] for _ in range(len(self.streams) * self.n)]
@@ -148,6 +164,11 @@ class RequestRun:
                       "logprobs": self._merged_logprobs(parts, offsets, i)}
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
+                if self.tools is not None and parts and parts[-1].finish_reason in ("stop", "length"):
+                    content, calls = self.tools.message(text)
+                    if calls:
+                        choice["message"] = {"role": "assistant", "content": content, "tool_calls": calls}
+                        choice["finish_reason"] = "tool_calls"
             else:
                 choice["text"] = text
             choices.append(json.dumps(choice))
@@ -189,6 +210,13 @@ class RequestRun:
             tokenizer = self.engine.tokenizer
             text = self._texts[token_id] = tokenizer.decode([token_id]) if tokenizer is not None else str(token_id)
         return text
+
+
+def _constraint_field(req) -> str:
+    try:
+        return req.constraint()[0] or "structured_outputs"
+    except ValueError:
+        return "structured_outputs"
 
 
 async def _disconnected(raw_request: Request) -> None:

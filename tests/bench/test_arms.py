@@ -34,6 +34,20 @@ def test_arms_are_validated_and_typed(llama_path):
     assert [a.name for a in build_arms(llama_path, [{}])] == ["baseline"]
 
 
+def test_an_arm_can_constrain_its_requests(llama_path):
+    from minivllm.bench.arms import STRUCTURED_OUTPUTS
+    from minivllm.core.sampling_params import StructuredOutputsParams
+
+    arms = build_arms(llama_path, parse_ab(["structured_output=none,json"]), parse_set(["max_model_len=256"]))
+    assert [(a.structured_output, a.overrides["structured_output"]) for a in arms] == [
+        (None, "none"), (STRUCTURED_OUTPUTS["json"], "json")]
+    assert arms[0].config == arms[1].config  # the same engine; only the requests differ
+    for constraint in STRUCTURED_OUTPUTS.values():
+        assert constraint is None or StructuredOutputsParams(**constraint)
+    with pytest.raises(ValueError, match="structured_output 'yaml'; choose one of none, json, regex"):
+        build_arms(llama_path, parse_ab(["structured_output=none,yaml"]))
+
+
 @pytest.mark.parametrize("ab, message", [
     (["sheduler=fcfs,chunked"], "unknown setting 'sheduler'; settings: .*scheduler"),
     (["scheduler=fcfs,fifo"], "arm scheduler=fifo: unknown scheduler 'fifo'; registered: chunked, fcfs"),

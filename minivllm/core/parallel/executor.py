@@ -31,6 +31,7 @@ from minivllm.core.parallel.batch_sync import BatchDelta, BatchEncoder, BatchMir
 from minivllm.core.runner import ModelRunner
 from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.step import StepFuture
+from minivllm.core.structured_output import TokenMask
 
 
 class Executor(ABC):
@@ -54,8 +55,9 @@ class Executor(ABC):
         """Allocate the cache on every rank (and capture CUDA graphs)."""
 
     @abstractmethod
-    def submit(self, batch: ScheduledBatch) -> StepFuture:
-        """Queue one step on every rank; its future's ``result()`` gives rank 0's sampled tokens."""
+    def submit(self, batch: ScheduledBatch, mask: TokenMask | None = None) -> StepFuture:
+        """Queue one step on every rank; its future's ``result()`` gives rank 0's sampled tokens. ``mask``:
+        the tokens the batch's structured-output grammars allow (every rank applies it, so all sample alike)."""
 
     @abstractmethod
     def close(self) -> None:
@@ -93,8 +95,8 @@ class InProcessExecutor(Executor):
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.runner.allocate_kv_cache(num_blocks)
 
-    def submit(self, batch: ScheduledBatch) -> StepFuture:
-        return self.runner.submit(batch)
+    def submit(self, batch: ScheduledBatch, mask: TokenMask | None = None) -> StepFuture:
+        return self.runner.submit(batch, mask=mask)
 
     def close(self) -> None:
         """Nothing to stop in-process."""
@@ -128,9 +130,10 @@ class _AllocateKVCache:
 @dataclass
 class _Step:
     delta: BatchDelta
+    mask: TokenMask | None
 
     def run(self, runner: ModelRunner, mirror: BatchMirror | None, control) -> StepFuture:
-        return runner.submit(mirror.apply(self.delta), fetch=False)
+        return runner.submit(mirror.apply(self.delta), fetch=False, mask=self.mask)
 
 
 class MultiprocExecutor(Executor):
@@ -165,8 +168,8 @@ class MultiprocExecutor(Executor):
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self._run(_AllocateKVCache(num_blocks))
 
-    def submit(self, batch: ScheduledBatch) -> StepFuture:
-        return self._run(_Step(self._encoder.encode(batch)), lambda: self.runner.submit(batch))
+    def submit(self, batch: ScheduledBatch, mask: TokenMask | None = None) -> StepFuture:
+        return self._run(_Step(self._encoder.encode(batch), mask), lambda: self.runner.submit(batch, mask=mask))
 
     def close(self) -> None:
         """Stop the other ranks (idempotent)."""
