@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 from dataclasses import dataclass
@@ -22,19 +21,9 @@ from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
 from minivllm.core.structured_output import TokenMask
-from minivllm.core.utils import cdiv
+from minivllm.core.utils import cdiv, default_dtype
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
 
 
 @dataclass

@@ -12,10 +12,6 @@ time, since the ranks run side by side.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import threading
 import time
 import traceback
 import weakref
@@ -24,10 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minivllm.core import plugins
 from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.parallel import distributed
 from minivllm.core.parallel.batch_sync import BatchDelta, BatchEncoder, BatchMirror
+from minivllm.core.parallel.worker import run_worker, worker_main
 from minivllm.core.runner import ModelRunner
 from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.step import StepFuture
@@ -209,7 +205,7 @@ class MultiprocExecutor(Executor):
         for rank in range(1, self.world_size):
             stop_r, stop_w = ctx.Pipe(duplex=False)
             report_r, report_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker_main, name=f"minivllm-tp{rank}", daemon=True,
+            proc = ctx.Process(target=worker_main, name=f"minivllm-tp{rank}", daemon=True,
                                args=(rank, self.world_size, port, setup, devices[rank], threads, stop_r, report_w))
             proc.start()
             stop_r.close()
@@ -265,39 +261,3 @@ def _stop_workers(procs, stops) -> None:
         if proc.is_alive():
             proc.kill()
             proc.join()
-
-
-def _exit_when_closed(stop) -> None:
-    """Worker watchdog: rank 0 closed the pipe, or died (its end closed with it)."""
-    try:
-        stop.recv()
-    except EOFError:
-        pass
-    os._exit(0)
-
-
-def _worker_main(rank, world_size, port, setup, device, threads, stop, report):
-    threading.Thread(target=_exit_when_closed, args=(stop,), daemon=True).start()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: rank 0 handles it
-    try:
-        torch.set_num_threads(threads)
-        run_worker(rank, world_size, port, setup, device)
-    except BaseException:
-        with contextlib.suppress(OSError):  # rank 0 may be gone: then nobody listens
-            report.send(traceback.format_exc()[-16000:])  # short enough for the pipe's buffer: never blocks
-        raise SystemExit(1) from None
-
-
-def run_worker(rank, world_size, port, setup: RunnerSetup, device) -> None:
-    """Rank ``rank``: build this rank's runner, then run rank 0's commands until it says stop."""
-    plugins.load_plugins()  # honours MINIVLLM_PLUGINS, inherited from rank 0
-    if device is not None:
-        torch.cuda.set_device(device)
-    store = distributed.open_store(rank, world_size, port)
-    store.set(f"up/{rank}", "1")
-    groups = distributed.init_groups(store, rank, world_size, setup.config.torch_device)
-    runner = ModelRunner(setup, groups.tp)
-    distributed.all_reduce_min(groups.control, 1)  # tell rank 0 this runner is built
-    mirror = BatchMirror()
-    while (command := distributed.recv_command(groups.control)) is not None:
-        command.run(runner, mirror, groups.control)
