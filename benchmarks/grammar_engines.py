@@ -25,12 +25,10 @@ from structured_schemas import SCHEMAS  # noqa: E402
 
 
 def tokenizer():
-    from minivllm.core.checkpoint import Checkpoint
-
     from minivllm import default_model
-    from minivllm.core.config import EngineConfig
+    from minivllm.core.loading.checkpoint import Checkpoint
 
-    return Checkpoint.open(EngineConfig(model=default_model())).load_tokenizer()
+    return Checkpoint.open(default_model()).load_tokenizer()
 
 
 def walk(ll_tok, schema: dict, seed: int, limit: int = 200) -> list[int]:

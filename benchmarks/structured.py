@@ -136,14 +136,13 @@ def check_samples(client, samples: int) -> dict:
 def compile_times(rounds: int) -> dict:
     import llguidance
     import llguidance.numpy as lln
-    from minivllm.core.checkpoint import Checkpoint
 
     from minivllm import default_model
-    from minivllm.core.config import EngineConfig
+    from minivllm.core.loading.checkpoint import Checkpoint
     from minivllm.core.sampling_params import StructuredOutputsParams
     from minivllm.core.structured_output import StructuredOutputs
 
-    tokenizer = Checkpoint.open(EngineConfig(model=default_model())).load_tokenizer()
+    tokenizer = Checkpoint.open(default_model()).load_tokenizer()
     times = []
     grammars = StructuredOutputs(tokenizer, len(tokenizer), {tokenizer.eos_token_id})
     for _ in range(rounds):

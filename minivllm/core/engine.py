@@ -77,9 +77,9 @@ class LLMEngine:
         self.scheduler = plugins.schedulers.get(config.scheduler)(
             config.scheduler_config(self.max_model_len), self.allocator)
         self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
-        self.structured = StructuredOutputs(self.tokenizer, self.vocab_size, self.eos_token_ids)
         self.requests = RequestFactory(self.vocab_size, self.max_model_len, self.tokenizer, self.eos_token_ids,
-                                       self.scheduler.check_request, self.structured.check)
+                                       self.scheduler.check_request)
+        self.structured = self.requests.grammars
         self.async_scheduling = config.resolved_async_scheduling
         self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next
         self._compiling: list[Sequence] = []  # added, waiting for their grammar's matcher
@@ -87,7 +87,7 @@ class LLMEngine:
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (idempotent)."""
         self.executor.close()
-        self.structured.close()
+        self.requests.close()
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """A prompt's token ids (see :meth:`RequestFactory.encode`)."""

@@ -9,21 +9,25 @@ from collections.abc import Callable
 from collections.abc import Sequence as SequenceABC
 
 from minivllm.core.detokenizer import IncrementalDetokenizer
-from minivllm.core.sampling_params import SamplingParams, StructuredOutputsParams
+from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
+from minivllm.core.structured_output import StructuredOutputs
 
 
 class RequestFactory:
     """What a request is checked against: the vocabulary, ``max_model_len``, the tokenizer (None: the
     checkpoint has none), the EOS ids, the scheduler's own check (``Scheduler.check_request``) and the
-    grammar check (``StructuredOutputs.check``: a grammar that does not compile is refused here)."""
+    grammars (:class:`StructuredOutputs`: a grammar that does not compile is refused here, and compiled
+    ones are cached; the engine's matchers come from the same object). :meth:`close` at the end."""
 
     def __init__(self, vocab_size: int, max_model_len: int, tokenizer, eos_token_ids: set[int],
-                 check_request: Callable[[int, int], None],
-                 check_grammar: Callable[[StructuredOutputsParams], object]):
+                 check_request: Callable[[int, int], None]):
         self.vocab_size, self.max_model_len, self.tokenizer = vocab_size, max_model_len, tokenizer
         self.eos_token_ids, self.check_request = eos_token_ids, check_request  # the engine's set, not a copy
-        self.check_grammar = check_grammar
+        self.grammars = StructuredOutputs(tokenizer, vocab_size, eos_token_ids)
+
+    def close(self) -> None:
+        self.grammars.close()
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         """A prompt's token ids: a string tokenized, a sequence of token ids as a list. Anything else is a
@@ -62,7 +66,7 @@ class RequestFactory:
         if params.structured_outputs is not None:
             if self.tokenizer is None:
                 raise ValueError("structured output needs a tokenizer, and this checkpoint has none")
-            self.check_grammar(params.structured_outputs)  # compiled once per grammar (cached)
+            self.grammars.check(params.structured_outputs)  # compiled once per grammar (cached)
         if params.top_k >= self.vocab_size:  # keeps every token: the same as no top-k, in every sampler
             params = params.model_copy(update={"top_k": -1})
         seq = Sequence(token_ids, params)

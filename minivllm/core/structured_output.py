@@ -125,8 +125,8 @@ class StructuredOutputs:
         """Build the sequence's matcher on the pool; ``seq.grammar`` holds its future until :meth:`ready`."""
         from llguidance import LLMatcher
 
-        grammar = self.check(seq.params.structured_outputs)
-        seq.grammar = self._pool.submit(LLMatcher, self.tokenizer, grammar, log_level=0)
+        spec = seq.params.structured_outputs  # checked (and cached) in the pool too: never on the step's thread
+        seq.grammar = self._pool.submit(lambda: LLMatcher(self.tokenizer, self.check(spec), log_level=0))
 
     @staticmethod
     def ready(seq: Sequence) -> bool:

@@ -29,7 +29,6 @@ from minivllm.core.loading.checkpoint import Checkpoint
 from minivllm.core.loading.default_model import model_id
 from minivllm.core.requests import RequestFactory
 from minivllm.core.sampling_params import SamplingParams
-from minivllm.core.structured_output import StructuredOutputs
 from minivllm.entrypoints.engine_core import recv, run_engine_core, send
 from minivllm.entrypoints.metrics import EngineMetrics
 from minivllm.entrypoints.output_processor import OutputProcessor, RequestState
@@ -71,11 +70,9 @@ class AsyncLLM:
             core_conn.close()  # the child's now: its end closing is how a dead engine shows
         info = self._handshake()
         self.max_model_len = info["max_model_len"]
-        # grammars are checked here too (each process keeps its own cache of compiled ones)
-        self._grammars = StructuredOutputs(self.tokenizer, info["vocab_size"], info["eos_token_ids"])
+        # requests are checked here, grammars included (each process keeps its own cache of compiled ones)
         self.requests = RequestFactory(info["vocab_size"], self.max_model_len, self.tokenizer, info["eos_token_ids"],
-                                       _scheduler_check(self.config, self.max_model_len, info["num_blocks"]),
-                                       self._grammars.check)
+                                       _scheduler_check(self.config, self.max_model_len, info["num_blocks"]))
         self.served_model_name = served_model_name or model_id(self.config.model)
         self.metrics = EngineMetrics(self.served_model_name)
         self.on_engine_dead: Callable[[], None] | None = None  # called (on the receiver thread) if the core dies
@@ -201,7 +198,7 @@ class AsyncLLM:
         if self.engine_process:
             self._core.close()  # its sentinel's descriptor
         self._tokenizer_thread.shutdown(wait=False, cancel_futures=True)
-        self._grammars.close()
+        self.requests.close()
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
@@ -230,6 +227,7 @@ class AsyncLLM:
         self._outputs_of.fail_all(error)
         if dead and self.on_engine_dead is not None:
             self.on_engine_dead()
+
 
 def _scheduler_check(config: EngineConfig, max_model_len: int, num_blocks: int) -> Callable[[int, int], None]:
     """The configured scheduler's ``check_request``, for a cache of the core's ``num_blocks``."""

@@ -3,7 +3,7 @@
 A server's API process (HTTP, validation, tokenising, detokenising, streaming: see ``async_llm.py``) and the
 engine's host work (scheduling, preparing inputs, bookkeeping) would otherwise share one interpreter lock;
 so the core runs in a process of its own (spawned, CUDA-safe), as vLLM's engine core does. With tensor
-parallelism that process is rank 0 and starts the other ranks itself (``core/executor.py``). The core can
+parallelism that process is rank 0 and starts the other ranks itself (``core/parallel/executor.py``). The core can
 also run on a thread of the API process (``AsyncLLM(engine_process=False)``): the same loop, the same
 channel, only the place differs.
 

@@ -43,7 +43,6 @@ class RequestState:
         self.done, self.num_unfinished = [False] * n, n
 
 
-
 class OutputProcessor:
     """:class:`AsyncLLM` registers each request (:meth:`add`, any thread); everything else runs on its
     receiver thread. ``abort(num, index)`` asks the core to abort completion ``index`` (-1: all) of request
@@ -146,8 +145,6 @@ class OutputProcessor:
             except RuntimeError:  # that event loop is closed: nobody is listening any more
                 pass
         self._outbox.clear()
-
-
 
     def fail_all(self, error: BaseException) -> None:
         for request in list(self.requests.values()):

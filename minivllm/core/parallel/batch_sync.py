@@ -77,6 +77,7 @@ class BatchMirror:
             if first is not None:
                 num_prompt_tokens, params = first
                 seq = self._seqs[seq_id] = Sequence(new_tokens, params)
+                seq.seq_id = seq_id  # rank 0's: a step's TokenMask (structured output) names its rows by it
                 seq.num_prompt_tokens = num_prompt_tokens
             else:
                 seq = self._seqs[seq_id]

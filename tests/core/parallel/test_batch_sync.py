@@ -22,6 +22,7 @@ def _ship(encoder, mirror, seqs, num_new):
 def _same(batch, mirrored):
     assert mirrored.num_new_tokens == batch.num_new_tokens
     for seq, copy in zip(batch.seqs, mirrored.seqs):
+        assert copy.seq_id == seq.seq_id  # what a step's TokenMask names its rows by
         assert copy.token_ids == seq.token_ids
         assert copy.num_prompt_tokens == seq.num_prompt_tokens
         assert copy.block_table == seq.block_table
