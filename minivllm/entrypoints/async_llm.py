@@ -51,8 +51,9 @@ class AsyncLLM:
                  engine_process: bool | None = None, **kwargs):
         """``model`` and ``kwargs`` are ``LLM(...)``'s; ``served_model_name`` is the name clients use and the
         metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one).
-        ``engine_process``: run the engine core in a process of its own (default: yes with CUDA; on the CPU
-        the thread, faster there, see README) rather than on a thread of this one."""
+        ``engine_process``: run the engine core in a process of its own rather than on a thread of this one
+        (default: with CUDA; on the CPU the thread, so that a script needs no ``if __name__ == "__main__":``
+        guard, which a spawned process requires; ``minivllm serve`` always uses the process, see README)."""
         self.config = EngineConfig(**kwargs) if model is None else EngineConfig(model=model, **kwargs)
         self.engine_process = self.config.torch_device.type == "cuda" if engine_process is None else engine_process
         # before the core starts loading: on a thread, it would import transformers alongside (lazy imports race)
