@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 
+from minivllm.entrypoints.replicas import replica_pid
+
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(20)]
 
 
@@ -136,7 +138,7 @@ def main() -> None:
 
     def kill_one(done: int) -> None:
         if not killed_at and done >= args.requests // 3:
-            os.kill(_replica_pid(args.port + args.replicas), signal.SIGKILL)
+            os.kill(replica_pid(args.port + args.replicas), signal.SIGKILL)
             killed_at.append(time.perf_counter())
 
     try:
@@ -150,18 +152,6 @@ def main() -> None:
     print(f"; failed among the {sum(t > killed_at[0] for t in started)} sent after the kill: {len(after)}")
     if after or outputs[1] != outputs[args.replicas]:
         raise SystemExit(1)
-
-
-def _replica_pid(port: int) -> int:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in argv and str(port).encode() in argv and b"--data-parallel-size" not in argv:
-            return int(pid)
-    raise LookupError(port)
 
 
 if __name__ == "__main__":

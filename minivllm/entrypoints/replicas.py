@@ -124,6 +124,20 @@ def serve_replicas(replica_args: list[str], n: int, host: str, port: int, policy
             signal.signal(sig, handler)
 
 
+def replica_pid(port: int) -> int:
+    """The pid of the `minivllm serve` replica started with ``--port PORT`` (not the launcher; Linux's /proc):
+    what a failover test or benchmark kills. LookupError if none runs."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in args and str(port).encode() in args and b"--data-parallel-size" not in args:
+            return int(pid)
+    raise LookupError(port)
+
+
 def _wait_healthy(replicas: list[subprocess.Popen], urls: list[str], stopping) -> bool:
     """Wait until every replica's /health answers 200; False if one exits first, or on a signal."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from minivllm.entrypoints.replicas import replica_arguments, replica_environments
+from minivllm.entrypoints.replicas import replica_arguments, replica_environments, replica_pid
 from tests.entrypoints import TEMPLATE, serving
 
 SMALL = ["--kvcache-block-size", "16", "--max-model-len", "128", "--num-kvcache-blocks", "64"]
@@ -71,19 +71,6 @@ def _consecutive_free_ports(n: int) -> int:
     raise RuntimeError("no free ports")
 
 
-def _pid_listening_on(port: int) -> int:
-    """The pid of the `minivllm serve` replica started with ``--port PORT``."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in args and str(port).encode() in args and b"--data-parallel-size" not in args:
-            return int(pid)
-    raise LookupError(port)
-
-
 def _ask(client: openai.OpenAI, i: int) -> str:
     prompt = f"request {i % 5}"
     if i % 2:
@@ -126,7 +113,7 @@ def test_two_replicas_behind_the_router(llama_path, tmp_path):
         served = [_finished(url) - b for url, b in zip(replicas, before)]
         assert min(served) > 0 and sum(served) == 40, served  # both replicas took requests
 
-        os.kill(_pid_listening_on(port + 2), signal.SIGKILL)  # one replica dies
+        os.kill(replica_pid(port + 2), signal.SIGKILL)  # one replica dies
         with pytest.raises(httpx.HTTPError):
             httpx.get(replicas[1] + "/health", timeout=2)
         with ThreadPoolExecutor(8) as pool:  # requests after its death all land on the live one
@@ -138,7 +125,7 @@ def test_two_replicas_behind_the_router(llama_path, tmp_path):
         assert proc.wait(timeout=60) == 0
         assert time.monotonic() - start < 30
         with pytest.raises(LookupError):  # no replica left behind
-            _pid_listening_on(port + 1)
+            replica_pid(port + 1)
     finally:
         if proc.poll() is None:
             proc.kill()
