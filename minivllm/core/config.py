@@ -10,7 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from minivllm.core import plugins
-from minivllm.core.interfaces.scheduler import SchedulerConfig
+from minivllm.core.interfaces.scheduler import Scheduler, SchedulerConfig
 from minivllm.core.loading.default_model import default_model
 from minivllm.core.loading.model_source import looks_like_hub_id
 
@@ -117,6 +117,13 @@ class EngineConfig(BaseModel):
     def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
         """The scheduler's settings, with the effective ``max_model_len`` (the model may cap the config's)."""
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_model_len, self.scheduler_options)
+
+    def build_scheduler(self, max_model_len: int, num_blocks: int) -> Scheduler:
+        """The scheduler plugin the config names, over a new KV allocator of ``num_blocks`` (its
+        ``allocator``): the engine's, and a server API process's copy, which only checks requests."""
+        allocator = plugins.kv_allocators.get(self.kv_allocator)(
+            num_blocks, self.kvcache_block_size, self.enable_prefix_caching)
+        return plugins.schedulers.get(self.scheduler)(self.scheduler_config(max_model_len), allocator)
 
     @property
     def torch_device(self) -> torch.device:

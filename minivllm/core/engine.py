@@ -71,11 +71,8 @@ class LLMEngine:
             num_blocks, config.kvcache_block_size, num_blocks * self.executor.block_bytes / 2**30,
             num_blocks * config.kvcache_block_size / self.max_model_len, self.max_model_len,
         )
-        self.allocator = plugins.kv_allocators.get(config.kv_allocator)(
-            num_blocks, config.kvcache_block_size, config.enable_prefix_caching
-        )
-        self.scheduler = plugins.schedulers.get(config.scheduler)(
-            config.scheduler_config(self.max_model_len), self.allocator)
+        self.scheduler = config.build_scheduler(self.max_model_len, num_blocks)
+        self.allocator = self.scheduler.allocator
         self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
         self.requests = RequestFactory(self.vocab_size, self.max_model_len, self.tokenizer, self.eos_token_ids,
                                        self.scheduler.check_request)

@@ -23,10 +23,10 @@ from minivllm.core.sequence import Sequence
 from minivllm.core.structured_output import TokenMask
 
 
-def to_device(values: list, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def to_device(values: list | np.ndarray, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A small per-row tensor on ``device`` without a host sync: a blocking copy would wait for the
     forward pass still running on the GPU before the sampler's kernels could be queued behind it."""
-    tensor = torch.tensor(values, dtype=dtype)
+    tensor = torch.as_tensor(values, dtype=dtype)
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor
@@ -103,9 +103,7 @@ def apply_token_mask(logits: torch.Tensor, seqs: list[Sequence], mask: TokenMask
     for row, seq in enumerate(seqs):
         if (src := mask.rows.get(seq.seq_id)) is not None:
             full[row] = mask.bits[src]
-    bits = torch.from_numpy(full)
-    if logits.device.type == "cuda":
-        bits = bits.pin_memory().to(logits.device, non_blocking=True)
+    bits = to_device(full, logits.device)
     shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
     allowed = ((bits[:, :, None] >> shifts) & 1).bool().view(batch, words * 32)[:, :vocab]  # [B, V]
     return logits.masked_fill(~allowed, float("-inf"))

@@ -233,6 +233,4 @@ class AsyncLLM:
 def _scheduler_check(config: EngineConfig, max_model_len: int, num_blocks: int) -> Callable[[int, int], None]:
     """The configured scheduler's ``check_request``, for a cache of the core's ``num_blocks``."""
     plugins.load_plugins()
-    allocator = plugins.kv_allocators.get(config.kv_allocator)(num_blocks, config.kvcache_block_size,
-                                                               config.enable_prefix_caching)
-    return plugins.schedulers.get(config.scheduler)(config.scheduler_config(max_model_len), allocator).check_request
+    return config.build_scheduler(max_model_len, num_blocks).check_request
