@@ -26,6 +26,9 @@
 #              each with its offline arm and ratio, a py-spy profile of the API process (if the py-spy wheel is
 #              in .whl); then rate inf with --no-engine-process (the in-process thread) for comparison
 #   serve-8b   the same at rate inf on the Llama-3.1-8B shape, 64 prompts
+#   structured minivllm bench structured_output=none,json (issue 27): Qwen3-0.6B shape with the embedded
+#              model's tokenizer (.tok/, made by gpu_prepare.sh; vocab 49,152), decode-heavy, 64 prompts x 512
+#              tokens, max_num_seqs 64, 5 repeats
 # Usage on the device machine:  bash scripts/gpu_check.sh STAGE [STAGE ...]
 # (scripts/gpu_prepare.sh, run first on the CPU machine, makes the wheels and prints the command)
 set -uo pipefail
@@ -103,6 +106,12 @@ for stage in "$@"; do
              --no-engine-process --no-offline --json "$OUT/serve.jsonl" 2>&1 | tee -a "$OUT/serve.log" || status=1 ;;
     serve-8b) python3 benchmarks/serve.py --model llama3-8b --num-prompts 64 --request-rates inf \
              --sampler fused --json "$OUT/serve.jsonl" 2>&1 | tee -a "$OUT/serve.log" || status=1 ;;
+    structured) python3 -c "from minivllm.bench.shapes import write_config
+write_config('qwen3-0.6b', '/tmp/qwen3-0.6b-tok', vocab_size=49152)" && cp .tok/* /tmp/qwen3-0.6b-tok/ &&
+                python3 -m minivllm.cli bench /tmp/qwen3-0.6b-tok --set load_format=dummy --workload decode-heavy \
+                  --num-prompts 64 --max-output-len 512 --set max_num_seqs=64 --ab structured_output=none,json \
+                  --repeats 5 --no-progress --json "$OUT/structured.json" --plot "$OUT/structured.png" 2>&1 |
+                  tee -a "$OUT/structured.log" || status=1 ;;
     *) echo "unknown stage $stage"; status=1 ;;
   esac
 done

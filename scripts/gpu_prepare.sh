@@ -8,6 +8,7 @@
 #                      is larger than one call may carry (64 MiB), so one call carries .smol-a and the next,
 #                      on the still-warm machine, .smol-b (naming only one keeps the other there)
 #   .ab/REV/           source trees of the commits the 'tp1' stage compares (git archive)
+#   .tok/              the embedded model's tokenizer (from its GGUF), for the 'structured' stage
 # and prints the device command (the `run` tool's command is one line).
 # --no-wheels skips the downloads (the part that needs the package index): tests/scripts runs the rest.
 set -euo pipefail
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 wheels=1
 [ "${1:-}" = "--no-wheels" ] && wheels=0
 TP1_REVS=(300ebbe 074673a)  # the last commit before tensor parallelism, and the one that added it
-for path in /.whl/ /.smol-a/ /.smol-b/ /.ab/; do
+for path in /.whl/ /.smol-a/ /.smol-b/ /.ab/ /.tok/; do
   grep -qx "$path" .git/info/exclude 2>/dev/null || echo "$path" >> .git/info/exclude
 done
 if [ $wheels = 1 ]; then
@@ -27,12 +28,14 @@ fi
 gguf=$(python3 -c "from minivllm import default_model; print(default_model())")
 half=$(( ($(stat -c %s "$gguf") + 1) / 2 ))
 rm -rf .smol-a .smol-b && mkdir -p .smol-a .smol-b
+rm -rf .tok && python3 -c "from minivllm.core.loading.gguf_file import GGUFFile
+GGUFFile('$gguf').tokenizer().save_pretrained('.tok')" > /dev/null
 head -c "$half" "$gguf" > .smol-a/part && tail -c +"$((half + 1))" "$gguf" > .smol-b/part
 for rev in "${TP1_REVS[@]}"; do
   rm -rf ".ab/$rev" && mkdir -p ".ab/$rev" && git archive "$rev" | tar -x -C ".ab/$rev"
 done
-du -sh .smol-a .smol-b .ab $([ -d .whl ] && echo .whl)
+du -sh .smol-a .smol-b .ab .tok $([ -d .whl ] && echo .whl)
 cat <<EOF
-Device call (carry [".whl", ".ab", ".smol-a"], then [".whl", ".smol-b"] for 'quality'), stages as needed:
+Device call (carry [".whl", ".ab", ".smol-a", ".tok"], then [".whl", ".smol-b"] for 'quality'), stages as needed:
 $(cat ../shared/device/preamble.txt) MINIVLLM_COMMIT=$(git rev-parse --short HEAD) bash scripts/gpu_check.sh tests pipeline
 EOF

@@ -19,12 +19,13 @@ SHAPES = {
 }
 
 
-def write_config(shape: str, path: str):
-    """Write the Hugging Face config of ``shape`` (bf16) to the directory ``path``; returns it."""
+def write_config(shape: str, path: str, **overrides):
+    """Write the Hugging Face config of ``shape`` (bf16), with ``overrides`` of its fields (a tokenizer's
+    ``vocab_size``, say), to the directory ``path``; returns it."""
     import transformers
 
     cls_name, kwargs = SHAPES[shape]
-    config = getattr(transformers, cls_name)(**kwargs, dtype="bfloat16")
+    config = getattr(transformers, cls_name)(**{**kwargs, **overrides}, dtype="bfloat16")
     config.architectures = [cls_name.replace("Config", "ForCausalLM")]
     config.save_pretrained(path)
     return config
