@@ -41,9 +41,12 @@ class EngineConfig(BaseModel):
     cpu_kvcache_space_gib: float = Field(4.0, gt=0.0, description="KV cache budget when running on the CPU")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     cpu_weight_prepack: bool = Field(True, description="on the CPU: linears from oneDNN-packed weights")
-    quantization: Literal["none", "gguf"] = Field(
+    quantization: Literal["none", "gguf", "fp8"] = Field(
         "none", description="on the CPU: 'gguf' keeps a GGUF file's 4- and 8-bit linear weights quantized "
-                            "(faster for a few streams); 'none' dequantises them into the model's dtype"
+                            "(faster for a few streams); 'fp8' (for the GPU): the linears' weights in float8 "
+                            "e4m3 with a scale per output channel, activations quantized per token, from a "
+                            "floating-point checkpoint (or GGUF file) or a compressed-tensors fp8 one; 'none' "
+                            "runs every weight in the model's dtype (dequantising GGUF and fp8 checkpoints)"
     )
     kv_cache_dtype: Literal["auto", "fp8"] = Field(
         "auto", description="'auto': the model's dtype; 'fp8': float8 e4m3 with a scale per token and KV head"

@@ -7,6 +7,10 @@ dequantised a chunk of rows at a time, then rounded to the row's largest magnitu
 half that step). Other types return None and stay on the dequantised path. The GGUF reader calls
 :func:`from_gguf` per tensor (never through a floating-point copy of the model); the linear layers
 (``layers/quantized_linear.py``) shard, store and pack what it returns.
+
+The GPU's ``quantization="fp8"`` uses the same container with float8 e4m3 values and one float32 scale per
+output row (:meth:`QuantizedWeight.fp8`, or a compressed-tensors checkpoint's ``weight_scale``), run by
+``layers/fp8_linear.py``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from minivllm.core.interfaces.attention import FP8_DTYPE, quantize_fp8
+
 GROUP = 32  # int4 group size: the block of Q4_0/Q4_1 and the sub-block of Q4_K
 _CHUNK_ELEMENTS = 1 << 22  # rows converted at once: bounded float32 scratch, whatever the tensor
 
@@ -23,15 +29,25 @@ _CHUNK_ELEMENTS = 1 << 22  # rows converted at once: bounded float32 scratch, wh
 @dataclass
 class QuantizedWeight:
     """A weight [out, in] kept quantized. int4: ``values`` uint8 in 0..15, ``scale``/``zero`` float32
-    [out, in / 32], w = (values - 8) * scale + zero. int8: ``values`` int8, ``scale`` float32 [out, 1],
-    ``zero`` None, w = values * scale."""
+    [out, in / 32], w = (values - 8) * scale + zero. int8 and fp8: ``values`` int8 or float8 e4m3,
+    ``scale`` float32 [out, 1], ``zero`` None, w = values * scale."""
 
     values: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor | None
 
+    @classmethod
+    def fp8(cls, weight: torch.Tensor) -> QuantizedWeight:
+        """``weight`` [out, in] in float8 e4m3, one scale per output row: ``max |row| / 448``, the rule of
+        :func:`quantize_fp8`. Each value is off by at most 2^-4 of itself (3 mantissa bits), or by
+        2^-10 * scale below the normal range (|value| < 2^-6 * scale)."""
+        values, scale = quantize_fp8(weight)
+        return cls(values, scale[:, None], None)
+
     @property
     def kind(self) -> str:
+        if self.values.dtype == FP8_DTYPE:
+            return "fp8"
         return "int8" if self.zero is None else "int4"
 
     @property

@@ -47,8 +47,7 @@ class ModelRunner:
             free, total = torch.cuda.mem_get_info(self.device)
             self._baseline_used = total - free - torch.cuda.memory_reserved(self.device)
         self.dtype = resolve_dtype(config, checkpoint, self.device)
-        quantized = config.quantization == "gguf"
-        if quantized and checkpoint.gguf is None:
+        if config.quantization == "gguf" and checkpoint.gguf is None:
             raise ValueError("quantization='gguf' keeps the weights of a GGUF file quantized: "
                              f"{config.model!r} is not one minivllm reads itself")
         self.block_size = config.kvcache_block_size
@@ -60,13 +59,17 @@ class ModelRunner:
         ctx = ModelContext(attn_backend=self.attn_backend, tp=tp, max_model_len=max_model_len)
         with torch.device(self.device), default_dtype(self.dtype):
             self.model = model_cls(checkpoint.hf_config, ctx)
+        if config.quantization == "fp8":
+            for module in self.model.modules():  # the linear layers: see layers/fp8_linear.py
+                if callable(use_fp8 := getattr(module, "use_fp8", None)):
+                    use_fp8()
         if checkpoint.load_format == "dummy":
             self._init_dummy_weights(config.seed)
         else:
-            self.model.load_weights(checkpoint.weights(self.dtype, quantized))
+            self.model.load_weights(checkpoint.weights(self.dtype, config.quantization))
         self.model.eval()
-        if self.device.type == "cpu" and (config.cpu_weight_prepack or quantized):
-            for module in self.model.modules():  # the layers that can hand their weights to oneDNN
+        if config.quantization != "none" or (self.device.type == "cpu" and config.cpu_weight_prepack):
+            for module in list(self.model.modules()):  # the layers that keep a quantized or oneDNN-packed weight
                 if callable(pack := getattr(module, "pack_weights", None)):
                     pack()
         self.vocab_size = spec.vocab_size

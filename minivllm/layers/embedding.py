@@ -2,7 +2,8 @@
 
 With ``quantization="gguf"`` the table may come quantized (a ``QuantizedWeight``): it is kept so, on the
 parameter as ``weight.quantized`` (so a tied LM head shares it), the lookup dequantises only the rows it
-gathers, and the LM head runs the quantized kernel (quantized_linear.py)."""
+gathers, and the LM head runs the quantized kernel (quantized_linear.py). An fp8 table (a compressed-tensors
+checkpoint's) is dequantised: with ``quantization="fp8"`` the embedding and the LM head stay in the model's dtype."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class VocabParallelEmbedding(nn.Module):
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id=None) -> None:
         part = loaded.narrow(0, self.vocab_start, min(self.shard_size, loaded.shape[0] - self.vocab_start))
+        if isinstance(part, QuantizedWeight) and part.kind == "fp8":
+            part = part.dequantize(param.dtype)
         if isinstance(part, QuantizedWeight):  # the padding rows stay zero; the parameter stays unwritten
             param.quantized = part.empty_rows(self.shard_size)
             param.quantized.copy_rows_(0, part)

@@ -2,8 +2,10 @@
 
 Every parameter carries a ``weight_loader(param, full_tensor, shard_id=None)`` that copies this rank's
 slice of a full checkpoint tensor, so weights are sharded as they are read. A checkpoint weight may come
-quantized (a ``QuantizedWeight``, with ``quantization="gguf"``): the layer then keeps it so, and
-``pack_weights`` hands it to its kernel (see quantized_linear.py).
+quantized (a ``QuantizedWeight``: GGUF blocks with ``quantization="gguf"``, a compressed-tensors fp8 weight
+with ``quantization="fp8"``): the layer then keeps it so, and ``pack_weights`` hands it to its kernel (see
+quantized_linear.py and fp8_linear.py). With ``quantization="fp8"`` a floating-point weight is quantized
+whole as it arrives, before it is sharded, so that its scales are those of TP=1 and of an fp8 checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.core.quantized_weight import QuantizedWeight
 from minivllm.layers import cpu_linear
+from minivllm.layers.fp8_linear import Fp8Linear
 from minivllm.layers.quantized_linear import PackedQuantizedLinear
 
 
@@ -23,15 +26,26 @@ class _Linear(nn.Module):
         super().__init__()
         self.tp = tp
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.weight.weight_loader = self.weight_loader
+        self.weight.weight_loader = self._load_weight
         self.bias = None
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
         self.packed: torch.Tensor | None = None  # oneDNN's layout of the weight (on the CPU)
         self.staged: QuantizedWeight | None = None  # the weight as loaded quantized, until pack_weights
-        self.quantized: PackedQuantizedLinear | None = None
+        self.quantized: PackedQuantizedLinear | Fp8Linear | None = None
         self._plain = False  # whether the weight got a part in floating point (then it all stays so)
+        self.fp8 = False  # see use_fp8
+
+    def use_fp8(self) -> None:
+        """Called by the runner before loading, with ``quantization="fp8"``: the weight is kept in fp8
+        (quantized as it is loaded, if the checkpoint's is in floating point) and runs in fp8_linear.py."""
+        self.fp8 = True
+
+    def _load_weight(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, *shard_id) -> None:
+        if self.fp8 and not isinstance(loaded, QuantizedWeight):
+            loaded = QuantizedWeight.fp8(loaded.to(param.device))  # the whole tensor: each row's own scale
+        self.weight_loader(param, loaded, *shard_id)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         self._store(param, loaded)
@@ -54,13 +68,16 @@ class _Linear(nn.Module):
         param.data.narrow(0, offset, loaded.shape[0]).copy_(loaded)
 
     def pack_weights(self) -> None:
-        """Called by the runner once weights are loaded, on the CPU: keep only the weight in its
-        kernel's layout: the quantized one (see quantized_linear.py), else oneDNN's packed copy
-        (see cpu_linear.py)."""
+        """Called by the runner once weights are loaded, on the CPU and with a quantized weight: keep only
+        the weight in its kernel's layout: the quantized one (see quantized_linear.py, fp8_linear.py),
+        else oneDNN's packed copy (see cpu_linear.py)."""
+        if self.fp8 and self.staged is None:  # a weight written in place (load_format="dummy"): quantized now
+            self.staged = QuantizedWeight.fp8(self.weight.data)
         if self.staged is not None:
-            self.quantized = PackedQuantizedLinear(self.staged, self.weight.dtype)
+            kernel = Fp8Linear if self.staged.kind == "fp8" else PackedQuantizedLinear
+            self.quantized = kernel(self.staged, self.weight.dtype)
             self.staged = None
-            self.weight.data = torch.empty(0, dtype=self.weight.dtype)
+            self.weight.data = torch.empty(0, dtype=self.weight.dtype, device=self.weight.device)
         elif cpu_linear.can_pack(self.weight):
             self.packed = cpu_linear.pack(self.weight.data)
             self.weight.data = torch.empty(0, dtype=self.weight.dtype)

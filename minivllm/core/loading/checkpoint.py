@@ -1,7 +1,8 @@
 """Open a local checkpoint: its Hugging Face config, tokenizer and weights (safetensors, GGUF or dummy).
 
 A GGUF file of an architecture :mod:`minivllm.core.loading.gguf_file` knows is parsed once for all three; other
-GGUF files go through transformers, which parses the file for each.
+GGUF files go through transformers, which parses the file for each. A safetensors checkpoint may come with
+fp8 weights (compressed-tensors: see compressed_tensors.py).
 """
 
 from __future__ import annotations
@@ -9,10 +10,12 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 
+from minivllm.core.loading import compressed_tensors
 from minivllm.core.loading.gguf_file import GGUFFile
 from minivllm.core.loading.model_source import resolve_model
 
@@ -24,6 +27,7 @@ class Checkpoint:
     load_format: str  # "safetensors", "gguf" or "dummy"
     hf_config: object
     gguf: GGUFFile | None = None  # the parsed file, when this package reads it (see gguf_file.py)
+    fp8: bool = False  # whether the linears' weights come in fp8 (see compressed_tensors.py)
 
     @classmethod
     def open(cls, model: str, revision: str | None = None, load_format: str = "auto") -> Checkpoint:
@@ -57,7 +61,7 @@ class Checkpoint:
         if gguf is not None and gguf.supported():
             return cls(path, gguf_file, load_format, gguf.hf_config(), gguf)
         hf_config = AutoConfig.from_pretrained(path, gguf_file=gguf_file)
-        return cls(path, gguf_file, load_format, hf_config)
+        return cls(path, gguf_file, load_format, hf_config, fp8=compressed_tensors.fp8_scheme(hf_config))
 
     @property
     def architecture(self) -> str:
@@ -110,19 +114,25 @@ class Checkpoint:
             return None
 
     def weights(self, dtype: torch.dtype = torch.float32,
-                quantized: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-        """(Hugging Face name, tensor) pairs; one file at a time for safetensors, one tensor at a time (of
-        ``dtype``) for GGUF files read here, the linears' weights kept quantized with ``quantized``
-        (see ``GGUFFile.weights``)."""
+                quantization: str = "none") -> Iterator[tuple[str, torch.Tensor]]:
+        """(Hugging Face name, tensor) pairs, one tensor at a time: for GGUF files read here of ``dtype``, the
+        linears' weights kept quantized with ``quantization="gguf"`` (see ``GGUFFile.weights``); an fp8
+        checkpoint's weights kept in fp8 with ``quantization="fp8"``, else dequantised to ``dtype``."""
         if self.load_format == "safetensors":
             from safetensors import safe_open
 
-            for file in sorted(glob.glob(os.path.join(self.path, "*.safetensors"))):
-                with safe_open(file, framework="pt") as f:
-                    for name in f.keys():
-                        yield name, f.get_tensor(name)
+            with ExitStack() as files:
+                where = {name: f for file in sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
+                         for f in [files.enter_context(safe_open(file, framework="pt"))] for name in f.keys()}
+                names = list(where)
+                if self.fp8:  # a weight and its scale may sit in different files
+                    yield from compressed_tensors.fp8_weights(names, lambda n: where[n].get_tensor(n),
+                                                              quantization == "fp8", dtype)
+                else:
+                    for name in names:
+                        yield name, where[name].get_tensor(name)
         elif self.gguf is not None:
-            yield from self.gguf.weights(dtype, quantized)
+            yield from self.gguf.weights(dtype, quantization == "gguf")
         elif self.load_format == "gguf":
             yield from self._gguf_weights().items()
         else:
