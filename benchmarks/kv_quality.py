@@ -1,6 +1,7 @@
-"""What the fp8 KV cache (or the quantized GGUF weights) cost in quality, on real weights: perplexity over a
-real English text and greedy agreement on chat prompts, ``kv_cache_dtype="fp8"`` against ``"auto"``, or with
-``--setting quantization``, ``quantization="gguf"`` against ``"none"`` (the dequantised reference).
+"""What the fp8 KV cache (or quantized weights) cost in quality, on real weights: perplexity over a real
+English text and greedy agreement on chat prompts, ``kv_cache_dtype="fp8"`` against ``"auto"``, or with
+``--setting quantization``, ``quantization="gguf"`` (or with ``--compare fp8``, ``"fp8"``: the GGUF's
+dequantised weights requantised to fp8 per channel) against ``"none"`` (the dequantised reference).
 
 - Perplexity: the text (default ``benchmarks/data/coriolanus.txt``: the opening of Shakespeare's
   *Coriolanus*, public domain, from the tinyshakespeare data set) is run through the engine's own model
@@ -12,6 +13,7 @@ real English text and greedy agreement on chat prompts, ``kv_cache_dtype="fp8"``
     python benchmarks/kv_quality.py                                   # the embedded SmolLM2, CPU, float32
     python benchmarks/kv_quality.py --device cuda --dtype bfloat16   # on a GPU, in bf16
     python benchmarks/kv_quality.py --setting quantization           # GGUF weights kept quantized (CPU)
+    python benchmarks/kv_quality.py --setting quantization --compare fp8 --device cuda --dtype bfloat16
 
 Prints a Markdown table and one JSON line (``--json FILE`` appends it there too).
 """
@@ -33,7 +35,8 @@ from minivllm.core.sequence import Sequence
 
 TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
           "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
-SETTINGS = {"kv_cache_dtype": ("auto", "fp8"), "quantization": ("none", "gguf")}  # (reference, compared)
+# setting -> (reference, the values it can be compared with: the first by default)
+SETTINGS = {"kv_cache_dtype": ("auto", ("fp8",)), "quantization": ("none", ("gguf", "fp8"))}
 PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + \
           [f"Write two sentences about {t}." for t in TOPICS]
 
@@ -68,12 +71,18 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="kv_cache_dtype")
+    parser.add_argument("--compare", default=None, help="the value compared with the reference (default: the "
+                        "setting's first: fp8 KV cache, gguf quantization)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model = args.model or default_model()
     text = open(args.text).read()
+    name, choices = SETTINGS[args.setting]
+    other = args.compare or choices[0]
+    if other not in choices:
+        parser.error(f"--compare for {args.setting} is one of {', '.join(choices)}")
     results = {}
-    for value in SETTINGS[args.setting]:
+    for value in (name, other):
         start = time.perf_counter()
         llm = LLM(model, device=args.device, dtype=args.dtype, kvcache_block_size=256, max_model_len=8192,
                   max_num_seqs=args.num_prompts, num_kvcache_blocks=64, enforce_eager=True, **{args.setting: value})
@@ -86,7 +95,6 @@ def main() -> None:
                            dtype=str(llm.engine.executor.runner.dtype).removeprefix("torch."),
                            block_bytes=llm.engine.executor.block_bytes)
         del llm
-    name, other = SETTINGS[args.setting]
     base, fp8 = results[name], results[other]
     prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) / len(x)
               for x, y in zip(base["outputs"], fp8["outputs"])]

@@ -9,6 +9,7 @@ weights or tokenizer are needed. Usage (on a GPU machine):
 
     python benchmarks/throughput.py --model qwen3-0.6b --hf-prompts 32
     python benchmarks/throughput.py --model llama3-8b --num-seqs 64 --hf-prompts 0
+    python benchmarks/throughput.py --model llama3-8b --num-seqs 64 --hf-prompts 0 --quantization fp8
 
 Prints one JSON line per run (``--json FILE`` appends it there too).
 """
@@ -74,13 +75,16 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
         extra["async_scheduling"] = args.async_scheduling == "true"
     config = EngineConfig(model=path, load_format="dummy", max_model_len=4096, enforce_eager=args.enforce_eager,
                           attention_backend=args.attention_backend, gpu_memory_utilization=args.gpu_memory_utilization,
-                          kv_cache_dtype=args.kv_cache_dtype, tensor_parallel_size=args.tensor_parallel_size, **extra)
+                          kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization,
+                          tensor_parallel_size=args.tensor_parallel_size, **extra)
     start = time.perf_counter()
     engine = LLMEngine(config)
     startup = time.perf_counter() - start
-    # every rank's share: the whole model's weights (ranks hold equal shares, replicated parts aside)
-    weight_bytes = args.tensor_parallel_size * sum(p.numel() * p.element_size()
-                                                   for p in engine.executor.runner.model.parameters())
+    # every rank's share: the whole model's weights (ranks hold equal shares, replicated parts aside); fp8
+    # weights are buffers (layers/fp8_linear.py), as is the small rotary table
+    model = engine.executor.runner.model
+    weight_bytes = args.tensor_parallel_size * sum(t.numel() * t.element_size()
+                                                   for t in (*model.parameters(), *model.buffers()))
 
     def generate(token_lists, params):
         seqs = [engine.make_sequence(t, p) for t, p in zip(token_lists, params)]
@@ -147,6 +151,7 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     parser.add_argument("--async-scheduling", choices=["true", "false"], default=None, help="default: the engine's")
     parser.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    parser.add_argument("--quantization", default="none", choices=["none", "fp8"], help="fp8: fp8 linear weights")
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--json", default=None, help="append the result line to this file")
     args = parser.parse_args()
@@ -159,7 +164,8 @@ def main() -> None:
         result = dict(model=args.model, device=torch.cuda.get_device_name(), num_seqs=args.num_seqs,
                       output_tokens=out_tokens, prompt_tokens=in_tokens, scheduler=args.scheduler or "fcfs",
                       sampler=args.sampler or "default", enforce_eager=args.enforce_eager,
-                      kv_cache_dtype=args.kv_cache_dtype, tensor_parallel_size=args.tensor_parallel_size)
+                      kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization,
+                      tensor_parallel_size=args.tensor_parallel_size)
         if args.hf_prompts:
             n = args.hf_prompts
             result.update(run_transformers(config, prompts[:n], max_tokens[:n], args.hf_batch))

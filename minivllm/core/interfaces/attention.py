@@ -29,8 +29,9 @@ FP8_MAX = 448.0  # the largest finite float8 e4m3fn value
 
 def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., head_dim] -> (fp8 values [..., head_dim], float32 scales [...]) with x ~= values * scale."""
-    scale = x.float().abs().amax(dim=-1).clamp(min=1e-12) / FP8_MAX
-    return (x.float() / scale[..., None]).to(FP8_DTYPE), scale
+    # the largest magnitude is exact in x's dtype, and x / scale computes in float32: no float32 copy of x
+    scale = x.abs().amax(dim=-1).float().clamp(min=1e-12) / FP8_MAX
+    return (x / scale[..., None]).to(FP8_DTYPE), scale
 
 
 def fp8_rotation(head_dim: int) -> torch.Tensor | None:
