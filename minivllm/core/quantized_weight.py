@@ -67,7 +67,8 @@ class QuantizedWeight:
                                length // GROUP), self.zero.narrow(1, start // GROUP, length // GROUP))
 
     def map_rows(self, fn) -> QuantizedWeight:
-        """``fn`` (a reordering of rows, [rows, ...] -> [rows, ...]) applied to every row-indexed tensor."""
+        """``fn`` (a reordering of rows or a move to a device, [rows, ...] -> [rows, ...]) applied to every
+        row-indexed tensor."""
         return QuantizedWeight(fn(self.values), fn(self.scale), None if self.zero is None else fn(self.zero))
 
     def empty_rows(self, rows: int) -> QuantizedWeight:

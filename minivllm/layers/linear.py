@@ -43,7 +43,9 @@ class _Linear(nn.Module):
         self.fp8 = True
 
     def _load_weight(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, *shard_id) -> None:
-        if self.fp8 and not isinstance(loaded, QuantizedWeight):
+        if isinstance(loaded, QuantizedWeight):  # kept on the layer's device (a compressed-tensors one on CUDA)
+            loaded = loaded.map_rows(lambda t: t.to(param.device))
+        elif self.fp8:
             loaded = QuantizedWeight.fp8(loaded.to(param.device))  # the whole tensor: each row's own scale
         self.weight_loader(param, loaded, *shard_id)
 
