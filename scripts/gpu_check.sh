@@ -14,6 +14,11 @@
 #   tp         tests/gpu/test_tensor_parallel_gpu.py; Llama-3.1-8B and Qwen3-8B shapes at TP=1 and TP=2
 #              (64 sequences); rank 0's profile of an 8B TP=2 decode step (all-reduce time); nvidia-smi after
 #   big        Llama-3.1-8B and Qwen3-8B shapes at TP=1 only
+#   flash      issue 28: build FlashAttention-3 (scripts/build_flash_attn.sh, ~5 min; carry .fa-src, made by
+#              scripts/prepare_flash_attn.sh), then the conformance kit on the flash_attn backend and
+#              tests/gpu/test_flash_attn_gpu.py
+#   flash-ab   minivllm bench attention_backend=triton,flash_attn (64 prompts); builds first when /tmp/site
+#              lacks the library (a fresh machine), so it also fits one call alone
 # Earlier stages, kept for what is still unmeasured (benchmarks/RESULTS.md lists it):
 #   kernel     benchmarks/decode_kernel.py (flash-decoding bandwidth per tile shape, bf16 and fp8 caches)
 #   peer       benchmarks/throughput.py on Qwen3-0.6B with the transformers peer (32 prompts)
@@ -89,6 +94,13 @@ for stage in "$@"; do
         ab --ab scheduler=fcfs,chunked --workload prefill-heavy --num-prompts 64 --json "$OUT/ab_scheduler_prefill.json"
         ab --ab kv_allocator=simple,prefix_cache --workload shared-prefix --num-prompts 64 --json "$OUT/ab_kv.json"
         ab --ab enforce_eager=true,false --num-prompts 64 --json "$OUT/ab_eager.json" ;;
+    flash) bash scripts/build_flash_attn.sh || { status=1; continue; }
+           python3 -m minivllm.cli check-plugin attention_backend flash_attn 2>&1 | tee "$OUT/flash_check.log" || status=1
+           python3 -m pytest -q -rs tests/gpu/test_flash_attn_gpu.py 2>&1 | tail -20 | tee "$OUT/flash_tests.log" ||
+             status=1 ;;
+    flash-ab) [ -f /tmp/site/flash_attn_interface.py ] || bash scripts/build_flash_attn.sh || { status=1; continue; }
+              ab --ab attention_backend=triton,flash_attn --num-prompts 64 --json "$OUT/ab_flash.json" \
+                 --plot "$OUT/ab_flash.png" ;;
     attn) ab --ab attention_backend=torch,triton --num-prompts 32 --max-input-len 512 --max-output-len 256 \
           --json "$OUT/ab_attn.json" ;;
     tp1) for tree in .ab/300ebbe .ab/074673a .; do

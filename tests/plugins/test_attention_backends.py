@@ -1,5 +1,6 @@
 """Attention backend selection: the fast backends are registered, import lazily, and "auto" falls back."""
 
+import importlib.machinery
 import importlib.util
 
 import pytest
@@ -16,9 +17,29 @@ def test_fast_backends_are_registered_but_need_cuda():
     assert not plugins.attention_backends.get("triton").is_available(cpu)
     assert not plugins.attention_backends.get("flash_attn").is_available(cpu)
     cuda = torch.device("cuda")
-    has_flash = importlib.util.find_spec("flash_attn") is not None
+    has_flash = any(importlib.util.find_spec(name) is not None for name in ("flash_attn_interface", "flash_attn"))
     assert plugins.attention_backends.get("flash_attn").is_available(cuda) == has_flash
     assert plugins.attention_backends.get("flash_attn").block_size_multiple == 256
+
+
+def test_flash_attn_prefers_flashattention_3(tmp_path, monkeypatch):
+    """FlashAttention-3's module (flash_attn_interface) is taken over FlashAttention-2's (flash_attn) when both
+    are importable; either alone is taken; neither leaves the backend unavailable. Modules are looked up in
+    tmp_path alone, whatever this machine has installed."""
+    from minivllm.plugins.attention.flash_attn import installed_library
+
+    def find_in_tmp(name):
+        importlib.invalidate_caches()
+        return importlib.machinery.PathFinder.find_spec(name, [str(tmp_path)])
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_in_tmp)
+    assert installed_library() is None
+    assert not plugins.attention_backends.get("flash_attn").is_available(torch.device("cuda"))
+    for name in ("flash_attn", "flash_attn_interface"):
+        (tmp_path / f"{name}.py").write_text("")
+    assert installed_library() == "flash_attn_interface"
+    (tmp_path / "flash_attn_interface.py").unlink()
+    assert installed_library() == "flash_attn"
 
 
 def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llama_path, monkeypatch):
