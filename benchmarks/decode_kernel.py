@@ -2,11 +2,10 @@
 
     python benchmarks/decode_kernel.py                      # Qwen3-0.6B heads (16 q / 8 kv, head_dim 128)
     python benchmarks/decode_kernel.py --kv-cache-dtype fp8 # float8 values + a float32 scale per row
-    python benchmarks/decode_kernel.py --kv-cache-dtype fp8 --fp8-dots 0,2   # float16 vs fp8 dots
 
 The bytes counted are what the kernel must read: K and V rows (and, with fp8, their scales). With fp8 each
-``--fp8-dots`` mode also prints its error: the relative norm of its output against the exact (float32)
-attention over the same dequantised cache.
+line also gives the error: the relative norm of the output against the exact (float32) attention over the
+same dequantised cache.
 """
 
 from __future__ import annotations
@@ -28,18 +27,14 @@ TILES = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 4, 3
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto")
-    parser.add_argument("--fp8-dots", default="2:1",
-                        help="paged_decode fp8_dots to compare, Q_TERMS:P_TERMS,... (fp8 cache; 0:0 float16 dots)")
     parser.add_argument("--tiles", default=None, help="block_n:warps:stages,... (default: a sweep)")
     args = parser.parse_args()
     fp8 = args.kv_cache_dtype == "fp8"
-    modes = [tuple(map(int, m.split(":"))) for m in args.fp8_dots.split(",")] if fp8 else [(0, 0)]
     tiles = [tuple(map(int, t.split(":"))) for t in args.tiles.split(",")] if args.tiles else TILES
     heads, kv_heads, head_dim, block_size = 16, 8, 128, 256
     num_sms = torch.cuda.get_device_properties().multi_processor_count
     print(f"kv_cache_dtype={args.kv_cache_dtype}")
-    print(f"{'batch':>5} {'ctx':>5} {'dots':>5} {'block_n':>7} {'warps':>5} {'stages':>6} {'splits':>6} {'us':>8} "
-          f"{'TB/s':>6}")
+    print(f"{'batch':>5} {'ctx':>5} {'block_n':>7} {'warps':>5} {'stages':>6} {'splits':>6} {'us':>8} {'TB/s':>6}")
     for batch, ctx in [(256, 1024), (64, 2048), (8, 4000), (1, 4000)]:
         random.seed(batch)
         lens = [random.randint(ctx // 2, ctx * 3 // 2) if batch > 1 else ctx for _ in range(batch)]
@@ -67,20 +62,13 @@ def main() -> None:
             exact = torch.empty(q.shape, dtype=torch.float32, device="cuda")
             K.paged_decode(q.float(), cache[0].float() * k_scales[..., None], cache[1].float() * v_scales[..., None],
                            exact, tables, seq_lens, 0.088, splits)
-        for mode in modes:
-            for block_n, warps, stages in tiles:
-                fn = lambda: K.paged_decode(q, cache[0], cache[1], out, tables, seq_lens, 0.088,  # noqa: E731
-                                            splits, block_n=block_n, num_warps=warps, num_stages=stages,
-                                            fp8_dots=mode, **scales)
-                try:
-                    us = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
-                except Exception as e:  # a tile or mode the compiler rejects: say so, go on
-                    print(f"{batch:>5} {ctx:>5} {mode[0]:>3}:{mode[1]} {block_n:>7} {warps:>5} {stages:>6} failed: "
-                          f"{type(e).__name__}: {str(e)[:200]}")
-                    continue
-                error = f" err {((out.float() - exact).norm() / exact.norm()).item():.2e}" if fp8 else ""
-                print(f"{batch:>5} {ctx:>5} {mode[0]:>3}:{mode[1]} {block_n:>7} {warps:>5} {stages:>6} {splits:>6} "
-                      f"{us:>8.1f} {nbytes / us / 1e6:>6.2f}{error}")
+        for block_n, warps, stages in tiles:
+            fn = lambda: K.paged_decode(q, cache[0], cache[1], out, tables, seq_lens, 0.088, splits,  # noqa: E731
+                                        block_n=block_n, num_warps=warps, num_stages=stages, **scales)
+            us = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
+            error = f" err {((out.float() - exact).norm() / exact.norm()).item():.2e}" if fp8 else ""
+            print(f"{batch:>5} {ctx:>5} {block_n:>7} {warps:>5} {stages:>6} {splits:>6} {us:>8.1f} "
+                  f"{nbytes / us / 1e6:>6.2f}{error}")
 
 
 if __name__ == "__main__":

@@ -3,17 +3,10 @@
 One program per (sequence, KV head, context split) walks its share of the context in tiles of keys and
 computes all query heads of the KV head's group at once (online softmax in float32, base 2); a second
 kernel merges the splits by their log-sum-exp. Grid sizes depend only on the batch size, so a step can be
-captured in a CUDA graph. The cache layout is :mod:`triton_kernels`'.
-
-**fp8 dots** (an fp8 cache under a 16-bit model, ``fp8_dots=True``): decode reads every cached byte once
-per step, so it is bound by memory, and an fp8 cache halves the bytes — but only if the kernel does not
-convert each fp8 tile to 16 bits before its dots (that conversion, not the memory, then bounds it). So q
-is quantised like the cache, per (token, head) to e4m3 with scale ``max |q| / 448``, and QKᵀ runs on
-fp8 tensor cores straight from the fp8 keys; the scales are folded in after the dot (``s = q8·k8 *
-q_scale * k_scale``). For PV the per-key value scales are folded into the probabilities first, and each
-row of ``P * v_scale`` is quantised to e4m3 with its own scale (its largest entry maps to 448), which is
-applied to the dot's result. ``fp8_dots=False`` is the reference: the tiles are converted to float16 and
-the dots run in float16 (float8 -> float16 converts two values per instruction, -> bfloat16 does not).
+captured in a CUDA graph. The cache layout, and how an fp8 cache's scales are folded in, are
+:mod:`triton_kernels`'. With an fp8 cache under a 16-bit model the tiles are converted to float16 and the
+dots run in float16 (float8 -> float16 converts two values per instruction, -> bfloat16 does not); dots on
+fp8 tensor cores (q and P quantised to e4m3) were measured and were not faster: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,31 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from minivllm.core.interfaces.attention import FP8_MAX
 from minivllm.plugins.attention.triton_kernels import LOG2E, precision
-
-FP8_DOTS = (2, 1)  # the e4m3 terms of q and of P in decode's dots over an fp8 cache; (0, 0): float16 dots
-
-
-@triton.jit
-def _quantize_rows(x, TERMS: tl.constexpr, FP8_MAX: tl.constexpr, dtype: tl.constexpr):
-    """x [R, C] float32 -> (hi, lo, scale [R]): each row's largest |x| maps to FP8_MAX, ``x ~= scale * hi`` in
-    ``dtype`` (e4m3: 3 mantissa bits), and with TERMS == 2 ``x ~= scale * (hi + lo / 16)`` (the rounding error
-    of hi, at most 1/16 of it, in a second e4m3 term: 7 bits in all)."""
-    scale = tl.maximum(tl.max(tl.abs(x), 1), 1e-30) / FP8_MAX
-    y = x * (1.0 / scale)[:, None]
-    hi = y.to(dtype)
-    lo = ((y - hi.to(tl.float32)) * 16.0).to(dtype) if TERMS == 2 else hi
-    return hi, lo, scale
-
-
-@triton.jit
-def _fp8_dot(a_hi, a_lo, b, TERMS: tl.constexpr):
-    """a @ b for a in one or two e4m3 terms (see _quantize_rows), on fp8 tensor cores."""
-    out = tl.dot(a_hi, b)
-    if TERMS == 2:
-        out += tl.dot(a_lo, b) * 0.0625
-    return out
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_bt"])
@@ -55,8 +24,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
                          stride_oh, stride_bt, stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr,
                          BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
                          BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr,
-                         FP8: tl.constexpr, FP16_DOTS: tl.constexpr, Q_TERMS: tl.constexpr, P_TERMS: tl.constexpr,
-                         FP8_MAX: tl.constexpr):
+                         FP8: tl.constexpr, FP16_DOTS: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -71,10 +39,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
     heads = kv_head * GROUP + offs_g
     q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [G, D]: the group's query heads
-    if Q_TERMS:  # q in e4m3 like the keys; its scale joins theirs after the dot
-        q, q_lo, q_scale = _quantize_rows(q.to(tl.float32), Q_TERMS, FP8_MAX, k_cache_ptr.dtype.element_ty)
-        qk_scale = qk_scale * q_scale[:, None]
-    elif FP16_DOTS:  # the reference: fp8 tiles converted to float16 for float16 dots
+    if FP16_DOTS:  # an fp8 cache under a bf16 model: float8 -> float16 is one instruction per pair, -> bf16 is not
         q = q.to(tl.float16)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -91,10 +56,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
             scale_rows = (block.to(tl.int64) * BLOCK_SIZE + offs_n % BLOCK_SIZE) * tl.num_programs(1) + kv_head
             k_scale = tl.load(k_scale_ptr + scale_rows, mask=n_mask, other=0.0)
             v_scale = tl.load(v_scale_ptr + scale_rows, mask=n_mask, other=0.0)
-            if Q_TERMS:
-                s = _fp8_dot(q, q_lo, tl.trans(k), Q_TERMS) * (qk_scale * k_scale[None, :])
-            else:
-                s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * (qk_scale * k_scale[None, :])
+            s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision=PRECISION) * (qk_scale * k_scale[None, :])
         else:
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [G, N]
         s = tl.where(n_mask[None, :], s, float("-inf"))
@@ -102,13 +64,8 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if P_TERMS:  # P * v_scale, each row in e4m3 with its own scale, on fp8 tensor cores
-            p_hi, p_lo, p_scale = _quantize_rows(p * v_scale[None, :], P_TERMS, FP8_MAX, v.dtype)
-            pv = _fp8_dot(p_hi, p_lo, v, P_TERMS) * p_scale[:, None]
-        elif FP16_DOTS:
-            pv = tl.dot((p * v_scale[None, :]).to(tl.float16), v.to(tl.float16))
-        elif FP8:  # a float32 model: its exact reference
-            pv = tl.dot(p * v_scale[None, :], v.to(tl.float32), input_precision=PRECISION)
+        if FP8:
+            pv = tl.dot((p * v_scale[None, :]).to(q.dtype), v.to(q.dtype), input_precision=PRECISION)
         else:
             pv = tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         acc = acc * alpha[:, None] + pv
@@ -153,11 +110,10 @@ def decode_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: in
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
                  block_n: int = 128, num_warps: int = 4, num_stages: int = 2, k_scales: torch.Tensor | None = None,
-                 v_scales: torch.Tensor | None = None, fp8_dots: tuple[int, int] | None = None) -> None:
+                 v_scales: torch.Tensor | None = None) -> None:
     """q/out [B, Hq, D] (one new token per sequence, already in the cache; fp8 with scales); sync-free,
     fixed grid. Tiles of 128 keys: the fastest shape on an H100 and an H200 for bf16 and fp8 caches alike
-    (``benchmarks/decode_kernel.py``; at batch 256 on the H200: bf16 279 -> 273 us, fp8 354 -> 271 us).
-    ``fp8_dots`` (fp8 cache, 16-bit q): the e4m3 terms of q and of P (0: that dot in float16); default FP8_DOTS."""
+    (``benchmarks/decode_kernel.py``; at batch 256 on the H200: bf16 279 -> 273 us, fp8 354 -> 271 us)."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -169,16 +125,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     part_lse = torch.empty(parts, dtype=torch.float32, device=q.device)
     block_d = max(16, triton.next_power_of_2(head_dim))
     fp8 = k_scales is not None
-    # a float32 model keeps the exact reference
-    q_terms, p_terms = (fp8_dots or FP8_DOTS) if fp8 and q.dtype != torch.float32 else (0, 0)
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, k_cache, v_cache, k_scales if fp8 else k_cache, v_scales if fp8 else v_cache, part_o, part_lse, out,
         block_tables, seq_lens, scale * LOG2E, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
         BLOCK_N=block_n, PRECISION=precision(q.dtype), DIRECT=direct, FP8=fp8,
-        FP16_DOTS=fp8 and q.dtype != torch.float32, Q_TERMS=q_terms, P_TERMS=p_terms,
-        FP8_MAX=FP8_MAX, num_warps=num_warps, num_stages=num_stages,
+        FP16_DOTS=fp8 and q.dtype == torch.bfloat16, num_warps=num_warps,
+        num_stages=num_stages,
     )
     if direct:
         return
