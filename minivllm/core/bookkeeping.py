@@ -38,11 +38,15 @@ class StepBookkeeping:
     def submitted(self, batch: ScheduledBatch) -> list[Sequence]:
         """Advance the batch's sequences as if its tokens were known (call it right after the batch is
         queued on the device); returns the sequences that sample in it, in batch order. Those whose pending
-        token is their last leave the scheduler now."""
+        token is their last leave the scheduler now. A sequence that ended while the batch was being queued
+        (the step before it, collected for a grammar's mask) is left as it is: its token will be dropped."""
         sampling = batch.sampling_seqs()  # read before num_computed_tokens advances
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
+            if not seq.is_finished:
+                seq.num_computed_tokens += n
         for seq in sampling:
+            if seq.is_finished:
+                continue
             seq.num_pending_tokens += 1
             if self.last_is_pending(seq):
                 self.scheduler.finish(seq)

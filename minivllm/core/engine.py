@@ -12,12 +12,14 @@ counts). What the host can know in advance it uses: a sequence whose pending tok
 ``max_tokens`` or ``max_model_len`` leaves the scheduler (and frees its blocks) as soon as that token is
 submitted, so no step is wasted on it. Both modes run the same code; only which step's tokens are
 collected after a submit differs (the one just submitted, or the one before). A batch with a
-structured-output row waits for the step in flight before it is submitted: its grammar's mask needs the
-row's newest token (see structured_output.py).
+structured-output row has its grammars' mask made once its forward pass is queued: the mask needs each
+row's newest token, so the step in flight is collected then, while the device runs (see
+structured_output.py).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -35,7 +37,7 @@ from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture
-from minivllm.core.structured_output import StructuredOutputs
+from minivllm.core.structured_output import StructuredOutputs, TokenMask
 
 logger = logging.getLogger(__name__)
 
@@ -147,13 +149,9 @@ class LLMEngine:
                 f"running and {len(self.scheduler.waiting)} waiting sequences are unfinished: a scheduler bug "
                 "(Scheduler.schedule must make progress)"
             )
-        early = []
-        if batch and self._in_flight is not None and any(
-                seq.grammar is not None and seq.num_pending_tokens for seq in batch.sampling_seqs()):
-            early, self._in_flight = self._collect(self._in_flight), None  # the masks need those tokens
-            batch = self._live(batch)
+        early: list[Sequence] = []  # the step in flight, when a grammar's mask needs its tokens first
         try:
-            submitted = self._submit(batch) if batch else None
+            submitted = self._submit(batch, early) if batch else None
         except WorkerError:
             raise
         except Exception as e:  # a request the validation let through, or a plugin's bug: find who caused it
@@ -175,12 +173,25 @@ class LLMEngine:
                 live.add(seq, n)
         return live
 
-    def _submit(self, batch: ScheduledBatch) -> _Submitted:
-        """Queue the batch on the device and advance its sequences as if its tokens were known."""
+    def _submit(self, batch: ScheduledBatch, early: list[Sequence] | None = None) -> _Submitted:
+        """Queue the batch on the device and advance its sequences as if its tokens were known. With a
+        constrained row the grammars' mask is made once the forward pass is queued (:meth:`_grammar_mask`);
+        the sequences of the step in flight it collects meanwhile go to ``early``."""
         sampling = batch.sampling_seqs()
-        mask = self.structured.bitmask(sampling) if any(seq.grammar is not None for seq in sampling) else None
+        mask = None
+        if any(seq.grammar is not None for seq in sampling):
+            mask = functools.partial(self._grammar_mask, sampling, [] if early is None else early)
         future = self.executor.submit(batch, mask)
         return _Submitted(self.bookkeeping.submitted(batch), future)
+
+    def _grammar_mask(self, sampling: list[Sequence], early: list[Sequence]) -> TokenMask | None:
+        """The runner calls this once the step's forward pass is queued. A matcher must have seen every token
+        before its mask: if a constrained row's token is in flight, that step is collected first (into
+        ``early``). A row that step ends samples unconstrained; its token is dropped when it arrives."""
+        if self._in_flight is not None and any(seq.grammar is not None and seq.num_pending_tokens for seq in sampling):
+            early += self._collect(self._in_flight)
+            self._in_flight = None
+        return self.structured.bitmask([seq for seq in sampling if not seq.is_finished])
 
     def _collect(self, submitted: _Submitted) -> list[Sequence]:
         """Wait for a submitted step's tokens and apply them: append, check stop conditions, finish."""

@@ -20,7 +20,7 @@ from minivllm.core.sampling import compute_logprobs, needs_processing, process_l
 from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
-from minivllm.core.structured_output import TokenMask
+from minivllm.core.structured_output import StepMask
 from minivllm.core.utils import cdiv, default_dtype
 
 logger = logging.getLogger(__name__)
@@ -258,11 +258,12 @@ class ModelRunner:
         return self.model(inputs.input_ids, inputs.positions, inputs.meta)
 
     @torch.inference_mode()
-    def submit(self, batch: ScheduledBatch, fetch: bool = True, mask: TokenMask | None = None) -> StepFuture:
+    def submit(self, batch: ScheduledBatch, fetch: bool = True, mask: StepMask = None) -> StepFuture:
         """Queue one step on the device: the forward pass, then sampling for the sequences whose new
         tokens reach their end (core logits processing, the sampler, logprobs). Returns at once on CUDA;
         ``result()`` of what it returns waits for the tokens. ``fetch=False`` (the other tensor-parallel
-        ranks) skips bringing them to the host. ``mask``: the tokens structured-output grammars allow."""
+        ranks) skips bringing them to the host. ``mask``: the tokens structured-output grammars allow, or a function
+        that gives them, called once the forward pass is queued (the host makes the mask while the device runs)."""
         inputs = self.prepare(batch)
         meta = inputs.meta
         if self.graphs is not None and meta.is_decode_only and meta.num_seqs <= self.graphs.max_batch_size:
@@ -273,6 +274,8 @@ class ModelRunner:
         if not seqs:
             return StepFuture([])
         logits = self.model.compute_logits(hidden[inputs.logits_indices])  # [S, V] in the model's dtype
+        if callable(mask):
+            mask = mask()
         params = [seq.params for seq in seqs]
         sampling = SamplingBatch(params, [seq.num_generated_tokens for seq in seqs], self.vocab_size)
         processed = logits

@@ -14,8 +14,11 @@ sequence's matcher (:meth:`StructuredOutputs.accept`). EOS is a token like any o
 grammar may end. A grammar that completes ends the sequence (``finish_reason="stop"``).
 
 A mask needs the matcher to have seen every earlier token. With async scheduling a sequence's previous token
-is still on the device when the next step is planned, so the engine collects it before submitting a batch
-with a constrained row (engine.py): a batch with constrained rows runs without the overlap.
+is still on the device when the next step is planned, so the mask is made late: the engine hands the executor
+a function (:data:`StepMask`) that the runner calls once the step's forward pass is queued; it collects the
+step in flight (the tokens the matchers need), then fills the mask. The host's grammar work overlaps the
+device's forward pass, and only sampling waits for it (engine.py). Under tensor parallelism rank 0 sends the
+mask to the other ranks when it is made.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -65,6 +69,11 @@ class TokenMask:
 
     rows: dict[int, int]  # seq_id -> its row in ``bits``
     bits: np.ndarray  # [R, ceil(vocab_size / 32)] int32: bit ``t % 32`` of word ``t // 32`` allows token t
+
+
+# what the engine hands the executor with a step: the mask, or a function that makes it, which the runner calls
+# once the step's forward pass is queued (the host's work for it then overlaps the device's; see LLMEngine._submit)
+StepMask = TokenMask | Callable[[], TokenMask | None] | None
 
 
 class StructuredOutputs:

@@ -125,3 +125,40 @@ def test_a_bad_grammar_is_refused_before_any_work(llama_path, spec, message):
 def test_structured_outputs_params_are_validated(spec):
     with pytest.raises(ValueError):
         SamplingParams(structured_outputs=spec)
+
+
+def test_a_grammar_that_completes_while_its_next_step_is_queued_ends_once(llama_path):
+    """With async scheduling a constrained row's next step is queued before its newest token is collected (for
+    the mask). Here that token completes the grammar and the queued step's token would be the last by
+    max_tokens: the sequence ends once, by its grammar, and every block comes back."""
+    llm = LLM(llama_path, async_scheduling=True, **SETTINGS)
+    params = _params(StructuredOutputsParams(choice=["a"]), max_tokens=2)
+    results = llm.generate(PROMPTS, params, use_tqdm=False)
+    assert [(o["text"], o["finish_reason"]) for r in results for o in r["outputs"]] == [("a", "stop")] * len(PROMPTS)
+    assert llm.engine.allocator.num_free_blocks == llm.engine.allocator.num_blocks
+    assert not llm.engine.scheduler.has_unfinished()
+
+
+def test_the_step_in_flight_is_collected_once_the_next_forward_is_queued(llama_path, monkeypatch):
+    """Async scheduling keeps its overlap with a constrained row: the grammar's mask needs the row's newest
+    token, so the step in flight is collected for it, but only after the next step's forward pass is queued."""
+    llm = LLM(llama_path, async_scheduling=True, **SETTINGS)
+    engine, model, events = llm.engine, llm.engine.executor.runner.model, []
+    compute_logits, collect = model.compute_logits, engine._collect
+    monkeypatch.setattr(model, "compute_logits", lambda hidden: events.append("forward") or compute_logits(hidden))
+    monkeypatch.setattr(engine, "_collect", lambda submitted: events.append("collect") or collect(submitted))
+    llm.generate(PROMPTS[:1], _params(KINDS["json"][0], max_tokens=12), use_tqdm=False)
+    forwards_before = [events[:i].count("forward") for i, event in enumerate(events) if event == "collect"]
+    assert len(forwards_before) == 12
+    assert forwards_before == [k + 2 for k in range(11)] + [12]  # step k's tokens wait for step k + 1's forward
+
+
+def test_two_ranks_give_one_rank_s_constrained_outputs(llama_path):
+    """Under tensor parallelism rank 0 makes the mask once its forward pass is queued and sends it to the
+    other rank, which waits for it in its own step: both sample alike, and the outputs are one rank's."""
+    params = [_params(KINDS[k][0], temperature=0.0) for k in ("json", "choice", "regex")]
+    settings = dict(SETTINGS, async_scheduling=True, dtype="float32")
+    one = LLM(llama_path, **settings).generate(PROMPTS[:3], params, use_tqdm=False)
+    with LLM(llama_path, tensor_parallel_size=2, **settings) as two:
+        assert two.generate(PROMPTS[:3], params, use_tqdm=False) == one
+    _check_outputs(one[:1], _valid_json)

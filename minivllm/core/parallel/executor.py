@@ -27,7 +27,7 @@ from minivllm.core.parallel.worker import run_worker, worker_main
 from minivllm.core.runner import ModelRunner
 from minivllm.core.runner_setup import RunnerSetup
 from minivllm.core.step import StepFuture
-from minivllm.core.structured_output import TokenMask
+from minivllm.core.structured_output import StepMask, TokenMask
 
 
 class Executor(ABC):
@@ -51,9 +51,10 @@ class Executor(ABC):
         """Allocate the cache on every rank (and capture CUDA graphs)."""
 
     @abstractmethod
-    def submit(self, batch: ScheduledBatch, mask: TokenMask | None = None) -> StepFuture:
+    def submit(self, batch: ScheduledBatch, mask: StepMask = None) -> StepFuture:
         """Queue one step on every rank; its future's ``result()`` gives rank 0's sampled tokens. ``mask``:
-        the tokens the batch's structured-output grammars allow (every rank applies it, so all sample alike)."""
+        the tokens the batch's structured-output grammars allow (every rank applies it, so all sample alike),
+        or a function that makes it, which rank 0's runner calls once the forward pass is queued."""
 
     @abstractmethod
     def close(self) -> None:
@@ -91,7 +92,7 @@ class InProcessExecutor(Executor):
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self.runner.allocate_kv_cache(num_blocks)
 
-    def submit(self, batch: ScheduledBatch, mask: TokenMask | None = None) -> StepFuture:
+    def submit(self, batch: ScheduledBatch, mask: StepMask = None) -> StepFuture:
         return self.runner.submit(batch, mask=mask)
 
     def close(self) -> None:
@@ -127,9 +128,11 @@ class _AllocateKVCache:
 class _Step:
     delta: BatchDelta
     mask: TokenMask | None
+    mask_follows: bool = False  # rank 0 sends the mask by itself once its forward pass is queued
 
     def run(self, runner: ModelRunner, mirror: BatchMirror | None, control) -> StepFuture:
-        return runner.submit(mirror.apply(self.delta), fetch=False, mask=self.mask)
+        mask = (lambda: distributed.recv_command(control)) if self.mask_follows else self.mask
+        return runner.submit(mirror.apply(self.delta), fetch=False, mask=mask)
 
 
 class MultiprocExecutor(Executor):
@@ -164,8 +167,17 @@ class MultiprocExecutor(Executor):
     def allocate_kv_cache(self, num_blocks: int) -> None:
         self._run(_AllocateKVCache(num_blocks))
 
-    def submit(self, batch: ScheduledBatch, mask: TokenMask | None = None) -> StepFuture:
-        return self._run(_Step(self._encoder.encode(batch), mask), lambda: self.runner.submit(batch, mask=mask))
+    def submit(self, batch: ScheduledBatch, mask: StepMask = None) -> StepFuture:
+        if not callable(mask):
+            return self._run(_Step(self._encoder.encode(batch), mask), lambda: self.runner.submit(batch, mask=mask))
+
+        def make_and_send():  # on rank 0, its forward pass queued: the other ranks wait for this in theirs
+            made = mask()
+            distributed.send_command(self._groups.control, made)
+            return made
+
+        return self._run(_Step(self._encoder.encode(batch), None, mask_follows=True),
+                         lambda: self.runner.submit(batch, mask=make_and_send))
 
     def close(self) -> None:
         """Stop the other ranks (idempotent)."""
