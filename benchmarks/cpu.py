@@ -215,7 +215,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--hf-dtype", default="same", choices=["same", "float32", "bfloat16"],
                         help="transformers' dtype ('same': minivllm's resolved one)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in both (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of every arm (0: minivllm's rule, torch's default in transformers)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; each arm's best is kept")
     parser.add_argument("--hf-batch", type=int, default=16)
     parser.add_argument("--llama-cpp", metavar="BIN_DIR", default=None,
@@ -230,6 +231,8 @@ def main() -> None:
         from minivllm.core.loading.default_model import default_model
 
         args.model = default_model()
+    if args.threads:  # the arms' processes inherit it; minivllm then skips its idle-core rule (core/cpu.py)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     arms = {f"minivllm {q}": Worker(MinivllmArm, args.model, args, q) for q in args.quantization}
     ours = next(iter(arms.values())).info
     workloads = ours.pop("workloads")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import time
 from collections import defaultdict
 
@@ -66,7 +67,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: minivllm's rule)")
     args = parser.parse_args()
-    if args.threads:
+    if args.threads:  # through the environment: minivllm then skips its idle-core rule (core/cpu.py)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(args.threads)
     from minivllm import LLM, SamplingParams
 
