@@ -1,22 +1,33 @@
-"""minivllm against transformers ``generate`` on the CPU, side by side, on the embedded SmolLM2-135M GGUF.
+"""minivllm against its peers on the CPU, side by side, on the embedded SmolLM2-135M GGUF: transformers
+``generate`` and, with ``--llama-cpp BIN_DIR``, llama.cpp.
 
-Both run on the same weights, dequantised from the same GGUF file, by default in the same dtype
-(minivllm's resolved one: ``--dtype auto`` is bfloat16 on CPUs with native bf16, else float32);
-``--hf-dtype float32`` runs transformers as it loads a GGUF by default instead, to compare the two
-defaults. Each runs in its own process (so start-up and peak RSS are each one's own). Cases, all greedy:
+minivllm and transformers run on the same weights, dequantised from the same GGUF file, by default in the
+same dtype (minivllm's resolved one: ``--dtype auto`` is bfloat16 on CPUs with native bf16, else float32);
+``--hf-dtype float32`` runs transformers as it loads a GGUF by default instead, to compare the two defaults.
+``--quantization none,gguf`` runs one minivllm arm per setting (``gguf``: the file's weights kept quantized).
+llama.cpp runs the same GGUF file quantized, as it always does, with as many threads as minivllm uses, through
+its own ``llama-batched-bench`` (benchmarks/llama_cpp_peer.py; built from source by
+``scripts/build_llama_cpp.sh``, never in CI). Cases, all greedy:
 
 - ``batch1``: one chat prompt, 64 new tokens;
-- ``batch16``: 16 similar chat prompts x 64 new tokens (transformers: one left-padded batch);
+- ``batch16``: 16 similar chat prompts x 64 new tokens (transformers: one left-padded batch; llama.cpp: 16
+  parallel streams of a prompt of the mean length, random tokens, no sampling);
 - ``mixed64``: 64 prompts of 100-400 random token ids, 32-128 new tokens each, ``ignore_eos``
-  (transformers: static left-padded batches of ``--hf-batch``, each running to its longest request).
+  (transformers: static left-padded batches of ``--hf-batch``, each running to its longest request;
+  llama.cpp: not run).
 
-Output tok/s counts the tokens requested (a static batch's extra tokens are not counted); each case is
-timed ``--repeats`` times after a warm-up and the best run is kept. Greedy agreement: each run's tokens
-against float32 transformers' (a float32 transformers run is added when the dtype is not float32): the
-share of sequences equal token for token, and the mean share of tokens before the first difference.
+Each torch arm lives in a process of its own (so start-up and peak RSS are each one's own), built once and
+warmed up; then ``--repeats`` rounds run every case on every arm in turn (interleaved, so a change in the
+machine's load touches all arms alike), and each arm's best round is kept. Output tok/s counts the tokens
+requested (a static batch's extra tokens are not counted) over the whole call, prefill included; llama.cpp's
+figure is the same over its own prefill + decode time, and its decode-only speed is printed beside it.
+Greedy agreement: each torch arm's tokens against float32 transformers' (a float32 transformers run is added
+when the dtype is not float32): the share of sequences equal token for token, and the mean share of tokens
+before the first difference.
 
-    python benchmarks/cpu.py [--cases batch1,batch16,mixed64] [--dtype auto] [--hf-dtype same] [--threads 2]
-                             [--repeats 3] [--hf-batch 16] [--json FILE]
+    python benchmarks/cpu.py [--cases batch1,batch16,mixed64] [--quantization none] [--dtype auto]
+                             [--hf-dtype same] [--threads 2] [--repeats 3] [--hf-batch 16]
+                             [--llama-cpp .llama.cpp/bin] [--json FILE]
 
 Prints a table, and one JSON line per case plus a summary line (``--json FILE`` appends them there too).
 """
@@ -28,9 +39,13 @@ import multiprocessing as mp
 import os
 import random
 import resource
+import sys
 import time
 
 from minivllm.bench.report import emit_json_line
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama_cpp_peer  # noqa: E402 (benchmarks/llama_cpp_peer.py)
 
 CASES = ("batch1", "batch16", "mixed64")
 SUBJECTS = ["cat", "dog", "robot", "fish", "bird", "child", "king", "tree", "stone", "cloud", "horse", "mouse",
@@ -53,66 +68,70 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def best_of(repeats: int, run) -> tuple[float, list[list[int]]]:
-    """The shortest wall time of ``repeats`` runs, and the tokens of the last."""
-    times = []
-    for _ in range(repeats):
+def timed(run) -> dict:
+    start = time.perf_counter()
+    tokens = run()
+    return dict(seconds=time.perf_counter() - start, tokens=tokens, peak_rss_mb=peak_rss_mb())
+
+
+class MinivllmArm:
+    """``LLM.generate`` with one ``quantization`` setting; ``info`` carries the workloads, built by its tokenizer."""
+
+    def __init__(self, model: str, args, quantization: str) -> None:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from minivllm import LLM, SamplingParams
+
         start = time.perf_counter()
-        tokens = run()
-        times.append(time.perf_counter() - start)
-    return min(times), tokens
+        self.llm = LLM(model, dtype=args.dtype, max_model_len=1024, max_num_seqs=64, quantization=quantization)
+        startup = time.perf_counter() - start
+        self.workloads = {case: workload(case, self.llm.tokenizer) for case in args.cases}
+        self.llm.generate(self.workloads[args.cases[0]][0][:2], SamplingParams(temperature=0.0, max_tokens=8),
+                          use_tqdm=False)  # warm-up
+        self.info = dict(startup_s=startup, dtype=str(self.llm.engine.executor.runner.dtype).removeprefix("torch."),
+                         backend=self.llm.engine.config.resolved_attention_backend, threads=torch.get_num_threads(),
+                         workloads=self.workloads)
 
+    def run(self, case: str) -> dict:
+        from minivllm import SamplingParams
 
-def run_minivllm(model: str, args, queue) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from minivllm import LLM, SamplingParams
-
-    start = time.perf_counter()
-    llm = LLM(model, dtype=args.dtype, max_model_len=1024, max_num_seqs=64)
-    startup = time.perf_counter() - start
-    dtype = str(llm.engine.executor.runner.dtype).removeprefix("torch.")
-    cases = {case: workload(case, llm.tokenizer) for case in args.cases}
-    llm.generate(cases[args.cases[0]][0][:2], SamplingParams(temperature=0.0, max_tokens=8), use_tqdm=False)
-    results = {}
-    for case, (prompts, new) in cases.items():
+        prompts, new = self.workloads[case]
         params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in new]
-        seconds, tokens = best_of(args.repeats, lambda: [o["tokens"] for o in llm.generate(prompts, params,
-                                                                                           use_tqdm=False)])
-        results[case] = dict(seconds=seconds, tokens=tokens)
-    queue.put(dict(startup_s=startup, peak_rss_mb=peak_rss_mb(), dtype=dtype,
-                   backend=llm.engine.config.resolved_attention_backend, threads=torch.get_num_threads(),
-                   cases=results, workloads=cases))
+        return timed(lambda: [o["tokens"] for o in self.llm.generate(prompts, params, use_tqdm=False)])
 
 
-def run_transformers(model: str, args, dtype: str, workloads, repeats: int, queue) -> None:
-    import torch
+class TransformersArm:
+    """transformers ``generate`` in static left-padded batches of ``--hf-batch``, from the same GGUF weights."""
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    def __init__(self, model: str, args, dtype: str, workloads) -> None:
+        import torch
 
-    start = time.perf_counter()
-    folder, file = os.path.split(os.path.abspath(model))
-    config = AutoConfig.from_pretrained(folder, gguf_file=file)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config)
-    weights = load_gguf_checkpoint(model, return_tensors=True, model_to_load=skeleton)["tensors"]
-    hf = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).eval()
-    hf.load_state_dict(weights, strict=False)  # lm_head is tied to the embedding
-    hf.tie_weights()
-    del weights
-    startup = time.perf_counter() - start
-    if repeats:  # warm-up
-        hf.generate(input_ids=torch.tensor([[1, 2, 3, 4]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
-    results = {}
-    for case, (prompts, new) in workloads.items():
-        batches = [list(range(i, min(i + args.hf_batch, len(prompts)))) for i in range(0, len(prompts), args.hf_batch)]
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-        def run():
+        start = time.perf_counter()
+        folder, file = os.path.split(os.path.abspath(model))
+        config = AutoConfig.from_pretrained(folder, gguf_file=file)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        weights = load_gguf_checkpoint(model, return_tensors=True, model_to_load=skeleton)["tensors"]
+        self.hf = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).eval()
+        self.hf.load_state_dict(weights, strict=False)  # lm_head is tied to the embedding
+        self.hf.tie_weights()
+        del weights
+        self.torch, self.workloads, self.batch = torch, workloads, args.hf_batch
+        self.info = dict(startup_s=time.perf_counter() - start, dtype=dtype, threads=torch.get_num_threads())
+        self.hf.generate(input_ids=torch.tensor([[1, 2, 3, 4]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+
+    def run(self, case: str) -> dict:
+        torch, (prompts, new) = self.torch, self.workloads[case]
+        batches = [list(range(i, min(i + self.batch, len(prompts)))) for i in range(0, len(prompts), self.batch)]
+
+        def generate():
             tokens = [None] * len(prompts)
             for rows in batches:
                 width = max(len(prompts[i]) for i in rows)
@@ -120,33 +139,62 @@ def run_transformers(model: str, args, dtype: str, workloads, repeats: int, queu
                 mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
                 steps = max(new[i] for i in rows)  # a static batch runs to its longest request
                 with torch.inference_mode():
-                    out = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps, min_new_tokens=steps,
-                                      do_sample=False, pad_token_id=0)
+                    out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
+                                           min_new_tokens=steps, do_sample=False, pad_token_id=0)
                 for row, i in enumerate(rows):
                     tokens[i] = out[row, width : width + new[i]].tolist()
             return tokens
 
-        seconds, tokens = best_of(max(repeats, 1), run)  # repeats=0: a reference run, once, untimed
-        results[case] = dict(seconds=seconds, tokens=tokens)
-    queue.put(dict(startup_s=startup, peak_rss_mb=peak_rss_mb(), dtype=dtype, threads=torch.get_num_threads(),
-                   cases=results))
+        return timed(generate)
 
 
-def in_process(target, *args):
-    """Run ``target(*args, queue)`` in a fresh process; what it puts on the queue."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(*args, queue))
-    proc.start()
-    while True:
-        try:
-            result = queue.get(timeout=5)
-            break
-        except Exception:  # queue.Empty: still working, unless it died
-            if not proc.is_alive():
-                raise SystemExit(f"{target.__name__} failed (exit code {proc.exitcode})") from None
-    proc.join()
-    return result
+class LlamaCppArm:
+    """llama.cpp's ``llama-batched-bench`` (a subprocess per round): the chat cases only, no tokens to compare."""
+
+    cases = ("batch1", "batch16")
+
+    def __init__(self, bin_dir: str, model: str, threads: int, workloads) -> None:
+        self.bin_dir, self.model, self.threads, self.workloads = bin_dir, model, threads, workloads
+        self.info = dict(threads=threads)
+
+    def run(self, case: str) -> dict:
+        prompts, new = self.workloads[case]
+        prompt_len = round(sum(map(len, prompts)) / len(prompts))
+        result = llama_cpp_peer.batched_bench(self.bin_dir, self.model, self.threads, prompt_len, new[0], len(prompts))
+        return dict(seconds=result["t"], decode_tok_s=result["speed_tg"], tokens=None)
+
+
+def serve_arm(cls, args, conn) -> None:
+    """An arm's process: build it, send its ``info``, then run each case received until ``None``."""
+    arm = cls(*args)
+    conn.send(arm.info)
+    while (case := conn.recv()) is not None:
+        conn.send(arm.run(case))
+
+
+class Worker:
+    """An arm in a spawned process of its own, run one case at a time (the caller interleaves the arms)."""
+
+    def __init__(self, cls, *args) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve_arm, args=(cls, args, child), name=cls.__name__)
+        self.proc.start()
+        self.info = self.receive()
+
+    def receive(self):
+        while not self.conn.poll(5):
+            if not self.proc.is_alive():
+                raise SystemExit(f"{self.proc.name} failed (exit code {self.proc.exitcode})")
+        return self.conn.recv()
+
+    def run(self, case: str) -> dict:
+        self.conn.send(case)
+        return self.receive()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join()
 
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> tuple[float, float]:
@@ -163,15 +211,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=None, help="a GGUF file (default: the embedded SmolLM2-135M)")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--quantization", default="none", help="minivllm arms, one per setting: none, gguf")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--hf-dtype", default="same", choices=["same", "float32", "bfloat16"],
                         help="transformers' dtype ('same': minivllm's resolved one)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads in both (0: torch's default)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of every arm (0: minivllm's rule, torch's default in transformers)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; each arm's best is kept")
     parser.add_argument("--hf-batch", type=int, default=16)
+    parser.add_argument("--llama-cpp", metavar="BIN_DIR", default=None,
+                        help="llama.cpp's tools (scripts/build_llama_cpp.sh) as a peer; not run without it")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    args.cases = args.cases.split(",")
+    args.cases, args.quantization = args.cases.split(","), args.quantization.split(",")
     unknown = set(args.cases) - set(CASES)
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; known: {', '.join(CASES)}")
@@ -179,39 +231,66 @@ def main() -> None:
         from minivllm.core.loading.default_model import default_model
 
         args.model = default_model()
-    ours = in_process(run_minivllm, args.model, args)
+    if args.threads:  # the arms' processes inherit it; minivllm then skips its idle-core rule (core/cpu.py)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    arms = {f"minivllm {q}": Worker(MinivllmArm, args.model, args, q) for q in args.quantization}
+    ours = next(iter(arms.values())).info
     workloads = ours.pop("workloads")
     hf_dtype = ours["dtype"] if args.hf_dtype == "same" else args.hf_dtype
-    theirs = in_process(run_transformers, args.model, args, hf_dtype, workloads, args.repeats)
-    reference = theirs
+    arms["transformers"] = Worker(TransformersArm, args.model, args, hf_dtype, workloads)
+    if args.llama_cpp:
+        arms["llama.cpp"] = LlamaCppArm(args.llama_cpp, args.model, ours["threads"], workloads)
+    best = {name: {} for name in arms}
+    for _ in range(args.repeats):
+        for case in args.cases:
+            for name, arm in arms.items():
+                if case in getattr(arm, "cases", CASES):
+                    result = arm.run(case)
+                    if case not in best[name] or result["seconds"] < best[name][case]["seconds"]:
+                        best[name][case] = result
+    for arm in arms.values():
+        if isinstance(arm, Worker):
+            arm.close()
+    reference = best["transformers"]
     if hf_dtype != "float32":  # float32 transformers' tokens, for the agreement (untimed)
-        reference = in_process(run_transformers, args.model, args, "float32", workloads, 0)
-    common = dict(dtype=ours["dtype"], hf_dtype=hf_dtype, threads=ours["threads"], backend=ours["backend"],
-                  hf_batch=args.hf_batch, repeats=args.repeats)
-    print(f"minivllm in {ours['dtype']} ({ours['backend']} attention), transformers in {hf_dtype}, "
-          f"{ours['threads']} threads")
-    print(f"{'case':<9} {'minivllm tok/s':>15} {'transformers tok/s':>19} {'ratio':>6}   agreement with float32 "
-          "transformers (same seqs / mean prefix): minivllm, transformers")
+        worker = Worker(TransformersArm, args.model, args, "float32", workloads)
+        reference = {case: worker.run(case) for case in args.cases}
+        worker.close()
+    report(args, arms, best, reference, workloads, dict(dtype=ours["dtype"], hf_dtype=hf_dtype, threads=ours["threads"],
+                                                        backend=ours["backend"], hf_batch=args.hf_batch,
+                                                        repeats=args.repeats))
+
+
+def report(args, arms: dict, best: dict, reference: dict, workloads: dict, common: dict) -> None:
+    names = list(arms)
+    print(f"minivllm in {common['dtype']} ({common['backend']} attention), transformers in {common['hf_dtype']}, "
+          f"{common['threads']} threads; output tok/s, best of {args.repeats} interleaved rounds")
+    print("| case | " + " | ".join(names) + " | agreement with float32 transformers (same seqs / mean prefix) |")
+    print("| --- |" + " ---: |" * len(names) + " --- |")
     for case in args.cases:
         prompts, new = workloads[case]
-        tokens = sum(new)
-        mine, hf = tokens / ours["cases"][case]["seconds"], tokens / theirs["cases"][case]["seconds"]
-        ref = reference["cases"][case]["tokens"]
-        agree_ours = agreement(ours["cases"][case]["tokens"], ref)
-        agree_hf = agreement(theirs["cases"][case]["tokens"], ref)
-        print(f"{case:<9} {mine:>15.1f} {hf:>19.1f} {mine / hf:>5.2f}x   {agree_ours[0]:.2f} / {agree_ours[1]:.2f}, "
-              f"{agree_hf[0]:.2f} / {agree_hf[1]:.2f}")
-        row = dict(bench="cpu", case=case, prompts=len(prompts), output_tokens=tokens, minivllm_tok_s=round(mine, 1),
-                   transformers_tok_s=round(hf, 1), ratio=round(mine / hf, 3),
-                   minivllm_agreement=dict(same=agree_ours[0], prefix=round(agree_ours[1], 4)),
-                   transformers_agreement=dict(same=agree_hf[0], prefix=round(agree_hf[1], 4)), **common)
-        emit_json_line(row, args.json)
-    print(f"start-up: minivllm {ours['startup_s']:.1f} s, transformers {theirs['startup_s']:.1f} s; "
-          f"peak RSS: minivllm {ours['peak_rss_mb']:.0f} MB, transformers {theirs['peak_rss_mb']:.0f} MB")
-    emit_json_line(dict(bench="cpu", case="summary", minivllm_startup_s=round(ours["startup_s"], 2),
-                        transformers_startup_s=round(theirs["startup_s"], 2),
-                        minivllm_peak_rss_mb=round(ours["peak_rss_mb"]), transformers_peak_rss_mb=round(
-                            theirs["peak_rss_mb"]), **common), args.json)
+        tok_s = {name: sum(new) / best[name][case]["seconds"] for name in names if case in best[name]}
+        agree = {name: agreement(best[name][case]["tokens"], reference[case]["tokens"])
+                 for name in tok_s if best[name][case]["tokens"] is not None}
+        cells = [f"{tok_s[name]:.1f}" if name in tok_s else "-" for name in names]
+        if "llama.cpp" in tok_s:
+            cells[names.index("llama.cpp")] += f" (decode only {best['llama.cpp'][case]['decode_tok_s']:.1f})"
+        print(f"| {case} | " + " | ".join(cells) + " | "
+              + ", ".join(f"{name} {a[0]:.2f} / {a[1]:.2f}" for name, a in agree.items()) + " |")
+        emit_json_line(dict(bench="cpu", case=case, prompts=len(prompts), output_tokens=sum(new),
+                            tok_s={name: round(v, 1) for name, v in tok_s.items()},
+                            llama_cpp_decode_tok_s=best["llama.cpp"][case]["decode_tok_s"] if "llama.cpp" in tok_s
+                            else None,
+                            agreement={name: dict(same=a[0], prefix=round(a[1], 4)) for name, a in agree.items()},
+                            **common), args.json)
+    workers = {name: arm for name, arm in arms.items() if isinstance(arm, Worker)}
+    print("start-up: " + ", ".join(f"{name} {arm.info['startup_s']:.1f} s" for name, arm in workers.items())
+          + "; peak RSS: " + ", ".join(f"{name} {max(r['peak_rss_mb'] for r in best[name].values()):.0f} MB"
+                                      for name in workers))
+    emit_json_line(dict(bench="cpu", case="summary", startup_s={n: round(a.info["startup_s"], 2) for n, a in
+                                                                workers.items()},
+                        peak_rss_mb={n: round(max(r["peak_rss_mb"] for r in best[n].values())) for n in workers},
+                        **common), args.json)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,12 @@ dequantised weights requantised to fp8 per channel) against ``"none"`` (the dequ
     python benchmarks/kv_quality.py --device cuda --dtype bfloat16   # on a GPU, in bf16
     python benchmarks/kv_quality.py --setting quantization           # GGUF weights kept quantized (CPU)
     python benchmarks/kv_quality.py --setting quantization --compare fp8 --device cuda --dtype bfloat16
+    python benchmarks/kv_quality.py --setting quantization --llama-cpp .llama.cpp/bin   # and llama.cpp's
+
+With ``--llama-cpp BIN_DIR`` (``scripts/build_llama_cpp.sh`` builds it) it adds ``llama-perplexity`` on the same
+GGUF and text, and both settings' perplexity over llama-perplexity's own windows (``--llama-ctx`` tokens each,
+from an empty cache, the second half scored; benchmarks/llama_cpp_peer.py), so the three figures count the
+same tokens.
 
 Prints a Markdown table and one JSON line (``--json FILE`` appends it there too).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
 
 import torch
@@ -33,6 +40,9 @@ from minivllm.core.interfaces import ScheduledBatch
 from minivllm.core.loading.default_model import default_model
 from minivllm.core.sequence import Sequence
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import llama_cpp_peer  # noqa: E402 (benchmarks/llama_cpp_peer.py)
+
 TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
           "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
 # setting -> (reference, the values it can be compared with: the first by default)
@@ -42,7 +52,9 @@ PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + \
 
 
 @torch.inference_mode()
-def perplexity(llm: LLM, tokens: list[int], chunk: int) -> float:
+def log_likelihood(llm: LLM, tokens: list[int], chunk: int, first: int = 0) -> tuple[float, int]:
+    """(summed negative log-likelihood, count) of ``tokens[first + 1:]``, each given every token before it:
+    the text runs in chunks of ``chunk`` tokens, each attending over the previous ones through the paged cache."""
     engine = llm.engine
     runner = engine.executor.runner
     seq = Sequence(tokens, SamplingParams(max_tokens=1))
@@ -53,12 +65,26 @@ def perplexity(llm: LLM, tokens: list[int], chunk: int) -> float:
         batch = ScheduledBatch()
         batch.add(seq, n)
         logits = runner.model.compute_logits(runner._forward(batch)).float()  # [n, V]
-        targets = torch.tensor(tokens[start + 1 : start + 1 + n], device=logits.device)
-        nll -= logits.log_softmax(dim=-1).gather(1, targets[:, None]).sum().item()
-        count += n
+        skip = min(max(first - start, 0), n)  # positions before `first` are context, not scored
+        targets = torch.tensor(tokens[start + 1 + skip : start + 1 + n], device=logits.device)
+        nll -= logits[skip:].log_softmax(dim=-1).gather(1, targets[:, None]).sum().item()
+        count += n - skip
         seq.num_computed_tokens += n
     engine.allocator.free(seq)
+    return nll, count
+
+
+def perplexity(llm: LLM, tokens: list[int], chunk: int) -> float:
+    nll, count = log_likelihood(llm, tokens, chunk)
     return math.exp(nll / count)
+
+
+def window_perplexity(llm: LLM, tokens: list[int], n_ctx: int) -> float:
+    """Perplexity over llama-perplexity's windows (benchmarks/llama_cpp_peer.py): each window of ``n_ctx`` tokens
+    from an empty cache, its second half scored."""
+    totals = [log_likelihood(llm, tokens[start : start + n_ctx], n_ctx, first)
+              for start, first in llama_cpp_peer.window_targets(len(tokens), n_ctx)]
+    return math.exp(sum(nll for nll, _ in totals) / sum(count for _, count in totals))
 
 
 def main() -> None:
@@ -73,6 +99,9 @@ def main() -> None:
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="kv_cache_dtype")
     parser.add_argument("--compare", default=None, help="the value compared with the reference (default: the "
                         "setting's first: fp8 KV cache, gguf quantization)")
+    parser.add_argument("--llama-cpp", metavar="BIN_DIR", default=None,
+                        help="also llama-perplexity from this folder (scripts/build_llama_cpp.sh) on the same file")
+    parser.add_argument("--llama-ctx", type=int, default=512, help="llama-perplexity's window (-c), with --llama-cpp")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     model = args.model or default_model()
@@ -88,10 +117,12 @@ def main() -> None:
                   max_num_seqs=args.num_prompts, num_kvcache_blocks=64, enforce_eager=True, **{args.setting: value})
         tokens = llm.tokenizer.encode(text)
         ppl = perplexity(llm, tokens, args.chunk)
+        windowed = window_perplexity(llm, tokens, args.llama_ctx) if args.llama_cpp else None
+        threads = torch.get_num_threads()
         conversations = [[{"role": "user", "content": p}] for p in PROMPTS[: args.num_prompts]]
         greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
         outputs = [o["tokens"] for o in llm.chat(conversations, greedy, use_tqdm=False)]
-        results[value] = dict(ppl=ppl, outputs=outputs, seconds=time.perf_counter() - start,
+        results[value] = dict(ppl=ppl, windowed=windowed, outputs=outputs, seconds=time.perf_counter() - start,
                            dtype=str(llm.engine.executor.runner.dtype).removeprefix("torch."),
                            block_bytes=llm.engine.executor.block_bytes)
         del llm
@@ -108,6 +139,18 @@ def main() -> None:
     print(f"| {other} | {fp8['ppl']:.4f} ({100 * summary['ppl_increase']:+.2f}%) | {fp8['block_bytes']:,} |")
     print(f"greedy, {args.max_tokens} tokens: {summary['identical']}/{len(prefix)} outputs identical, "
           f"{100 * summary['mean_prefix']:.1f}% of each output matches before the first difference (mean)")
+    if args.llama_cpp:
+        summary["llama_cpp"] = theirs = llama_cpp_peer.perplexity(args.llama_cpp, model, args.text, args.llama_ctx,
+                                                                  threads)
+        summary["window_ppl"] = {name: base["windowed"], other: fp8["windowed"], "llama_cpp": theirs["ppl"]}
+        ours_chunks = len(llama_cpp_peer.window_targets(len(tokens), args.llama_ctx))
+        print(f"\nllama-perplexity's windows: {theirs['chunks']} windows of {args.llama_ctx} tokens (minivllm's "
+              f"tokenizer: {ours_chunks}), the second half of each scored ({theirs['tokens']} tokens), "
+              f"{threads} threads")
+        print("| engine | perplexity | ÷ llama.cpp |\n| --- | ---: | ---: |")
+        for label, value in ((f"minivllm, {name}", base["windowed"]), (f"minivllm, {other}", fp8["windowed"]),
+                             ("llama.cpp", theirs["ppl"])):
+            print(f"| {label} | {value:.4f} | {value / theirs['ppl']:.4f} |")
     emit_json_line(summary, args.json)
 
 
