@@ -35,166 +35,13 @@ Prints a table, and one JSON line per case plus a summary line (``--json FILE`` 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import random
-import resource
 import sys
-import time
 
 from minivllm.bench.report import emit_json_line
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import llama_cpp_peer  # noqa: E402 (benchmarks/llama_cpp_peer.py)
-
-CASES = ("batch1", "batch16", "mixed64")
-SUBJECTS = ["cat", "dog", "robot", "fish", "bird", "child", "king", "tree", "stone", "cloud", "horse", "mouse",
-            "wizard", "sailor", "baker", "fox"]
-
-
-def workload(case: str, tokenizer) -> tuple[list[list[int]], list[int]]:
-    """(prompt token ids, new tokens of each) of a case."""
-    if case == "mixed64":
-        rng = random.Random(0)
-        prompts = [[rng.randint(0, 10000) for _ in range(rng.randint(100, 400))] for _ in range(64)]
-        return prompts, [rng.randint(32, 128) for _ in range(64)]
-    subjects = SUBJECTS[:1] if case == "batch1" else SUBJECTS
-    chats = [[{"role": "user", "content": f"Write a short story about a {s} who learns to fly."}] for s in subjects]
-    texts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats]
-    return [tokenizer.encode(t, add_special_tokens=False) for t in texts], [64] * len(texts)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-
-
-def timed(run) -> dict:
-    start = time.perf_counter()
-    tokens = run()
-    return dict(seconds=time.perf_counter() - start, tokens=tokens, peak_rss_mb=peak_rss_mb())
-
-
-class MinivllmArm:
-    """``LLM.generate`` with one ``quantization`` setting; ``info`` carries the workloads, built by its tokenizer."""
-
-    def __init__(self, model: str, args, quantization: str) -> None:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        from minivllm import LLM, SamplingParams
-
-        start = time.perf_counter()
-        self.llm = LLM(model, dtype=args.dtype, max_model_len=1024, max_num_seqs=64, quantization=quantization)
-        startup = time.perf_counter() - start
-        self.workloads = {case: workload(case, self.llm.tokenizer) for case in args.cases}
-        self.llm.generate(self.workloads[args.cases[0]][0][:2], SamplingParams(temperature=0.0, max_tokens=8),
-                          use_tqdm=False)  # warm-up
-        self.info = dict(startup_s=startup, dtype=str(self.llm.engine.executor.runner.dtype).removeprefix("torch."),
-                         backend=self.llm.engine.config.resolved_attention_backend, threads=torch.get_num_threads(),
-                         workloads=self.workloads)
-
-    def run(self, case: str) -> dict:
-        from minivllm import SamplingParams
-
-        prompts, new = self.workloads[case]
-        params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in new]
-        return timed(lambda: [o["tokens"] for o in self.llm.generate(prompts, params, use_tqdm=False)])
-
-
-class TransformersArm:
-    """transformers ``generate`` in static left-padded batches of ``--hf-batch``, from the same GGUF weights."""
-
-    def __init__(self, model: str, args, dtype: str, workloads) -> None:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        from transformers import AutoConfig, AutoModelForCausalLM
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        start = time.perf_counter()
-        folder, file = os.path.split(os.path.abspath(model))
-        config = AutoConfig.from_pretrained(folder, gguf_file=file)
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        weights = load_gguf_checkpoint(model, return_tensors=True, model_to_load=skeleton)["tensors"]
-        self.hf = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).eval()
-        self.hf.load_state_dict(weights, strict=False)  # lm_head is tied to the embedding
-        self.hf.tie_weights()
-        del weights
-        self.torch, self.workloads, self.batch = torch, workloads, args.hf_batch
-        self.info = dict(startup_s=time.perf_counter() - start, dtype=dtype, threads=torch.get_num_threads())
-        self.hf.generate(input_ids=torch.tensor([[1, 2, 3, 4]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
-
-    def run(self, case: str) -> dict:
-        torch, (prompts, new) = self.torch, self.workloads[case]
-        batches = [list(range(i, min(i + self.batch, len(prompts)))) for i in range(0, len(prompts), self.batch)]
-
-        def generate():
-            tokens = [None] * len(prompts)
-            for rows in batches:
-                width = max(len(prompts[i]) for i in rows)
-                ids = torch.tensor([[0] * (width - len(prompts[i])) + prompts[i] for i in rows])  # left-padded
-                mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in rows])
-                steps = max(new[i] for i in rows)  # a static batch runs to its longest request
-                with torch.inference_mode():
-                    out = self.hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=steps,
-                                           min_new_tokens=steps, do_sample=False, pad_token_id=0)
-                for row, i in enumerate(rows):
-                    tokens[i] = out[row, width : width + new[i]].tolist()
-            return tokens
-
-        return timed(generate)
-
-
-class LlamaCppArm:
-    """llama.cpp's ``llama-batched-bench`` (a subprocess per round): the chat cases only, no tokens to compare."""
-
-    cases = ("batch1", "batch16")
-
-    def __init__(self, bin_dir: str, model: str, threads: int, workloads) -> None:
-        self.bin_dir, self.model, self.threads, self.workloads = bin_dir, model, threads, workloads
-        self.info = dict(threads=threads)
-
-    def run(self, case: str) -> dict:
-        prompts, new = self.workloads[case]
-        prompt_len = round(sum(map(len, prompts)) / len(prompts))
-        result = llama_cpp_peer.batched_bench(self.bin_dir, self.model, self.threads, prompt_len, new[0], len(prompts))
-        return dict(seconds=result["t"], decode_tok_s=result["speed_tg"], tokens=None)
-
-
-def serve_arm(cls, args, conn) -> None:
-    """An arm's process: build it, send its ``info``, then run each case received until ``None``."""
-    arm = cls(*args)
-    conn.send(arm.info)
-    while (case := conn.recv()) is not None:
-        conn.send(arm.run(case))
-
-
-class Worker:
-    """An arm in a spawned process of its own, run one case at a time (the caller interleaves the arms)."""
-
-    def __init__(self, cls, *args) -> None:
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=serve_arm, args=(cls, args, child), name=cls.__name__)
-        self.proc.start()
-        self.info = self.receive()
-
-    def receive(self):
-        while not self.conn.poll(5):
-            if not self.proc.is_alive():
-                raise SystemExit(f"{self.proc.name} failed (exit code {self.proc.exitcode})")
-        return self.conn.recv()
-
-    def run(self, case: str) -> dict:
-        self.conn.send(case)
-        return self.receive()
-
-    def close(self) -> None:
-        self.conn.send(None)
-        self.proc.join()
+from cpu_arms import CASES, LlamaCppArm, MinivllmArm, TransformersArm, Worker  # noqa: E402 (benchmarks/cpu_arms.py)
 
 
 def agreement(tokens: list[list[int]], reference: list[list[int]]) -> tuple[float, float]:
@@ -213,14 +60,26 @@ def main() -> None:
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--quantization", default="none", help="minivllm arms, one per setting: none, gguf")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    parser.add_argument("--hf-dtype", default="same", choices=["same", "float32", "bfloat16"],
-                        help="transformers' dtype ('same': minivllm's resolved one)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="threads of every arm (0: minivllm's rule, torch's default in transformers)")
+    parser.add_argument(
+        "--hf-dtype",
+        default="same",
+        choices=["same", "float32", "bfloat16"],
+        help="transformers' dtype ('same': minivllm's resolved one)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads of every arm (0: minivllm's rule, torch's default in transformers)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; each arm's best is kept")
     parser.add_argument("--hf-batch", type=int, default=16)
-    parser.add_argument("--llama-cpp", metavar="BIN_DIR", default=None,
-                        help="llama.cpp's tools (scripts/build_llama_cpp.sh) as a peer; not run without it")
+    parser.add_argument(
+        "--llama-cpp",
+        metavar="BIN_DIR",
+        default=None,
+        help="llama.cpp's tools (scripts/build_llama_cpp.sh) as a peer; not run without it",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     args.cases, args.quantization = args.cases.split(","), args.quantization.split(",")
@@ -256,41 +115,79 @@ def main() -> None:
         worker = Worker(TransformersArm, args.model, args, "float32", workloads)
         reference = {case: worker.run(case) for case in args.cases}
         worker.close()
-    report(args, arms, best, reference, workloads, dict(dtype=ours["dtype"], hf_dtype=hf_dtype, threads=ours["threads"],
-                                                        backend=ours["backend"], hf_batch=args.hf_batch,
-                                                        repeats=args.repeats))
+    report(
+        args,
+        arms,
+        best,
+        reference,
+        workloads,
+        dict(
+            dtype=ours["dtype"],
+            hf_dtype=hf_dtype,
+            threads=ours["threads"],
+            backend=ours["backend"],
+            hf_batch=args.hf_batch,
+            repeats=args.repeats,
+        ),
+    )
 
 
 def report(args, arms: dict, best: dict, reference: dict, workloads: dict, common: dict) -> None:
     names = list(arms)
-    print(f"minivllm in {common['dtype']} ({common['backend']} attention), transformers in {common['hf_dtype']}, "
-          f"{common['threads']} threads; output tok/s, best of {args.repeats} interleaved rounds")
+    print(
+        f"minivllm in {common['dtype']} ({common['backend']} attention), transformers in {common['hf_dtype']}, "
+        f"{common['threads']} threads; output tok/s, best of {args.repeats} interleaved rounds"
+    )
     print("| case | " + " | ".join(names) + " | agreement with float32 transformers (same seqs / mean prefix) |")
     print("| --- |" + " ---: |" * len(names) + " --- |")
     for case in args.cases:
         prompts, new = workloads[case]
         tok_s = {name: sum(new) / best[name][case]["seconds"] for name in names if case in best[name]}
-        agree = {name: agreement(best[name][case]["tokens"], reference[case]["tokens"])
-                 for name in tok_s if best[name][case]["tokens"] is not None}
+        agree = {
+            name: agreement(best[name][case]["tokens"], reference[case]["tokens"])
+            for name in tok_s
+            if best[name][case]["tokens"] is not None
+        }
         cells = [f"{tok_s[name]:.1f}" if name in tok_s else "-" for name in names]
         if "llama.cpp" in tok_s:
             cells[names.index("llama.cpp")] += f" (decode only {best['llama.cpp'][case]['decode_tok_s']:.1f})"
-        print(f"| {case} | " + " | ".join(cells) + " | "
-              + ", ".join(f"{name} {a[0]:.2f} / {a[1]:.2f}" for name, a in agree.items()) + " |")
-        emit_json_line(dict(bench="cpu", case=case, prompts=len(prompts), output_tokens=sum(new),
-                            tok_s={name: round(v, 1) for name, v in tok_s.items()},
-                            llama_cpp_decode_tok_s=best["llama.cpp"][case]["decode_tok_s"] if "llama.cpp" in tok_s
-                            else None,
-                            agreement={name: dict(same=a[0], prefix=round(a[1], 4)) for name, a in agree.items()},
-                            **common), args.json)
+        print(
+            f"| {case} | "
+            + " | ".join(cells)
+            + " | "
+            + ", ".join(f"{name} {a[0]:.2f} / {a[1]:.2f}" for name, a in agree.items())
+            + " |"
+        )
+        emit_json_line(
+            dict(
+                bench="cpu",
+                case=case,
+                prompts=len(prompts),
+                output_tokens=sum(new),
+                tok_s={name: round(v, 1) for name, v in tok_s.items()},
+                llama_cpp_decode_tok_s=best["llama.cpp"][case]["decode_tok_s"] if "llama.cpp" in tok_s else None,
+                agreement={name: dict(same=a[0], prefix=round(a[1], 4)) for name, a in agree.items()},
+                **common,
+            ),
+            args.json,
+        )
     workers = {name: arm for name, arm in arms.items() if isinstance(arm, Worker)}
-    print("start-up: " + ", ".join(f"{name} {arm.info['startup_s']:.1f} s" for name, arm in workers.items())
-          + "; peak RSS: " + ", ".join(f"{name} {max(r['peak_rss_mb'] for r in best[name].values()):.0f} MB"
-                                      for name in workers))
-    emit_json_line(dict(bench="cpu", case="summary", startup_s={n: round(a.info["startup_s"], 2) for n, a in
-                                                                workers.items()},
-                        peak_rss_mb={n: round(max(r["peak_rss_mb"] for r in best[n].values())) for n in workers},
-                        **common), args.json)
+    print(
+        "start-up: "
+        + ", ".join(f"{name} {arm.info['startup_s']:.1f} s" for name, arm in workers.items())
+        + "; peak RSS: "
+        + ", ".join(f"{name} {max(r['peak_rss_mb'] for r in best[name].values()):.0f} MB" for name in workers)
+    )
+    emit_json_line(
+        dict(
+            bench="cpu",
+            case="summary",
+            startup_s={n: round(a.info["startup_s"], 2) for n, a in workers.items()},
+            peak_rss_mb={n: round(max(r["peak_rss_mb"] for r in best[n].values())) for n in workers},
+            **common,
+        ),
+        args.json,
+    )
 
 
 if __name__ == "__main__":

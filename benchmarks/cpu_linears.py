@@ -51,10 +51,13 @@ def kernels(weight: torch.Tensor) -> dict:
         w4, scales_zeros = int4_weight(weight, group)
         out[f"int4_g{group}"] = (
             lambda x, w4=w4, sz=scales_zeros, g=group: torch.ops.aten._weight_int4pack_mm_for_cpu(x, w4, g, sz),
-            torch.bfloat16)
+            torch.bfloat16,
+        )
     dyn = torch.ao.nn.quantized.dynamic.Linear(weight.shape[1], weight.shape[0], bias_=False)
-    dyn.set_weight_bias(torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long),
-                                                   0, torch.qint8), None)
+    dyn.set_weight_bias(
+        torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8),
+        None,
+    )
     out["dyn_int8"] = (dyn, torch.float32)
     return out
 
@@ -105,12 +108,17 @@ def main() -> None:
             row = {"shape": name, "out": n, "in": k, "rows": m, "threads": args.threads}
             for kname, (fn, _) in candidates.items():
                 err = (fn(inputs[kname]).float() - reference).norm() / reference.norm()
-                row[kname] = {"us": round(min(times[kname]), 1), "us_median": round(statistics.median(times[kname]), 1),
-                              "rel_err": round(err.item(), 4)}
+                row[kname] = {
+                    "us": round(min(times[kname]), 1),
+                    "us_median": round(statistics.median(times[kname]), 1),
+                    "rel_err": round(err.item(), 4),
+                }
             rows.append(row)
             base = row["bf16_packed"]["us"]
-            cells = "  ".join(f"{kname} {row[kname]['us']:.0f}us x{base / row[kname]['us']:.2f} "
-                              f"e{row[kname]['rel_err']:.3f}" for kname in candidates)
+            cells = "  ".join(
+                f"{kname} {row[kname]['us']:.0f}us x{base / row[kname]['us']:.2f} e{row[kname]['rel_err']:.3f}"
+                for kname in candidates
+            )
             print(f"{name:8s} M={m:2d}  {cells}", flush=True)
     if args.json:
         with open(args.json, "a") as f:

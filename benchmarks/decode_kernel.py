@@ -11,6 +11,7 @@ same dequantised cache.
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 
 import torch
@@ -20,8 +21,18 @@ from minivllm.core.interfaces.attention import FP8_DTYPE
 from minivllm.core.utils import cdiv
 from minivllm.plugins.attention import triton_decode as K
 
-TILES = [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 4, 3), (128, 8, 2), (128, 8, 3),
-         (256, 8, 2), (256, 8, 3)]  # (block_n, warps, stages)
+TILES = [
+    (32, 4, 2),
+    (64, 4, 2),
+    (64, 4, 3),
+    (64, 8, 2),
+    (128, 4, 2),
+    (128, 4, 3),
+    (128, 8, 2),
+    (128, 8, 3),
+    (256, 8, 2),
+    (256, 8, 3),
+]  # (block_n, warps, stages)
 
 
 def main() -> None:
@@ -60,15 +71,38 @@ def main() -> None:
         splits = K.decode_splits(batch, kv_heads, num_sms)
         if fp8:  # the exact attention over the dequantised cache
             exact = torch.empty(q.shape, dtype=torch.float32, device="cuda")
-            K.paged_decode(q.float(), cache[0].float() * k_scales[..., None], cache[1].float() * v_scales[..., None],
-                           exact, tables, seq_lens, 0.088, splits)
+            K.paged_decode(
+                q.float(),
+                cache[0].float() * k_scales[..., None],
+                cache[1].float() * v_scales[..., None],
+                exact,
+                tables,
+                seq_lens,
+                0.088,
+                splits,
+            )
         for block_n, warps, stages in tiles:
-            fn = lambda: K.paged_decode(q, cache[0], cache[1], out, tables, seq_lens, 0.088, splits,  # noqa: E731
-                                        block_n=block_n, num_warps=warps, num_stages=stages, **scales)
+            fn = functools.partial(
+                K.paged_decode,
+                q,
+                cache[0],
+                cache[1],
+                out,
+                tables,
+                seq_lens,
+                0.088,
+                splits,
+                block_n=block_n,
+                num_warps=warps,
+                num_stages=stages,
+                **scales,
+            )
             us = triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e3
             error = f" err {((out.float() - exact).norm() / exact.norm()).item():.2e}" if fp8 else ""
-            print(f"{batch:>5} {ctx:>5} {block_n:>7} {warps:>5} {stages:>6} {splits:>6} {us:>8.1f} "
-                  f"{nbytes / us / 1e6:>6.2f}{error}")
+            print(
+                f"{batch:>5} {ctx:>5} {block_n:>7} {warps:>5} {stages:>6} {splits:>6} {us:>8.1f} "
+                f"{nbytes / us / 1e6:>6.2f}{error}"
+            )
 
 
 if __name__ == "__main__":

@@ -110,13 +110,17 @@ def main() -> None:
     ll_tok = llguidance.hf.from_tokenizer(hf)
     walks = [walk(ll_tok, s, seed) for seed, s in enumerate(SCHEMAS)]
     print(f"{len(SCHEMAS)} schemas, {sum(map(len, walks))} tokens in all (vocab {len(hf)})")
-    for name, run in (("llguidance", lambda: bench_llguidance(hf, SCHEMAS, walks)),
-                      ("xgrammar", lambda: bench_xgrammar(hf, SCHEMAS, walks, len(hf)))):
+    for name, run in (
+        ("llguidance", lambda: bench_llguidance(hf, SCHEMAS, walks)),
+        ("xgrammar", lambda: bench_xgrammar(hf, SCHEMAS, walks, len(hf))),
+    ):
         run()  # warm-up (imports, first allocations)
         setup, compile_ms, token_us = run()
-        print(f"{name:11s} tokenizer setup {setup * 1e3:7.1f} ms | compile p50 {statistics.median(compile_ms):6.2f} "
-              f"max {max(compile_ms):6.2f} ms | per token mean {statistics.mean(token_us):6.1f} "
-              f"max {max(token_us):6.1f} us")
+        print(
+            f"{name:11s} tokenizer setup {setup * 1e3:7.1f} ms | compile p50 {statistics.median(compile_ms):6.2f} "
+            f"max {max(compile_ms):6.2f} ms | per token mean {statistics.mean(token_us):6.1f} "
+            f"max {max(token_us):6.1f} us"
+        )
 
 
 if __name__ == "__main__":

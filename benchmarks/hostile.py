@@ -39,15 +39,23 @@ def raw_post(port: int, body: dict, headers: dict, rcvbuf: int = 4096) -> socket
     s.connect(("127.0.0.1", port))
     payload = json.dumps(body).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-              f"Content-Length: {len(payload)}\r\n{head}\r\n".encode() + payload)
+    s.sendall(
+        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n{head}\r\n".encode()
+        + payload
+    )
     return s
 
 
 async def innocent(http: httpx.AsyncClient, stop: asyncio.Event, seen: dict) -> None:
     """Streams of 32 tokens back to back: the worst gap between two chunks, the worst first token."""
-    body = {"model": MODEL_NAME, "prompt": "The cache stores keys and values", "max_tokens": 32,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": "The cache stores keys and values",
+        "max_tokens": 32,
+        "ignore_eos": True,
+        "stream": True,
+    }
     while not stop.is_set():
         start = last = time.perf_counter()
         try:
@@ -79,8 +87,14 @@ async def health(http: httpx.AsyncClient, stop: asyncio.Event, seen: dict) -> No
 
 
 async def attack(case: str, http: httpx.AsyncClient, port: int, headers: dict, tokens: int, seen: dict) -> None:
-    n128 = {"model": MODEL_NAME, "prompt": "Once upon a time", "n": 128, "max_tokens": tokens, "logprobs": 20,
-            "ignore_eos": True}
+    n128 = {
+        "model": MODEL_NAME,
+        "prompt": "Once upon a time",
+        "n": 128,
+        "max_tokens": tokens,
+        "logprobs": 20,
+        "ignore_eos": True,
+    }
     if case == "never-reading":
         aborts = 'request_success_total{finished_reason="abort"}'
         before = (await asyncio.to_thread(scrape, f"http://127.0.0.1:{port}", headers))[aborts]
@@ -91,8 +105,10 @@ async def attack(case: str, http: httpx.AsyncClient, port: int, headers: dict, t
             if after - before == 256:
                 break
             await asyncio.sleep(0.5)
-        seen["attack"] = (f"2 clients: {after - before:.0f} of 256 completions aborted unread after "
-                          f"{time.perf_counter() - start:.0f} s, then the hang-up")
+        seen["attack"] = (
+            f"2 clients: {after - before:.0f} of 256 completions aborted unread after "
+            f"{time.perf_counter() - start:.0f} s, then the hang-up"
+        )
         for s in socks:
             s.close()  # the hang-up
         await asyncio.sleep(3)
@@ -167,17 +183,28 @@ async def run_case(case: str, base_url: str, port: int, headers: dict, pid: int,
         await watcher
         stop.set()
         await asyncio.gather(*tasks)
-    return {"case": case, "attack": seen["attack"], "attack_s": round(took, 1),
-            "innocent_worst_gap_s": round(seen["gap"], 2), "innocent_worst_ttft_s": round(seen["ttft"], 2),
-            "health_worst_s": round(seen["health"], 2), "rss_growth_mb": round(peak - rss_before),
-            "innocent_errors": len(seen["errors"]), "first_errors": seen["errors"][:3]}
+    return {
+        "case": case,
+        "attack": seen["attack"],
+        "attack_s": round(took, 1),
+        "innocent_worst_gap_s": round(seen["gap"], 2),
+        "innocent_worst_ttft_s": round(seen["ttft"], 2),
+        "health_worst_s": round(seen["health"], 2),
+        "rss_growth_mb": round(peak - rss_before),
+        "innocent_errors": len(seen["errors"]),
+        "first_errors": seen["errors"][:3],
+    }
 
 
 def report(rows: list[dict]) -> None:
-    print("\n| case | attack | attack (s) | innocent worst gap (s) | innocent worst TTFT (s) | /health worst (s) "
-          "| server RSS growth (MB) | innocent errors |")
+    print(
+        "\n| case | attack | attack (s) | innocent worst gap (s) | innocent worst TTFT (s) | /health worst (s) "
+        "| server RSS growth (MB) | innocent errors |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r['case']} | {r['attack']} | {r['attack_s']} | {r['innocent_worst_gap_s']} "
-              f"| {r['innocent_worst_ttft_s']} | {r['health_worst_s']} | {r['rss_growth_mb']} "
-              f"| {r['innocent_errors']} |")
+        print(
+            f"| {r['case']} | {r['attack']} | {r['attack_s']} | {r['innocent_worst_gap_s']} "
+            f"| {r['innocent_worst_ttft_s']} | {r['health_worst_s']} | {r['rss_growth_mb']} "
+            f"| {r['innocent_errors']} |"
+        )

@@ -43,12 +43,29 @@ from minivllm.core.sequence import Sequence
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import llama_cpp_peer  # noqa: E402 (benchmarks/llama_cpp_peer.py)
 
-TOPICS = ["the moon", "bread", "rivers", "chess", "volcanoes", "the piano", "bees", "winter", "trains", "honey",
-          "glaciers", "owls", "tea", "the ocean", "maps", "clocks"]
+TOPICS = [
+    "the moon",
+    "bread",
+    "rivers",
+    "chess",
+    "volcanoes",
+    "the piano",
+    "bees",
+    "winter",
+    "trains",
+    "honey",
+    "glaciers",
+    "owls",
+    "tea",
+    "the ocean",
+    "maps",
+    "clocks",
+]
 # setting -> (reference, the values it can be compared with: the first by default)
 SETTINGS = {"kv_cache_dtype": ("auto", ("fp8",)), "quantization": ("none", ("gguf", "fp8"))}
-PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + \
-          [f"Write two sentences about {t}." for t in TOPICS]
+PROMPTS = [f"Tell me one interesting fact about {t}." for t in TOPICS] + [
+    f"Write two sentences about {t}." for t in TOPICS
+]
 
 
 @torch.inference_mode()
@@ -82,8 +99,10 @@ def perplexity(llm: LLM, tokens: list[int], chunk: int) -> float:
 def window_perplexity(llm: LLM, tokens: list[int], n_ctx: int) -> float:
     """Perplexity over llama-perplexity's windows (benchmarks/llama_cpp_peer.py): each window of ``n_ctx`` tokens
     from an empty cache, its second half scored."""
-    totals = [log_likelihood(llm, tokens[start : start + n_ctx], n_ctx, first)
-              for start, first in llama_cpp_peer.window_targets(len(tokens), n_ctx)]
+    totals = [
+        log_likelihood(llm, tokens[start : start + n_ctx], n_ctx, first)
+        for start, first in llama_cpp_peer.window_targets(len(tokens), n_ctx)
+    ]
     return math.exp(sum(nll for nll, _ in totals) / sum(count for _, count in totals))
 
 
@@ -97,10 +116,17 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="kv_cache_dtype")
-    parser.add_argument("--compare", default=None, help="the value compared with the reference (default: the "
-                        "setting's first: fp8 KV cache, gguf quantization)")
-    parser.add_argument("--llama-cpp", metavar="BIN_DIR", default=None,
-                        help="also llama-perplexity from this folder (scripts/build_llama_cpp.sh) on the same file")
+    parser.add_argument(
+        "--compare",
+        default=None,
+        help="the value compared with the reference (default: the setting's first: fp8 KV cache, gguf quantization)",
+    )
+    parser.add_argument(
+        "--llama-cpp",
+        metavar="BIN_DIR",
+        default=None,
+        help="also llama-perplexity from this folder (scripts/build_llama_cpp.sh) on the same file",
+    )
     parser.add_argument("--llama-ctx", type=int, default=512, help="llama-perplexity's window (-c), with --llama-cpp")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -113,8 +139,17 @@ def main() -> None:
     results = {}
     for value in (name, other):
         start = time.perf_counter()
-        llm = LLM(model, device=args.device, dtype=args.dtype, kvcache_block_size=256, max_model_len=8192,
-                  max_num_seqs=args.num_prompts, num_kvcache_blocks=64, enforce_eager=True, **{args.setting: value})
+        llm = LLM(
+            model,
+            device=args.device,
+            dtype=args.dtype,
+            kvcache_block_size=256,
+            max_model_len=8192,
+            max_num_seqs=args.num_prompts,
+            num_kvcache_blocks=64,
+            enforce_eager=True,
+            **{args.setting: value},
+        )
         tokens = llm.tokenizer.encode(text)
         ppl = perplexity(llm, tokens, args.chunk)
         windowed = window_perplexity(llm, tokens, args.llama_ctx) if args.llama_cpp else None
@@ -122,34 +157,58 @@ def main() -> None:
         conversations = [[{"role": "user", "content": p}] for p in PROMPTS[: args.num_prompts]]
         greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=True)
         outputs = [o["tokens"] for o in llm.chat(conversations, greedy, use_tqdm=False)]
-        results[value] = dict(ppl=ppl, windowed=windowed, outputs=outputs, seconds=time.perf_counter() - start,
-                           dtype=str(llm.engine.executor.runner.dtype).removeprefix("torch."),
-                           block_bytes=llm.engine.executor.block_bytes)
+        results[value] = dict(
+            ppl=ppl,
+            windowed=windowed,
+            outputs=outputs,
+            seconds=time.perf_counter() - start,
+            dtype=str(llm.engine.executor.runner.dtype).removeprefix("torch."),
+            block_bytes=llm.engine.executor.block_bytes,
+        )
         del llm
     base, fp8 = results[name], results[other]
-    prefix = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) / len(x)
-              for x, y in zip(base["outputs"], fp8["outputs"])]
-    summary = dict(model=os.path.basename(model), device=args.device, dtype=base["dtype"], text_tokens=len(tokens),
-                   chunk=args.chunk, setting=args.setting, **{f"ppl_{name}": base["ppl"], f"ppl_{other}": fp8["ppl"]},
-                   ppl_increase=fp8["ppl"] / base["ppl"] - 1, prompts=len(prefix),
-                   identical=sum(p == 1.0 for p in prefix), mean_prefix=sum(prefix) / len(prefix),
-                   **{f"block_bytes_{name}": base["block_bytes"], f"block_bytes_{other}": fp8["block_bytes"]})
+    prefix = [
+        next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) / len(x)
+        for x, y in zip(base["outputs"], fp8["outputs"])
+    ]
+    summary = dict(
+        model=os.path.basename(model),
+        device=args.device,
+        dtype=base["dtype"],
+        text_tokens=len(tokens),
+        chunk=args.chunk,
+        setting=args.setting,
+        **{f"ppl_{name}": base["ppl"], f"ppl_{other}": fp8["ppl"]},
+        ppl_increase=fp8["ppl"] / base["ppl"] - 1,
+        prompts=len(prefix),
+        identical=sum(p == 1.0 for p in prefix),
+        mean_prefix=sum(prefix) / len(prefix),
+        **{f"block_bytes_{name}": base["block_bytes"], f"block_bytes_{other}": fp8["block_bytes"]},
+    )
     print(f"| {args.setting} | perplexity ({len(tokens)} tokens) | KV bytes per block |\n| --- | ---: | ---: |")
     print(f"| {name} ({base['dtype']}) | {base['ppl']:.4f} | {base['block_bytes']:,} |")
     print(f"| {other} | {fp8['ppl']:.4f} ({100 * summary['ppl_increase']:+.2f}%) | {fp8['block_bytes']:,} |")
-    print(f"greedy, {args.max_tokens} tokens: {summary['identical']}/{len(prefix)} outputs identical, "
-          f"{100 * summary['mean_prefix']:.1f}% of each output matches before the first difference (mean)")
+    print(
+        f"greedy, {args.max_tokens} tokens: {summary['identical']}/{len(prefix)} outputs identical, "
+        f"{100 * summary['mean_prefix']:.1f}% of each output matches before the first difference (mean)"
+    )
     if args.llama_cpp:
-        summary["llama_cpp"] = theirs = llama_cpp_peer.perplexity(args.llama_cpp, model, args.text, args.llama_ctx,
-                                                                  threads)
+        summary["llama_cpp"] = theirs = llama_cpp_peer.perplexity(
+            args.llama_cpp, model, args.text, args.llama_ctx, threads
+        )
         summary["window_ppl"] = {name: base["windowed"], other: fp8["windowed"], "llama_cpp": theirs["ppl"]}
         ours_chunks = len(llama_cpp_peer.window_targets(len(tokens), args.llama_ctx))
-        print(f"\nllama-perplexity's windows: {theirs['chunks']} windows of {args.llama_ctx} tokens (minivllm's "
-              f"tokenizer: {ours_chunks}), the second half of each scored ({theirs['tokens']} tokens), "
-              f"{threads} threads")
+        print(
+            f"\nllama-perplexity's windows: {theirs['chunks']} windows of {args.llama_ctx} tokens (minivllm's "
+            f"tokenizer: {ours_chunks}), the second half of each scored ({theirs['tokens']} tokens), "
+            f"{threads} threads"
+        )
         print("| engine | perplexity | ÷ llama.cpp |\n| --- | ---: | ---: |")
-        for label, value in ((f"minivllm, {name}", base["windowed"]), (f"minivllm, {other}", fp8["windowed"]),
-                             ("llama.cpp", theirs["ppl"])):
+        for label, value in (
+            (f"minivllm, {name}", base["windowed"]),
+            (f"minivllm, {other}", fp8["windowed"]),
+            ("llama.cpp", theirs["ppl"]),
+        ):
             print(f"| {label} | {value:.4f} | {value / theirs['ppl']:.4f} |")
     emit_json_line(summary, args.json)
 

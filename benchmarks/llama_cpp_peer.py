@@ -31,9 +31,25 @@ def tool(bin_dir: str, name: str) -> str:
 def batched_bench(bin_dir: str, model: str, threads: int, prompt_len: int, new_tokens: int, streams: int) -> dict:
     """One ``llama-batched-bench`` run: {"t_pp", "t_tg", "t"} in seconds and its speeds (its JSONL line)."""
     ctx = streams * (prompt_len + new_tokens) + 16
-    cmd = [tool(bin_dir, "llama-batched-bench"), "-m", model, "-t", str(threads), "-tb", str(threads),
-           "-c", str(ctx), "-npp", str(prompt_len), "-ntg", str(new_tokens), "-npl", str(streams),
-           "--output-format", "jsonl"]
+    cmd = [
+        tool(bin_dir, "llama-batched-bench"),
+        "-m",
+        model,
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "-c",
+        str(ctx),
+        "-npp",
+        str(prompt_len),
+        "-ntg",
+        str(new_tokens),
+        "-npl",
+        str(streams),
+        "--output-format",
+        "jsonl",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     lines = [line for line in out.stdout.splitlines() + out.stderr.splitlines() if line.startswith('{"n_kv_max"')]
     if len(lines) != 1:
@@ -49,8 +65,21 @@ def window_targets(num_tokens: int, n_ctx: int) -> list[tuple[int, int]]:
 
 def perplexity(bin_dir: str, model: str, text_file: str, n_ctx: int, threads: int) -> dict:
     """``llama-perplexity`` of a text file: {"ppl", "stderr", "tokens" (chunks x scored per chunk)}."""
-    cmd = [tool(bin_dir, "llama-perplexity"), "-m", model, "-f", text_file, "-c", str(n_ctx), "-b", str(n_ctx),
-           "-t", str(threads), "-tb", str(threads)]
+    cmd = [
+        tool(bin_dir, "llama-perplexity"),
+        "-m",
+        model,
+        "-f",
+        text_file,
+        "-c",
+        str(n_ctx),
+        "-b",
+        str(n_ctx),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     log = out.stdout + out.stderr
     final = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", log)

@@ -39,8 +39,10 @@ from serve import MODEL_NAME, free_port, start_server  # noqa: E402 (the server 
 
 from minivllm.bench.scrape import scrape  # noqa: E402
 
-WORDS = ("the cache stores keys and values in blocks while the scheduler admits new requests every step "
-         "and a paged engine keeps the batch full").split()
+WORDS = (
+    "the cache stores keys and values in blocks while the scheduler admits new requests every step "
+    "and a paged engine keeps the batch full"
+).split()
 
 
 @dataclass
@@ -61,8 +63,15 @@ def prompt(rng: random.Random) -> str:
 async def stream_once(http: httpx.AsyncClient, rng: random.Random, tally: Tally, hang_up_after: int | None) -> None:
     """One streaming completion; with ``hang_up_after``, close the connection after that many chunks."""
     max_tokens = rng.randint(16, 64)
-    body = {"model": MODEL_NAME, "prompt": prompt(rng), "max_tokens": max_tokens, "temperature": 0.8,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": prompt(rng),
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     start, first, chunks, usage, done = time.perf_counter(), None, 0, None, False
     try:
         async with http.stream("POST", "/v1/completions", json=body) as response:
@@ -73,7 +82,7 @@ async def stream_once(http: httpx.AsyncClient, rng: random.Random, tally: Tally,
                 if line == "data: [DONE]":
                     done = True
                 elif line.startswith("data: "):
-                    event = json.loads(line[len("data: "):])
+                    event = json.loads(line[len("data: ") :])
                     if "error" in event:
                         tally.errors.append(f"in-stream error: {event['error']['message']}")
                         return
@@ -143,8 +152,7 @@ async def settle(base_url: str, headers: dict, timeout: float) -> dict[str, floa
 async def shutdown_in_flight(proc, base_url: str, headers: dict, num_streams: int) -> dict:
     """``num_streams`` long streams; once each has a chunk, SIGTERM. Returns how long the exit took and
     how many streams ended properly (a finish_reason "abort" chunk, then [DONE])."""
-    body = {"model": MODEL_NAME, "prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True,
-            "stream": True}
+    body = {"model": MODEL_NAME, "prompt": "Once upon a time", "max_tokens": 1000, "ignore_eos": True, "stream": True}
     started = asyncio.Semaphore(0)
 
     async def one(http: httpx.AsyncClient) -> bool:
@@ -156,7 +164,7 @@ async def shutdown_in_flight(proc, base_url: str, headers: dict, num_streams: in
                 elif line.startswith("data: "):
                     if not reasons:
                         started.release()
-                    reasons += [c["finish_reason"] for c in json.loads(line[len("data: "):]).get("choices", [])]
+                    reasons += [c["finish_reason"] for c in json.loads(line[len("data: ") :]).get("choices", [])]
         return done and reasons[-1] == "abort"
 
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=300) as http:
@@ -167,8 +175,12 @@ async def shutdown_in_flight(proc, base_url: str, headers: dict, num_streams: in
         proc.send_signal(signal.SIGTERM)
         ended = await asyncio.gather(*tasks, return_exceptions=True)
         code = await asyncio.to_thread(proc.wait, 60)
-        return {"exit_s": time.perf_counter() - start, "exit_code": code, "streams": num_streams,
-                "ended_with_abort": sum(e is True for e in ended)}
+        return {
+            "exit_s": time.perf_counter() - start,
+            "exit_code": code,
+            "streams": num_streams,
+            "ended_with_abort": sum(e is True for e in ended),
+        }
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -180,15 +192,19 @@ def main() -> None:
     parser.add_argument("--model-path", help="checkpoint to serve (default: the embedded SmolLM2-135M GGUF)")
     parser.add_argument("--duration", type=float, default=90, help="seconds of load")
     parser.add_argument("--streams", type=int, default=16, help="clients streaming completions back to back")
-    parser.add_argument("--disconnects", type=int, default=4,
-                        help="clients that hang up after 1-5 chunks, again and again")
+    parser.add_argument(
+        "--disconnects", type=int, default=4, help="clients that hang up after 1-5 chunks, again and again"
+    )
     parser.add_argument("--metrics-interval", type=float, default=0.05, help="seconds between /metrics reads")
     parser.add_argument("--shutdown-streams", type=int, default=8, help="streams in flight at SIGTERM")
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--startup-timeout", type=float, default=600)
-    parser.add_argument("--hostile", help="instead of the load: these hostile-client cases (comma-separated, or "
-                                          "'all'), each with an innocent stream and /health measured (hostile.py)")
+    parser.add_argument(
+        "--hostile",
+        help="instead of the load: these hostile-client cases (comma-separated, or "
+        "'all'), each with an innocent stream and /health measured (hostile.py)",
+    )
     parser.add_argument("--hostile-tokens", type=int, default=200, help="max_tokens of the hostile requests")
     parser.add_argument("--json", help="append the figures as one JSON line to this file")
     args, server_args = parser.parse_known_args()
@@ -216,28 +232,45 @@ def main() -> None:
         if proc.poll() is None:
             proc.kill()
     row = {
-        "model": os.path.basename(args.model_path), "duration_s": round(wall, 1), "streams": args.streams,
-        "disconnecting_clients": args.disconnects, "completed": tally.completed, "hung_up": tally.hung_up,
-        "failed": len(tally.errors), "errors": tally.errors[:5],
+        "model": os.path.basename(args.model_path),
+        "duration_s": round(wall, 1),
+        "streams": args.streams,
+        "disconnecting_clients": args.disconnects,
+        "completed": tally.completed,
+        "hung_up": tally.hung_up,
+        "failed": len(tally.errors),
+        "errors": tally.errors[:5],
         "ttft_p50_ms": round(quantile(tally.ttfts, 0.5) * 1000),
         "ttft_p99_ms": round(quantile(tally.ttfts, 0.99) * 1000),
-        "output_tok_s": round(tally.tokens / wall, 1), "metrics_reads": tally.metrics_reads,
+        "output_tok_s": round(tally.tokens / wall, 1),
+        "metrics_reads": tally.metrics_reads,
         "metrics_p99_ms": round(quantile(tally.metrics_latencies, 0.99) * 1000, 1),
-        "kv_blocks_left": after["kv_cache_used_blocks"], "kv_blocks_total": after["kv_cache_total_blocks"],
+        "kv_blocks_left": after["kv_cache_used_blocks"],
+        "kv_blocks_total": after["kv_cache_total_blocks"],
         "seqs_left": after["num_requests_running"] + after["num_requests_waiting"],
         "server_aborts": after.get('request_success_total{finished_reason="abort"}'),
-        "shutdown": shutdown, "server_args": server_args,
+        "shutdown": shutdown,
+        "server_args": server_args,
     }
     emit_json_line(row, args.json)
-    print("\n| requests completed | hung up | failed | TTFT p50 / p99 (ms) | output tok/s | /metrics reads (p99 ms) "
-          "| KV blocks left | sequences left | SIGTERM: exit (s), streams ended with abort |")
+    print(
+        "\n| requests completed | hung up | failed | TTFT p50 / p99 (ms) | output tok/s | /metrics reads (p99 ms) "
+        "| KV blocks left | sequences left | SIGTERM: exit (s), streams ended with abort |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    print(f"| {row['completed']} | {row['hung_up']} | {row['failed']} | {row['ttft_p50_ms']} / {row['ttft_p99_ms']} "
-          f"| {row['output_tok_s']} | {row['metrics_reads']} ({row['metrics_p99_ms']}) "
-          f"| {row['kv_blocks_left']:.0f} of {row['kv_blocks_total']:.0f} | {row['seqs_left']:.0f} "
-          f"| {shutdown['exit_s']:.2f}, {shutdown['ended_with_abort']}/{shutdown['streams']} |")
-    ok = (not tally.errors and row["kv_blocks_left"] == 0 and row["seqs_left"] == 0 and shutdown["exit_code"] == 0
-          and shutdown["ended_with_abort"] == shutdown["streams"])
+    print(
+        f"| {row['completed']} | {row['hung_up']} | {row['failed']} | {row['ttft_p50_ms']} / {row['ttft_p99_ms']} "
+        f"| {row['output_tok_s']} | {row['metrics_reads']} ({row['metrics_p99_ms']}) "
+        f"| {row['kv_blocks_left']:.0f} of {row['kv_blocks_total']:.0f} | {row['seqs_left']:.0f} "
+        f"| {shutdown['exit_s']:.2f}, {shutdown['ended_with_abort']}/{shutdown['streams']} |"
+    )
+    ok = (
+        not tally.errors
+        and row["kv_blocks_left"] == 0
+        and row["seqs_left"] == 0
+        and shutdown["exit_code"] == 0
+        and shutdown["ended_with_abort"] == shutdown["streams"]
+    )
     sys.exit(0 if ok else 1)
 
 

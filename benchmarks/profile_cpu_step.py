@@ -77,10 +77,14 @@ def main() -> None:
     timers = Timers()
     for label, (module, cls) in MODEL_PARTS.items():
         timers.wrap(getattr(importlib.import_module(module), cls), "forward", label)
-    host = {"scheduler": (engine.scheduler, "schedule"), "prepare": (runner, "prepare"),
-            "attention metadata (backend prepare)": (runner.attn_backend, "prepare"),
-            "LM head": (runner.model.lm_head, "forward"), "sampler": (runner.sampler, "sample"),
-            "bookkeeping, stop checks, detokenising": (engine, "_collect")}
+    host = {
+        "scheduler": (engine.scheduler, "schedule"),
+        "prepare": (runner, "prepare"),
+        "attention metadata (backend prepare)": (runner.attn_backend, "prepare"),
+        "LM head": (runner.model.lm_head, "forward"),
+        "sampler": (runner.sampler, "sample"),
+        "bookkeeping, stop checks, detokenising": (engine, "_collect"),
+    }
     for label, (owner, name) in host.items():
         timers.wrap(owner, name, label)
     timers.wrap(runner, "_forward", "forward")
@@ -109,15 +113,23 @@ def main() -> None:
     rows = [(label, mean[label]) for label in MODEL_PARTS]
     rows.append(("layers' Python and small ops (the rest of the forward)", model_ms - sum(ms for _, ms in rows)))
     rows += [(label, mean[label]) for label in host]
-    rows.append(("the step's other work (logits' dtype, logprobs, the sampler's batch, Python)",
-                 step_ms - model_ms - sum(mean[label] for label in host)))
-    print(f"quantization={args.quantization}, {torch.get_num_threads()} threads: {len(decode)} decode steps, "
-          f"{step_ms:.2f} ms per step ({1000 / step_ms:.1f} steps/s); LLM.chat {args.tokens / wall:.1f} tok/s")
+    rows.append(
+        (
+            "the step's other work (logits' dtype, logprobs, the sampler's batch, Python)",
+            step_ms - model_ms - sum(mean[label] for label in host),
+        )
+    )
+    print(
+        f"quantization={args.quantization}, {torch.get_num_threads()} threads: {len(decode)} decode steps, "
+        f"{step_ms:.2f} ms per step ({1000 / step_ms:.1f} steps/s); LLM.chat {args.tokens / wall:.1f} tok/s"
+    )
     print("| part of a decode step | ms | share |\n| --- | ---: | ---: |")
     for label, ms in rows:
         print(f"| {label} | {ms:.3f} | {100 * ms / step_ms:.1f}% |")
-    print(f"| (the model's forward: the first {len(MODEL_PARTS) + 1} rows) | {model_ms:.3f} "
-          f"| {100 * model_ms / step_ms:.1f}% |")
+    print(
+        f"| (the model's forward: the first {len(MODEL_PARTS) + 1} rows) | {model_ms:.3f} "
+        f"| {100 * model_ms / step_ms:.1f}% |"
+    )
 
 
 if __name__ == "__main__":

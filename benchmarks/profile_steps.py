@@ -51,10 +51,18 @@ def main() -> None:
     prompts, max_tokens = workload(args.num_seqs, 1024, 1024)
     with tempfile.TemporaryDirectory() as path:
         write_config(args.model, path)
-        engine = LLMEngine(EngineConfig(model=path, load_format="dummy", max_model_len=4096, scheduler=args.scheduler,
-                                        sampler=args.sampler, async_scheduling=args.async_scheduling == "true",
-                                        kv_cache_dtype=args.kv_cache_dtype,
-                                        tensor_parallel_size=args.tensor_parallel_size))
+        engine = LLMEngine(
+            EngineConfig(
+                model=path,
+                load_format="dummy",
+                max_model_len=4096,
+                scheduler=args.scheduler,
+                sampler=args.sampler,
+                async_scheduling=args.async_scheduling == "true",
+                kv_cache_dtype=args.kv_cache_dtype,
+                tensor_parallel_size=args.tensor_parallel_size,
+            )
+        )
         for p, m in zip(prompts, max_tokens):
             engine.add(engine.make_sequence(p, SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m)))
         torch.cuda.synchronize()
@@ -72,13 +80,27 @@ def main() -> None:
         busy = sum(e.self_device_time_total for e in events) / 1e6 / args.steps  # seconds of device work per step
         all_reduce = sum(e.self_device_time_total for e in events if "allreduce" in e.key.lower()) / 1e6 / args.steps
         batch = len(engine.scheduler.running)
-        print(f"{args.model} decode, batch {batch}: {wall * 1e3:.2f} ms per step; GPU busy {busy * 1e3:.2f} ms "
-              f"(all-reduce {all_reduce * 1e3:.2f} ms); GPU idle {(wall - busy) * 1e3:.2f} ms per step")
+        print(
+            f"{args.model} decode, batch {batch}: {wall * 1e3:.2f} ms per step; GPU busy {busy * 1e3:.2f} ms "
+            f"(all-reduce {all_reduce * 1e3:.2f} ms); GPU idle {(wall - busy) * 1e3:.2f} ms per step"
+        )
         print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=70))
-        print(json.dumps(dict(model=args.model, batch=batch, wall_ms=wall * 1e3, gpu_busy_ms=busy * 1e3,
-                              gpu_idle_ms=(wall - busy) * 1e3, all_reduce_ms=all_reduce * 1e3,
-                              async_scheduling=engine.async_scheduling, sampler=args.sampler,
-                              kv_cache_dtype=args.kv_cache_dtype, tensor_parallel_size=args.tensor_parallel_size)))
+        print(
+            json.dumps(
+                dict(
+                    model=args.model,
+                    batch=batch,
+                    wall_ms=wall * 1e3,
+                    gpu_busy_ms=busy * 1e3,
+                    gpu_idle_ms=(wall - busy) * 1e3,
+                    all_reduce_ms=all_reduce * 1e3,
+                    async_scheduling=engine.async_scheduling,
+                    sampler=args.sampler,
+                    kv_cache_dtype=args.kv_cache_dtype,
+                    tensor_parallel_size=args.tensor_parallel_size,
+                )
+            )
+        )
         engine.close()
 
 

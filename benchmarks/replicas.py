@@ -35,8 +35,17 @@ PROMPTS = [f"Write one sentence about the number {i}." for i in range(20)]
 
 
 def start(n: int, port: int, extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "minivllm.cli", "serve", "--port", str(port), "--uvicorn-log-level", "warning",
-               *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "minivllm.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--uvicorn-log-level",
+        "warning",
+        *extra,
+    ]
     if n > 1:
         command += ["--data-parallel-size", str(n)]
     proc = subprocess.Popen(command)
@@ -55,16 +64,26 @@ def ask(client: openai.OpenAI, i: int, max_tokens: int) -> tuple[str, int]:
     """Request ``i``: alternately chat and completions, every other one streamed; (text, tokens)."""
     prompt, stream = PROMPTS[i % len(PROMPTS)], i % 4 >= 2
     if i % 2:
-        out = client.completions.create(model="SmolLM2-135M-Instruct", prompt=prompt, max_tokens=max_tokens,
-                                        temperature=0, stream=stream, stream_options={"include_usage": True}
-                                        if stream else None)
+        out = client.completions.create(
+            model="SmolLM2-135M-Instruct",
+            prompt=prompt,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=stream,
+            stream_options={"include_usage": True} if stream else None,
+        )
         if stream:
             chunks = list(out)
             return "".join(c.choices[0].text for c in chunks if c.choices), chunks[-1].usage.completion_tokens
         return out.choices[0].text, out.usage.completion_tokens
-    out = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=[{"role": "user", "content": prompt}],
-                                         max_tokens=max_tokens, temperature=0, stream=stream,
-                                         stream_options={"include_usage": True} if stream else None)
+    out = client.chat.completions.create(
+        model="SmolLM2-135M-Instruct",
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=max_tokens,
+        temperature=0,
+        stream=stream,
+        stream_options={"include_usage": True} if stream else None,
+    )
     if stream:
         chunks = list(out)
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
@@ -147,8 +166,13 @@ def main() -> None:
         stop(proc)
     failed = [i for i, r in enumerate(results) if isinstance(r, Exception)]
     after = [i for i in failed if started[i] > killed_at[0]]
-    print(f"failover: {len(results) - len(failed)} completed, {len(failed)} failed (requests {failed[:10]}: "
-          f"{results[failed[0]]!r})" if failed else f"failover: all {len(results)} completed", end="")
+    print(
+        f"failover: {len(results) - len(failed)} completed, {len(failed)} failed (requests {failed[:10]}: "
+        f"{results[failed[0]]!r})"
+        if failed
+        else f"failover: all {len(results)} completed",
+        end="",
+    )
     print(f"; failed among the {sum(t > killed_at[0] for t in started)} sent after the kill: {len(after)}")
     if after or outputs[1] != outputs[args.replicas]:
         raise SystemExit(1)

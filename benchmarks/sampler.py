@@ -50,8 +50,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     logits = torch.randn(args.batch, args.vocab, generator=torch.Generator().manual_seed(0)).to(device) * 3
-    print(f"batch {args.batch}, vocab {args.vocab}, {device}"
-          f"{f', {args.threads} thread(s)' if device.type == 'cpu' else ''}, best of {args.repeats}\n")
+    print(
+        f"batch {args.batch}, vocab {args.vocab}, {device}"
+        f"{f', {args.threads} thread(s)' if device.type == 'cpu' else ''}, best of {args.repeats}\n"
+    )
     print("| setting | default ms | fast ms | default ÷ fast |\n| --- | ---: | ---: | ---: |")
     for name, params in SETTINGS.items():
         rows = [params] * args.batch

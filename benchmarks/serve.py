@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,8 @@ from minivllm.bench.report import emit_json_line
 from minivllm.bench.scrape import scrape
 from minivllm.bench.shapes import SHAPES, write_config
 
-MODEL_NAME = "bench"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_process import MODEL_NAME, free_port, start_py_spy, start_server, stop_server  # noqa: E402 (benchmarks/serve_process.py)
 
 
 @dataclass
@@ -51,64 +51,25 @@ class Result:
     itls: list[float] = field(default_factory=list)  # gaps between streamed tokens
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model_path: str, port: int, args, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "minivllm.cli", "serve", model_path, "--port", str(port), "--served-model-name",
-           MODEL_NAME, "--uvicorn-log-level", "warning", "--max-model-len", str(args.max_model_len),
-           "--device", args.device, *extra]
-    print("server:", " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    deadline = time.monotonic() + args.startup_timeout
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with code {proc.returncode}")
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            raise SystemExit("the server did not come up in time")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def start_py_spy(pid: int, path: str) -> subprocess.Popen | None:
-    """``py-spy record`` of the server process (not its engine process) until SIGINT; None without py-spy."""
-    import shutil
-
-    if shutil.which("py-spy") is None:
-        print("py-spy is not installed: no profile", flush=True)
-        return None
-    return subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "100",
-                             "--output", path, "--nonblocking"])
-
-
 def workload(args) -> list[tuple[list[int], int]]:
     rng = random.Random(args.seed)
     (in_lo, in_hi), (out_lo, out_hi) = args.input_len, args.output_len
-    return [([rng.randint(0, args.vocab - 1) for _ in range(rng.randint(in_lo, in_hi))], rng.randint(out_lo, out_hi))
-            for _ in range(args.num_prompts)]
+    return [
+        ([rng.randint(0, args.vocab - 1) for _ in range(rng.randint(in_lo, in_hi))], rng.randint(out_lo, out_hi))
+        for _ in range(args.num_prompts)
+    ]
 
 
 async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], max_tokens: int) -> Result:
-    body = {"model": MODEL_NAME, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stream": True,
-            "ignore_eos": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": MODEL_NAME,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
     result = Result(num_prompt_tokens=len(prompt))
     start = last = time.perf_counter()
     try:
@@ -119,7 +80,7 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], ma
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                chunk = json.loads(line[len("data: "):])
+                chunk = json.loads(line[len("data: ") :])
                 if "error" in chunk:
                     result.error = str(chunk["error"])
                     return result
@@ -142,8 +103,9 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], ma
     return result
 
 
-async def run_rate(base_url: str, requests: list[tuple[list[int], int]], rate: float,
-                   seed: int) -> tuple[list[Result], float]:
+async def run_rate(
+    base_url: str, requests: list[tuple[list[int], int]], rate: float, seed: int
+) -> tuple[list[Result], float]:
     rng = random.Random(seed)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=limits) as client:
@@ -161,8 +123,11 @@ def percentiles(values: list[float], scale: float = 1000.0) -> dict:
     if not values:
         return {"mean": 0.0, "median": 0.0, "p99": 0.0}
     ordered = sorted(values)
-    return {"mean": statistics.fmean(values) * scale, "median": statistics.median(values) * scale,
-            "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * scale}
+    return {
+        "mean": statistics.fmean(values) * scale,
+        "median": statistics.median(values) * scale,
+        "p99": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * scale,
+    }
 
 
 def summarize(results: list[Result], duration: float, rate: float, server_metrics: dict) -> dict:
@@ -171,13 +136,18 @@ def summarize(results: list[Result], duration: float, rate: float, server_metric
     input_tokens = sum(r.num_prompt_tokens for r in done)
     tpots = [(r.e2e - r.ttft) / (r.num_output_tokens - 1) for r in done if r.num_output_tokens > 1]
     return {
-        "request_rate": rate, "completed": len(done), "failed": len(results) - len(done),
+        "request_rate": rate,
+        "completed": len(done),
+        "failed": len(results) - len(done),
         "errors": sorted({r.error for r in results if not r.ok})[:3],
-        "duration_s": duration, "request_throughput": len(done) / duration,
+        "duration_s": duration,
+        "request_throughput": len(done) / duration,
         "output_throughput": output_tokens / duration,
         "total_token_throughput": (input_tokens + output_tokens) / duration,
-        "ttft_ms": percentiles([r.ttft for r in done]), "tpot_ms": percentiles(tpots),
-        "itl_ms": percentiles([g for r in done for g in r.itls]), "e2e_ms": percentiles([r.e2e for r in done]),
+        "ttft_ms": percentiles([r.ttft for r in done]),
+        "tpot_ms": percentiles(tpots),
+        "itl_ms": percentiles([g for r in done for g in r.itls]),
+        "e2e_ms": percentiles([r.e2e for r in done]),
         "server_batch_size_mean": server_metrics["batch_size_sum"] / max(server_metrics["batch_size_count"], 1),
     }
 
@@ -206,8 +176,10 @@ def main() -> None:
         lo, _, hi = text.partition(":")
         return int(lo), int(hi or lo)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="Other arguments go to "
-                                     "`minivllm serve` (e.g. --scheduler chunked --enforce-eager).")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Other arguments go to `minivllm serve` (e.g. --scheduler chunked --enforce-eager).",
+    )
     parser.add_argument("--model", default="qwen3-0.6b", choices=sorted(SHAPES), help="a shape with random weights")
     parser.add_argument("--model-path", help="a checkpoint to serve instead of --model")
     parser.add_argument("--num-prompts", type=int, default=300)
@@ -220,10 +192,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--startup-timeout", type=float, default=600)
     parser.add_argument("--json", help="append one JSON line per rate to this file")
-    parser.add_argument("--py-spy", metavar="FILE", help="record the API server process with py-spy (if installed) "
-                        "while the rates run, as collapsed stacks (py-spy's raw format) in FILE")
-    parser.add_argument("--offline", action=argparse.BooleanOptionalAction, default=True,
-                        help="also run the requests through LLM.generate and print each rate's ratio to it")
+    parser.add_argument(
+        "--py-spy",
+        metavar="FILE",
+        help="record the API server process with py-spy (if installed) "
+        "while the rates run, as collapsed stacks (py-spy's raw format) in FILE",
+    )
+    parser.add_argument(
+        "--offline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the requests through LLM.generate and print each rate's ratio to it",
+    )
     args, server_args = parser.parse_known_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,8 +223,13 @@ def main() -> None:
             for rate in [float(r) for r in args.request_rates.split(",")]:
                 results, duration = asyncio.run(run_rate(base_url, requests, rate, args.seed))
                 row = summarize(results, duration, rate, scrape(base_url))
-                row.update(model=args.model_path or args.model, num_prompts=args.num_prompts,
-                           input_len=args.input_len, output_len=args.output_len, server_args=server_args)
+                row.update(
+                    model=args.model_path or args.model,
+                    num_prompts=args.num_prompts,
+                    input_len=args.input_len,
+                    output_len=args.output_len,
+                    server_args=server_args,
+                )
                 rows.append(row)
         finally:
             if spy is not None:
@@ -256,16 +241,20 @@ def main() -> None:
         row["offline_output_throughput"] = offline
         row["ratio_to_offline"] = row["output_throughput"] / offline if offline else None
         emit_json_line(row, args.json)
-    print("\n| rate (req/s) | done | req/s | output tok/s | TTFT mean / p99 (ms) | TPOT mean / p99 (ms) "
-          "| ITL mean / p99 (ms) | TTFT p50 (ms) | E2E mean (ms) | mean batch so far | ÷ offline |")
+    print(
+        "\n| rate (req/s) | done | req/s | output tok/s | TTFT mean / p99 (ms) | TPOT mean / p99 (ms) "
+        "| ITL mean / p99 (ms) | TTFT p50 (ms) | E2E mean (ms) | mean batch so far | ÷ offline |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['request_rate']:g} | {r['completed']}/{r['completed'] + r['failed']} "
-              f"| {r['request_throughput']:.2f} "
-              f"| {r['output_throughput']:.0f} | {r['ttft_ms']['mean']:.0f} / {r['ttft_ms']['p99']:.0f} "
-              f"| {r['tpot_ms']['mean']:.1f} / {r['tpot_ms']['p99']:.1f} | {r['itl_ms']['mean']:.1f} / "
-              f"{r['itl_ms']['p99']:.1f} | {r['ttft_ms']['median']:.0f} | {r['e2e_ms']['mean']:.0f} "
-              f"| {r['server_batch_size_mean']:.1f} | {r['ratio_to_offline'] or float('nan'):.2f} |")
+        print(
+            f"| {r['request_rate']:g} | {r['completed']}/{r['completed'] + r['failed']} "
+            f"| {r['request_throughput']:.2f} "
+            f"| {r['output_throughput']:.0f} | {r['ttft_ms']['mean']:.0f} / {r['ttft_ms']['p99']:.0f} "
+            f"| {r['tpot_ms']['mean']:.1f} / {r['tpot_ms']['p99']:.1f} | {r['itl_ms']['mean']:.1f} / "
+            f"{r['itl_ms']['p99']:.1f} | {r['ttft_ms']['median']:.0f} | {r['e2e_ms']['mean']:.0f} "
+            f"| {r['server_batch_size_mean']:.1f} | {r['ratio_to_offline'] or float('nan'):.2f} |"
+        )
     if offline:
         print(f"\noffline (LLM.generate, all {args.num_prompts} at once): {offline:.0f} output tok/s")
 

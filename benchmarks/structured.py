@@ -34,10 +34,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from structured_schemas import SCHEMAS  # noqa: E402
 
-WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                "parameters": {"type": "object", "properties": {
-                    "city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
-                    "required": ["city", "unit"], "additionalProperties": False}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 30}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
 MODEL = None  # the served model's name, read from /v1/models
 PROMPTS = ["Describe a person.", "Give me an example record.", "Fill in the data.", "Answer in JSON."]
 
@@ -46,8 +55,21 @@ def start_server(args) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "minivllm.cli", "serve", *([args.model] if args.model else []), "--port", str(port),
-           "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", "2048", "--uvicorn-log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "minivllm.cli",
+        "serve",
+        *([args.model] if args.model else []),
+        "--port",
+        str(port),
+        "--max-num-seqs",
+        str(args.max_num_seqs),
+        "--max-model-len",
+        "2048",
+        "--uvicorn-log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd)
     import httpx
 
@@ -70,9 +92,13 @@ def check_json(client, n: int, max_tokens: int) -> dict:
     def one(i):
         schema = SCHEMAS[i % len(SCHEMAS)]
         out = client.chat.completions.create(
-            model=MODEL, max_tokens=max_tokens, temperature=0.7, seed=i,
+            model=MODEL,
+            max_tokens=max_tokens,
+            temperature=0.7,
+            seed=i,
             messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
-            response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}})
+            response_format={"type": "json_schema", "json_schema": {"name": f"s{i}", "schema": schema, "strict": True}},
+        )
         choice = out.choices[0]
         if choice.finish_reason != "stop":
             return "cut"
@@ -92,8 +118,12 @@ def check_parse(client) -> dict:
         country: str = pydantic.Field(max_length=30)
         population: int = pydantic.Field(ge=0, le=50_000_000)
 
-    out = client.chat.completions.parse(model=MODEL, max_tokens=120, response_format=City,
-                                        messages=[{"role": "user", "content": "Tell me about Paris."}])
+    out = client.chat.completions.parse(
+        model=MODEL,
+        max_tokens=120,
+        response_format=City,
+        messages=[{"role": "user", "content": "Tell me about Paris."}],
+    )
     parsed = out.choices[0].message.parsed
     assert isinstance(parsed, City), out
     return {"parsed": parsed.model_dump()}
@@ -102,8 +132,13 @@ def check_parse(client) -> dict:
 def check_tools(client) -> dict:
     import jsonschema
 
-    kwargs = dict(model=MODEL, max_tokens=120, tools=[WEATHER_TOOL], tool_choice="required",
-                  messages=[{"role": "user", "content": "What is the weather in Paris?"}])
+    kwargs = dict(
+        model=MODEL,
+        max_tokens=120,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+    )
     whole = client.chat.completions.create(**kwargs).choices[0]
     with client.chat.completions.stream(**kwargs) as events:
         streamed = events.get_final_completion().choices[0]
@@ -120,12 +155,20 @@ def check_tools(client) -> dict:
 def check_samples(client, samples: int) -> dict:
     regex, choices = r"[A-Z][a-z]{2,8} [0-9]{1,3}", ["positive", "negative", "neutral"]
     found = {}
-    for name, constraint, ok in (("regex", {"regex": regex}, lambda t: re.fullmatch(regex, t)),
-                                 ("choice", {"choice": choices}, lambda t: t in choices)):
+    for name, constraint, ok in (
+        ("regex", {"regex": regex}, lambda t: re.fullmatch(regex, t)),
+        ("choice", {"choice": choices}, lambda t: t in choices),
+    ):
         texts = []
         for start in range(0, samples, 20):
-            out = client.completions.create(model=MODEL, prompt="The review says:", max_tokens=20, temperature=1.0,
-                                            n=min(20, samples - start), extra_body={"structured_outputs": constraint})
+            out = client.completions.create(
+                model=MODEL,
+                prompt="The review says:",
+                max_tokens=20,
+                temperature=1.0,
+                n=min(20, samples - start),
+                extra_body={"structured_outputs": constraint},
+            )
             texts += [c.text for c in out.choices]
         bad = [t for t in texts if not ok(t)]
         assert not bad, (name, bad)
@@ -156,8 +199,13 @@ def compile_times(rounds: int) -> dict:
             times.append((time.perf_counter() - t0) * 1e3)
     grammars.close()
     times.sort()
-    return {"schemas": len(SCHEMAS), "rounds": rounds, "p50_ms": round(statistics.median(times), 3),
-            "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3), "max_ms": round(times[-1], 3)}
+    return {
+        "schemas": len(SCHEMAS),
+        "rounds": rounds,
+        "p50_ms": round(statistics.median(times), 3),
+        "p99_ms": round(times[int(0.99 * (len(times) - 1))], 3),
+        "max_ms": round(times[-1], 3),
+    }
 
 
 def main() -> None:
@@ -182,9 +230,12 @@ def main() -> None:
         client = openai.OpenAI(base_url=base_url, api_key="none", timeout=3600, max_retries=0)
         global MODEL
         MODEL = client.models.list().data[0].id
-        for name, fn in (("json", lambda: check_json(client, args.num_json, args.max_tokens)),
-                         ("parse", lambda: check_parse(client)), ("tools", lambda: check_tools(client)),
-                         ("samples", lambda: check_samples(client, args.samples))):
+        for name, fn in (
+            ("json", lambda: check_json(client, args.num_json, args.max_tokens)),
+            ("parse", lambda: check_parse(client)),
+            ("tools", lambda: check_tools(client)),
+            ("samples", lambda: check_samples(client, args.samples)),
+        ):
             t0 = time.perf_counter()
             results[name] = fn()
             print(f"{name} ({time.perf_counter() - t0:.0f} s):", results[name], flush=True)

@@ -73,18 +73,27 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
         extra["sampler"] = args.sampler
     if args.async_scheduling:
         extra["async_scheduling"] = args.async_scheduling == "true"
-    config = EngineConfig(model=path, load_format="dummy", max_model_len=4096, enforce_eager=args.enforce_eager,
-                          attention_backend=args.attention_backend, gpu_memory_utilization=args.gpu_memory_utilization,
-                          kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization,
-                          tensor_parallel_size=args.tensor_parallel_size, **extra)
+    config = EngineConfig(
+        model=path,
+        load_format="dummy",
+        max_model_len=4096,
+        enforce_eager=args.enforce_eager,
+        attention_backend=args.attention_backend,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        kv_cache_dtype=args.kv_cache_dtype,
+        quantization=args.quantization,
+        tensor_parallel_size=args.tensor_parallel_size,
+        **extra,
+    )
     start = time.perf_counter()
     engine = LLMEngine(config)
     startup = time.perf_counter() - start
     # every rank's share: the whole model's weights (ranks hold equal shares, replicated parts aside); fp8
     # weights are buffers (layers/fp8_linear.py), as is the small rotary table
     model = engine.executor.runner.model
-    weight_bytes = args.tensor_parallel_size * sum(t.numel() * t.element_size()
-                                                   for t in (*model.parameters(), *model.buffers()))
+    weight_bytes = args.tensor_parallel_size * sum(
+        t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())
+    )
 
     def generate(token_lists, params):
         seqs = [engine.make_sequence(t, p) for t, p in zip(token_lists, params)]
@@ -106,9 +115,16 @@ def run_minivllm(path, prompts, max_tokens, args) -> dict:
     params = [SamplingParams(temperature=0.6, ignore_eos=True, max_tokens=m) for m in max_tokens]
     seqs, wall, ttft, tpot = generate(prompts, params)
     assert [s.num_output_tokens for s in seqs] == max_tokens
-    result = dict(wall_s=wall, startup_s=startup, weight_bytes=weight_bytes, num_blocks=engine.allocator.num_blocks,
-                  preemptions=engine.scheduler.num_preemptions, ttft_median_s=statistics.median(ttft),
-                  tpot_median_ms=1e3 * statistics.median(tpot), async_scheduling=engine.async_scheduling)
+    result = dict(
+        wall_s=wall,
+        startup_s=startup,
+        weight_bytes=weight_bytes,
+        num_blocks=engine.allocator.num_blocks,
+        preemptions=engine.scheduler.num_preemptions,
+        ttft_median_s=statistics.median(ttft),
+        tpot_median_ms=1e3 * statistics.median(tpot),
+        async_scheduling=engine.async_scheduling,
+    )
     engine.close()
     return result
 
@@ -127,8 +143,16 @@ def run_transformers(config, prompts, max_tokens, batch: int) -> dict:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device="cuda")
         n = max(max_tokens[i : i + batch])
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=0.6, top_k=0,
-                           max_new_tokens=n, min_new_tokens=n, pad_token_id=0)
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=0.6,
+                top_k=0,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                pad_token_id=0,
+            )
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     del model
@@ -161,11 +185,19 @@ def main() -> None:
     out_tokens, in_tokens = sum(max_tokens), sum(map(len, prompts))
     with tempfile.TemporaryDirectory() as path:
         config = write_config(args.model, path)
-        result = dict(model=args.model, device=torch.cuda.get_device_name(), num_seqs=args.num_seqs,
-                      output_tokens=out_tokens, prompt_tokens=in_tokens, scheduler=args.scheduler or "fcfs",
-                      sampler=args.sampler or "default", enforce_eager=args.enforce_eager,
-                      kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization,
-                      tensor_parallel_size=args.tensor_parallel_size)
+        result = dict(
+            model=args.model,
+            device=torch.cuda.get_device_name(),
+            num_seqs=args.num_seqs,
+            output_tokens=out_tokens,
+            prompt_tokens=in_tokens,
+            scheduler=args.scheduler or "fcfs",
+            sampler=args.sampler or "default",
+            enforce_eager=args.enforce_eager,
+            kv_cache_dtype=args.kv_cache_dtype,
+            quantization=args.quantization,
+            tensor_parallel_size=args.tensor_parallel_size,
+        )
         if args.hf_prompts:
             n = args.hf_prompts
             result.update(run_transformers(config, prompts[:n], max_tokens[:n], args.hf_batch))
@@ -176,17 +208,29 @@ def main() -> None:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     kv_bytes = 1 + 4 / head_dim if args.kv_cache_dtype == "fp8" else 2
     floor_s = floor_bytes(config, prompts, max_tokens, result["weight_bytes"], kv_bytes) / bandwidth
-    result.update(copy_tb_s=bandwidth / 1e12, floor_s=floor_s, floor_tok_s=out_tokens / floor_s,
-                  achieved_over_floor=floor_s / result["wall_s"])
+    result.update(
+        copy_tb_s=bandwidth / 1e12,
+        floor_s=floor_s,
+        floor_tok_s=out_tokens / floor_s,
+        achieved_over_floor=floor_s / result["wall_s"],
+    )
     if args.hf_prompts:
         result["over_hf"] = result["tok_s"] / result["hf_tok_s"]
-    print(f"{args.model}: {out_tokens} output tokens in {result['wall_s']:.2f} s = {result['tok_s']:.0f} tok/s "
-          f"({result['total_tok_s']:.0f} total tok/s); TTFT median {result['ttft_median_s']:.2f} s, "
-          f"TPOT median {result['tpot_median_ms']:.1f} ms")
-    print(f"floor: {floor_s:.2f} s at {bandwidth / 1e12:.2f} TB/s copy = {result['floor_tok_s']:.0f} tok/s; "
-          f"achieved / floor = {result['achieved_over_floor']:.2f}"
-          + (f"; transformers {result['hf_tok_s']:.0f} tok/s ({args.hf_prompts} prompts), "
-             f"minivllm / HF = {result['over_hf']:.1f}x" if args.hf_prompts else ""))
+    print(
+        f"{args.model}: {out_tokens} output tokens in {result['wall_s']:.2f} s = {result['tok_s']:.0f} tok/s "
+        f"({result['total_tok_s']:.0f} total tok/s); TTFT median {result['ttft_median_s']:.2f} s, "
+        f"TPOT median {result['tpot_median_ms']:.1f} ms"
+    )
+    print(
+        f"floor: {floor_s:.2f} s at {bandwidth / 1e12:.2f} TB/s copy = {result['floor_tok_s']:.0f} tok/s; "
+        f"achieved / floor = {result['achieved_over_floor']:.2f}"
+        + (
+            f"; transformers {result['hf_tok_s']:.0f} tok/s ({args.hf_prompts} prompts), "
+            f"minivllm / HF = {result['over_hf']:.1f}x"
+            if args.hf_prompts
+            else ""
+        )
+    )
     emit_json_line(result, args.json)
 
 

@@ -7,5 +7,4 @@ from minivllm.core.sampling_params import SamplingParams, StructuredOutputsParam
 from minivllm.entrypoints.async_llm import AsyncLLM
 from minivllm.entrypoints.llm import LLM
 
-__all__ = ["LLM", "AsyncLLM", "EngineConfig", "SamplingParams", "StructuredOutputsParams", "default_model",
-           "hookimpl"]
+__all__ = ["LLM", "AsyncLLM", "EngineConfig", "SamplingParams", "StructuredOutputsParams", "default_model", "hookimpl"]

@@ -28,6 +28,8 @@ def make_batch(query_lens, context_lens, block_size, num_blocks, device, seed):
         seq_lens=torch.tensor(context_lens, dtype=torch.int32, device=device),
         block_tables=block_tables,
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-        max_query_len=max(query_lens), max_seq_len=max(context_lens),
-        query_start_loc_host=starts, seq_lens_host=list(context_lens),
+        max_query_len=max(query_lens),
+        max_seq_len=max(context_lens),
+        query_start_loc_host=starts,
+        seq_lens_host=list(context_lens),
     )

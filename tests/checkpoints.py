@@ -17,8 +17,15 @@ from minivllm.testing.checkpoints import (
     save_tokenizer,
 )
 
-__all__ = ["CORPUS", "greedy_reference", "hf_greedy", "make_checkpoint", "random_prompts", "save_tokenizer",
-           "tiny_config"]
+__all__ = [
+    "CORPUS",
+    "greedy_reference",
+    "hf_greedy",
+    "make_checkpoint",
+    "random_prompts",
+    "save_tokenizer",
+    "tiny_config",
+]
 
 
 def tiny_config(arch: str):
@@ -26,8 +33,14 @@ def tiny_config(arch: str):
 
     shape = {k: v for k, v in TINY.items() if k != "head_dim"}  # Llama and Qwen2: hidden_size // heads
     if arch == "llama":
-        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 256,
+        }
         return transformers.LlamaConfig(**shape, rope_parameters=rope, tie_word_embeddings=False)
     if arch == "qwen2":
         return transformers.Qwen2Config(**shape, tie_word_embeddings=True)

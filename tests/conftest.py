@@ -36,8 +36,10 @@ def llama_path(checkpoints) -> str:
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory) -> str:
     """The throwaway plugin package of tests/fixtures, installed with its real entry point."""
-    site = pip_install_copy(os.path.join(os.path.dirname(__file__), "fixtures", "minivllm-test-plugin"),
-                            tmp_path_factory.mktemp("plugin_site"))
+    site = pip_install_copy(
+        os.path.join(os.path.dirname(__file__), "fixtures", "minivllm-test-plugin"),
+        tmp_path_factory.mktemp("plugin_site"),
+    )
     sys.path.insert(0, site)
     yield site
     sys.path.remove(site)

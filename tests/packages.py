@@ -12,8 +12,21 @@ def pip_install_copy(source: str, root) -> str:
     directory, for sys.path and subprocesses' PYTHONPATH."""
     copy = shutil.copytree(source, root / "src", ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     site = str(root / "site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", site, str(copy)], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            site,
+            str(copy),
+        ],
+        check=True,
+    )
     return site
 
 

@@ -47,7 +47,7 @@ def test_no_module_imports_itself_through_others():
         state[name] = "open"
         for dep in sorted(graph[name]):
             if state.get(dep) == "open":
-                cycles.append(path[path.index(dep):] + [dep])
+                cycles.append(path[path.index(dep) :] + [dep])
             elif dep not in state:
                 visit(dep, path + [dep])
         state[name] = "done"
@@ -58,15 +58,23 @@ def test_no_module_imports_itself_through_others():
     assert not cycles, "\n".join(" -> ".join(cycle) for cycle in cycles)
 
 
-ABOVE_CORE = ("minivllm.layers", "minivllm.plugins", "minivllm.entrypoints", "minivllm.cli", "minivllm.bench",
-              "minivllm.testing")
+ABOVE_CORE = (
+    "minivllm.layers",
+    "minivllm.plugins",
+    "minivllm.entrypoints",
+    "minivllm.cli",
+    "minivllm.bench",
+    "minivllm.testing",
+)
 
 
 def test_core_builds_on_nothing_above_it():
     """Layers, plugins, the ways in (entrypoints, the CLI), the benchmark and the kit build on core; core
     reaches them only through the registries (strings)."""
     known = modules()
-    upward = {name: sorted(dep for dep in imports(name, path, known)
-                           if dep.startswith(ABOVE_CORE))
-              for name, path in known.items() if name.startswith("minivllm.core")}
+    upward = {
+        name: sorted(dep for dep in imports(name, path, known) if dep.startswith(ABOVE_CORE))
+        for name, path in known.items()
+        if name.startswith("minivllm.core")
+    }
     assert not {name: deps for name, deps in upward.items() if deps}

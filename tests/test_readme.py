@@ -51,6 +51,5 @@ def test_readme_block_runs_as_written(line, language, code, skip):
     if skip is not None:
         pytest.skip(skip)
     env = {**os.environ, "PYTHONPATH": ROOT, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(RUNNERS[language], input=code, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(RUNNERS[language], input=code, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"README.md:{line} ({language}) failed:\n{code}\n--- stderr:\n{proc.stderr[-3000:]}"

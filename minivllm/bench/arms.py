@@ -24,9 +24,22 @@ from minivllm.core.config import EngineConfig
 # an unconstrained one does, and the arms do the same work
 STRUCTURED_OUTPUTS: dict[str, dict | None] = {
     "none": None,
-    "json": {"json": {"type": "array", "minItems": 1000, "items": {"type": "object", "properties": {
-        "id": {"type": "integer", "minimum": 0, "maximum": 10**9}, "name": {"type": "string", "maxLength": 40},
-        "kind": {"enum": ["a", "b", "c"]}, "score": {"type": "number"}}, "required": ["id", "name", "kind"]}}},
+    "json": {
+        "json": {
+            "type": "array",
+            "minItems": 1000,
+            "items": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer", "minimum": 0, "maximum": 10**9},
+                    "name": {"type": "string", "maxLength": 40},
+                    "kind": {"enum": ["a", "b", "c"]},
+                    "score": {"type": "number"},
+                },
+                "required": ["id", "name", "kind"],
+            },
+        }
+    },
     "regex": {"regex": "([A-Za-z]+ ){1000}"},
 }
 SETTINGS = sorted([*(name for name in EngineConfig.model_fields if name != "model"), "structured_output"])
@@ -98,8 +111,9 @@ def build_arms(model: str, arms: list[dict], settings: dict | None = None) -> li
         engine_fields = {k: v for k, v in {**settings, **fields}.items() if k != "structured_output"}
         constraint = {**settings, **fields}.get("structured_output", "none")
         if constraint not in STRUCTURED_OUTPUTS:
-            raise ValueError(f"arm {name}: structured_output {constraint!r}; choose one of "
-                             f"{', '.join(STRUCTURED_OUTPUTS)}")
+            raise ValueError(
+                f"arm {name}: structured_output {constraint!r}; choose one of {', '.join(STRUCTURED_OUTPUTS)}"
+            )
         try:
             config = EngineConfig(model=model, **engine_fields)
         except ValidationError as e:
@@ -107,8 +121,14 @@ def build_arms(model: str, arms: list[dict], settings: dict | None = None) -> li
         overrides = {key: getattr(config, key, constraint) for key in [*settings, *fields]}
         built.append(Arm(name, overrides, config, STRUCTURED_OUTPUTS[constraint]))
     for i, arm in enumerate(built):
-        twin = next((other for other in built[:i] if (other.config, other.structured_output)
-                     == (arm.config, arm.structured_output)), None)
+        twin = next(
+            (
+                other
+                for other in built[:i]
+                if (other.config, other.structured_output) == (arm.config, arm.structured_output)
+            ),
+            None,
+        )
         if twin is not None:
             raise ValueError(f"arms {twin.name} and {arm.name} are the same configuration")
     return built

@@ -24,8 +24,11 @@ def plot(result: BenchResult, path: str) -> None:
     repeats = range(1, result.repeats + 1)
     for arm in result.arms:
         throughput.plot(repeats, arm.output_tokens_per_s, marker="o", label=arm.name)
-    throughput.set(xlabel="repeat (arms interleaved)", ylabel="output tokens/s",
-                   title=f"throughput per repeat ({result.workload}, {result.num_prompts} prompts)")
+    throughput.set(
+        xlabel="repeat (arms interleaved)",
+        ylabel="output tokens/s",
+        title=f"throughput per repeat ({result.workload}, {result.num_prompts} prompts)",
+    )
     throughput.set_xticks(list(repeats))
     throughput.legend(fontsize="small")
     ttft.boxplot([arm.ttft_ms or [0.0] for arm in result.arms])

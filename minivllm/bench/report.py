@@ -137,18 +137,27 @@ class BenchResult:
 
     def table(self) -> str:
         """The arms, one row each, then one line per comparison with its verdict."""
-        head = (f"workload {self.workload}: {self.num_prompts} prompts, {self.repeats} repeats, on {self.device}"
-                + (f", commit {self.commit[:10]}" if self.commit else ""))
+        head = f"workload {self.workload}: {self.num_prompts} prompts, {self.repeats} repeats, on {self.device}" + (
+            f", commit {self.commit[:10]}" if self.commit else ""
+        )
         width = max(len("arm"), *(len(a.name) for a in self.arms))
-        cols = (f"{'arm':<{width}}  {'out tok/s':>10}  {'total tok/s':>11}  {'TTFT p50/p90 ms':>17}  "
-                f"{'TPOT p50/p90 ms':>17}  {'peak MiB':>9}  {'KV blocks':>9}  {'preempt':>7}  output check")
+        cols = (
+            f"{'arm':<{width}}  {'out tok/s':>10}  {'total tok/s':>11}  {'TTFT p50/p90 ms':>17}  "
+            f"{'TPOT p50/p90 ms':>17}  {'peak MiB':>9}  {'KV blocks':>9}  {'preempt':>7}  output check"
+        )
         lines = [head, cols]
         for i, arm in enumerate(self.arms):
             d = arm.to_dict()
-            cells = [f"{d['median_output_tokens_per_s']:>10.1f}", f"{d['median_total_tokens_per_s']:>11.1f}",
-                     f"{ms_pair(d['ttft_ms_p50'], d['ttft_ms_p90']):>17}",
-                     f"{ms_pair(d['tpot_ms_p50'], d['tpot_ms_p90']):>17}", f"{arm.peak_memory_bytes / 2**20:>9.0f}",
-                     f"{arm.kv_blocks:>9}", f"{sum(arm.preemptions):>7}", arm.check_label(i == 0)]
+            cells = [
+                f"{d['median_output_tokens_per_s']:>10.1f}",
+                f"{d['median_total_tokens_per_s']:>11.1f}",
+                f"{ms_pair(d['ttft_ms_p50'], d['ttft_ms_p90']):>17}",
+                f"{ms_pair(d['tpot_ms_p50'], d['tpot_ms_p90']):>17}",
+                f"{arm.peak_memory_bytes / 2**20:>9.0f}",
+                f"{arm.kv_blocks:>9}",
+                f"{sum(arm.preemptions):>7}",
+                arm.check_label(i == 0),
+            ]
             lines.append(f"{arm.name:<{width}}  " + "  ".join(cells))
         by_name = {arm.name: arm for arm in self.arms}
         few = f" (a verdict needs {MIN_REPEATS_FOR_VERDICT} repeats)" if self.repeats < MIN_REPEATS_FOR_VERDICT else ""

@@ -33,9 +33,19 @@ class ArmFailed(RuntimeError):
     """An arm's process exited with an error; the message carries the end of its stderr."""
 
 
-def compare(model: str, arms: list[dict] | None = None, workload: str = "random", num_prompts: int | None = None,
-            repeats: int = 5, settings: dict | None = None, seed: int = 0, max_input_len: int | None = None,
-            max_output_len: int | None = None, sampling: dict | None = None, progress: bool = True) -> BenchResult:
+def compare(
+    model: str,
+    arms: list[dict] | None = None,
+    workload: str = "random",
+    num_prompts: int | None = None,
+    repeats: int = 5,
+    settings: dict | None = None,
+    seed: int = 0,
+    max_input_len: int | None = None,
+    max_output_len: int | None = None,
+    sampling: dict | None = None,
+    progress: bool = True,
+) -> BenchResult:
     """Compare engine configurations on one workload.
 
     ``arms``: one dict of :class:`~minivllm.EngineConfig` fields per arm, the baseline first (None: one
@@ -77,10 +87,19 @@ def compare(model: str, arms: list[dict] | None = None, workload: str = "random"
         summarise_arm(arm.name, arm.overrides, check, timings[arm.name], checks[0]) for arm, check in zip(built, checks)
     ]
     base = results[0]
-    comparisons = [compare_samples(base.name, a.name, a.output_tokens_per_s, base.output_tokens_per_s)
-                   for a in results[1:]]
-    return BenchResult(workload=workload, num_prompts=len(requests), repeats=repeats, device=checks[0]["device"],
-                       commit=git_commit(), arms=results, comparisons=comparisons, sampling=sampling)
+    comparisons = [
+        compare_samples(base.name, a.name, a.output_tokens_per_s, base.output_tokens_per_s) for a in results[1:]
+    ]
+    return BenchResult(
+        workload=workload,
+        num_prompts=len(requests),
+        repeats=repeats,
+        device=checks[0]["device"],
+        commit=git_commit(),
+        arms=results,
+        comparisons=comparisons,
+        sampling=sampling,
+    )
 
 
 def load_requests(arm: Arm, workload: str, num_prompts, seed, max_input_len, max_output_len):
@@ -88,8 +107,9 @@ def load_requests(arm: Arm, workload: str, num_prompts, seed, max_input_len, max
     from minivllm.core.loading.checkpoint import Checkpoint
 
     checkpoint = Checkpoint.open(arm.config.model, arm.config.revision, arm.config.load_format)
-    requests = make_workload(workload, num_prompts, checkpoint.hf_config.vocab_size, seed, max_input_len,
-                             max_output_len)
+    requests = make_workload(
+        workload, num_prompts, checkpoint.hf_config.vocab_size, seed, max_input_len, max_output_len
+    )
     if any(isinstance(r.prompt, str) for r in requests):
         requests = tokenize(requests, checkpoint.load_tokenizer(arm.config.tokenizer))
     return requests
@@ -100,11 +120,22 @@ def run_arm(arm: Arm, mode: str, common: dict, tmp: str, bar) -> dict:
     stem = os.path.join(tmp, f"{len(os.listdir(tmp))}-{mode}")
     with open(stem + ".spec.json", "w") as f:
         # what was set, no more: a max_model_len left at its default is capped by the model, a given one is checked
-        json.dump({**common, "mode": mode, "config": arm.config.model_dump(exclude_unset=True),
-                   "structured_output": arm.structured_output}, f)
+        json.dump(
+            {
+                **common,
+                "mode": mode,
+                "config": arm.config.model_dump(exclude_unset=True),
+                "structured_output": arm.structured_output,
+            },
+            f,
+        )
     with open(stem + ".stderr", "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "minivllm.bench.worker", stem + ".spec.json", stem + ".json"],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "minivllm.bench.worker", stem + ".spec.json", stem + ".json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         for line in proc.stdout:
             if line.startswith("done "):
                 bar.update(int(line.split()[1]))
@@ -123,8 +154,9 @@ def git_commit() -> str | None:
     if os.environ.get("MINIVLLM_COMMIT"):
         return os.environ["MINIVLLM_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=os.path.dirname(__file__), capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None

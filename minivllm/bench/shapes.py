@@ -4,18 +4,53 @@
 from __future__ import annotations
 
 SHAPES = {
-    "qwen3-0.6b": ("Qwen3Config", dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
-                                       num_key_value_heads=8, head_dim=128, intermediate_size=3072,
-                                       vocab_size=151936, tie_word_embeddings=True, rope_theta=1_000_000.0,
-                                       max_position_embeddings=40960, rms_norm_eps=1e-6)),
-    "qwen3-8b": ("Qwen3Config", dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32,
-                                     num_key_value_heads=8, head_dim=128, intermediate_size=12288,
-                                     vocab_size=151936, tie_word_embeddings=False, rope_theta=1_000_000.0,
-                                     max_position_embeddings=40960, rms_norm_eps=1e-6)),
-    "llama3-8b": ("LlamaConfig", dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-                                      num_key_value_heads=8, intermediate_size=14336, vocab_size=128256,
-                                      tie_word_embeddings=False, rope_theta=500_000.0,
-                                      max_position_embeddings=131072, rms_norm_eps=1e-5)),
+    "qwen3-0.6b": (
+        "Qwen3Config",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=128,
+            intermediate_size=3072,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+            rope_theta=1_000_000.0,
+            max_position_embeddings=40960,
+            rms_norm_eps=1e-6,
+        ),
+    ),
+    "qwen3-8b": (
+        "Qwen3Config",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=36,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            head_dim=128,
+            intermediate_size=12288,
+            vocab_size=151936,
+            tie_word_embeddings=False,
+            rope_theta=1_000_000.0,
+            max_position_embeddings=40960,
+            rms_norm_eps=1e-6,
+        ),
+    ),
+    "llama3-8b": (
+        "LlamaConfig",
+        dict(
+            hidden_size=4096,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            num_key_value_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+            tie_word_embeddings=False,
+            rope_theta=500_000.0,
+            max_position_embeddings=131072,
+            rms_norm_eps=1e-5,
+        ),
+    ),
 }
 
 

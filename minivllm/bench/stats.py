@@ -24,8 +24,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
-def ratio_of_medians(arm: list[float], baseline: list[float], resamples: int = 10000,
-                     seed: int = 0) -> tuple[float, list[float] | None]:
+def ratio_of_medians(
+    arm: list[float], baseline: list[float], resamples: int = 10000, seed: int = 0
+) -> tuple[float, list[float] | None]:
     """The ratio of the medians and its percentile-bootstrap 95% interval: both samples are resampled
     with replacement ``resamples`` times (seeded, so a result is reproducible). No interval when either
     sample has one value: nothing tells its spread."""

@@ -71,8 +71,9 @@ def check(engine, spec: dict, prompts: list[list[int]], max_tokens: list[int]) -
         except ValueError as e:
             raise ValueError(f"request {i} of the workload: {e}") from None
     n = spec["check_prompts"]
-    params = [SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=min(m, CHECK_MAX_TOKENS))
-              for m in max_tokens[:n]]
+    params = [
+        SamplingParams(temperature=0.0, ignore_eos=True, max_tokens=min(m, CHECK_MAX_TOKENS)) for m in max_tokens[:n]
+    ]
     seqs, *_ = run(engine, prompts[:n], params)
     return {"tokens": [seq.output_token_ids for seq in seqs]}
 
@@ -86,8 +87,12 @@ def timed(engine, spec: dict, prompts: list[list[int]], max_tokens: list[int]) -
     rng = random.Random(-1)
     warm = [[rng.randrange(engine.vocab_size) for _ in range(len(p))] for p in prompts[:WARMUP_PROMPTS]]
     sampling = {**spec["sampling"], "structured_outputs": spec.get("structured_output")}
-    run(engine, warm, [SamplingParams(**sampling, ignore_eos=True, max_tokens=WARMUP_TOKENS)] * len(warm),
-        progress=False)
+    run(
+        engine,
+        warm,
+        [SamplingParams(**sampling, ignore_eos=True, max_tokens=WARMUP_TOKENS)] * len(warm),
+        progress=False,
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     preemptions = engine.scheduler.num_preemptions
@@ -100,8 +105,9 @@ def timed(engine, spec: dict, prompts: list[list[int]], max_tokens: list[int]) -
         "prompt_tokens": sum(seq.num_prompt_tokens for seq in seqs),
         "ttft_s": [first[seq.seq_id] for seq in seqs],
         # time per output token after the first; sequences of one token have none
-        "tpot_s": [(last[s.seq_id] - first[s.seq_id]) / (s.num_output_tokens - 1) for s in seqs
-                   if s.num_output_tokens > 1],
+        "tpot_s": [
+            (last[s.seq_id] - first[s.seq_id]) / (s.num_output_tokens - 1) for s in seqs if s.num_output_tokens > 1
+        ],
         "preemptions": engine.scheduler.num_preemptions - preemptions,
         "peak_memory_bytes": peak_memory_bytes(device),
     }
@@ -118,12 +124,18 @@ def main(spec_path: str, result_path: str) -> None:
     prompts, max_tokens = workload["prompts"], workload["max_tokens"]
     engine = LLMEngine(EngineConfig(**spec["config"]))
     try:
-        result = check(engine, spec, prompts, max_tokens) if spec["mode"] == "check" else timed(
-            engine, spec, prompts, max_tokens)
+        result = (
+            check(engine, spec, prompts, max_tokens)
+            if spec["mode"] == "check"
+            else timed(engine, spec, prompts, max_tokens)
+        )
         device = engine.config.torch_device
-        result.update(dtype=str(engine.executor.runner.dtype).removeprefix("torch."), device=device_name(device),
-                      attention_backend=engine.config.resolved_attention_backend,
-                      kv_blocks=engine.allocator.num_blocks)
+        result.update(
+            dtype=str(engine.executor.runner.dtype).removeprefix("torch."),
+            device=device_name(device),
+            attention_backend=engine.config.resolved_attention_backend,
+            kv_blocks=engine.allocator.num_blocks,
+        )
     finally:
         engine.close()
     with open(result_path, "w") as f:

@@ -77,13 +77,21 @@ def short_prefix_note(name: str, max_input_len: int | None, block_size: int) -> 
     prefix = int(spec.prefix_len * input_factor(spec, max_input_len))
     if prefix >= block_size:
         return None
-    return (f"workload {name!r}: the shared prompt is {prefix} tokens, shorter than one KV block ({block_size} "
-            "tokens), and the prefix cache shares only full blocks, so prefix caching can show nothing here: raise "
-            "--max-input-len or lower kvcache_block_size (--set kvcache_block_size=16)")
+    return (
+        f"workload {name!r}: the shared prompt is {prefix} tokens, shorter than one KV block ({block_size} "
+        "tokens), and the prefix cache shares only full blocks, so prefix caching can show nothing here: raise "
+        "--max-input-len or lower kvcache_block_size (--set kvcache_block_size=16)"
+    )
 
 
-def make_workload(name: str, num_prompts: int | None = None, vocab_size: int = 10000, seed: int = 0,
-                  max_input_len: int | None = None, max_output_len: int | None = None) -> list[Request]:
+def make_workload(
+    name: str,
+    num_prompts: int | None = None,
+    vocab_size: int = 10000,
+    seed: int = 0,
+    max_input_len: int | None = None,
+    max_output_len: int | None = None,
+) -> list[Request]:
     """The requests of workload ``name`` (see the module docstring); raises ValueError naming a problem."""
     check_name(name)
     if num_prompts is not None and num_prompts < 1:
@@ -117,7 +125,7 @@ def read_jsonl(path: str, num_prompts: int | None, max_output_len: int | None) -
                 row = json.loads(line)
                 prompt, max_tokens = row["prompt"], row["max_tokens"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{lineno}: expected {{\"prompt\": ..., \"max_tokens\": N}} ({e})") from None
+                raise ValueError(f'{path}:{lineno}: expected {{"prompt": ..., "max_tokens": N}} ({e})') from None
             text = isinstance(prompt, str)
             if not (text or (isinstance(prompt, list) and all(isinstance(t, int) for t in prompt))) or not prompt:
                 raise ValueError(f"{path}:{lineno}: the prompt must be non-empty text or a list of token ids")
@@ -135,5 +143,6 @@ def tokenize(requests: list[Request], tokenizer) -> list[Request]:
     """Text prompts as token ids (a file workload), so every arm's process gets the same ids."""
     if any(isinstance(r.prompt, str) for r in requests) and tokenizer is None:
         raise ValueError("the workload has text prompts but the checkpoint has no tokenizer: use token ids")
-    return [Request(tokenizer.encode(r.prompt) if isinstance(r.prompt, str) else r.prompt, r.max_tokens)
-            for r in requests]
+    return [
+        Request(tokenizer.encode(r.prompt) if isinstance(r.prompt, str) else r.prompt, r.max_tokens) for r in requests
+    ]

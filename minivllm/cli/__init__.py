@@ -16,16 +16,23 @@ def cmd_generate(args) -> None:
     from minivllm.cli.serve import engine_kwargs, model_argument, sampling_params
 
     # the flags are checked before the model loads: a typo should not cost the load
-    params = sampling_params(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed,
-                             top_p=args.top_p, top_k=args.top_k, n=args.n)
+    params = sampling_params(
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        n=args.n,
+    )
 
     # the prompts run as one batch, so the KV cache needs room for that many sequences, no more
     llm = LLM(model_argument(args), **{"max_num_seqs": len(args.prompt) * args.n, **engine_kwargs(args)})
     prompts = []
     for text in args.prompt:
         if args.chat and llm.tokenizer.chat_template:
-            text = llm.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                     add_generation_prompt=True)
+            text = llm.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
             prompts.append(llm.tokenizer.encode(text, add_special_tokens=False))
         else:
             prompts.append(text)
@@ -96,8 +103,9 @@ def main(argv: list[str] | None = None) -> None:
     gen.set_defaults(func=cmd_generate)
     plug = sub.add_parser("plugins", help="list loaded plugins and what they register")
     plug.set_defaults(func=cmd_plugins)
-    check = sub.add_parser("check-plugin", help="run the conformance kit on a registered plugin (exit 1 if it "
-                                                "breaks a contract)")
+    check = sub.add_parser(
+        "check-plugin", help="run the conformance kit on a registered plugin (exit 1 if it breaks a contract)"
+    )
     check.add_argument("kind", choices=["scheduler", "kv_allocator", "sampler", "attention_backend", "model"])
     check.add_argument("name", help="the name it is registered under (a model: its architecture name)")
     check.add_argument("--options", help="the plugin's options, a JSON object (schedulers)")

@@ -11,20 +11,35 @@ from minivllm.cli.serve import add_model_arguments, model_argument
 
 def add_parser(sub) -> None:
     bench = sub.add_parser(
-        "bench", help="A/B-compare engine configurations on a workload",
+        "bench",
+        help="A/B-compare engine configurations on a workload",
         description="Run each configuration (arm) in its own processes, cross-check their greedy outputs, "
-                    "time interleaved repeats, and compare output tokens/s to the first arm with a bootstrap "
-                    "95% interval and a verdict.")
+        "time interleaved repeats, and compare output tokens/s to the first arm with a bootstrap "
+        "95% interval and a verdict.",
+    )
     add_model_arguments(bench)
-    bench.add_argument("--workload", default="random",
-                       help=f"{', '.join(WORKLOADS)} or file:PATH.jsonl (default: random)")
-    bench.add_argument("--num-prompts", type=int, default=None,
-                       help="requests in the workload (default: 256; a file's: all its lines)")
-    bench.add_argument("--ab", action="append", default=[], metavar="KEY=V1,V2",
-                       help="a config field and the values to compare (repeatable: the cross product); "
-                            "the first value is the baseline")
-    bench.add_argument("--set", action="append", default=[], metavar="KEY=V", dest="settings",
-                       help="a config field fixed for every arm (repeatable)")
+    bench.add_argument(
+        "--workload", default="random", help=f"{', '.join(WORKLOADS)} or file:PATH.jsonl (default: random)"
+    )
+    bench.add_argument(
+        "--num-prompts", type=int, default=None, help="requests in the workload (default: 256; a file's: all its lines)"
+    )
+    bench.add_argument(
+        "--ab",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a config field and the values to compare (repeatable: the cross product); "
+        "the first value is the baseline",
+    )
+    bench.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=V",
+        dest="settings",
+        help="a config field fixed for every arm (repeatable)",
+    )
     bench.add_argument("--repeats", type=int, default=5, help="timed runs per arm, interleaved (default: 5)")
     bench.add_argument("--max-input-len", type=int, default=None, help="scale prompt lengths down to this cap")
     bench.add_argument("--max-output-len", type=int, default=None, help="scale output lengths down to this cap")
@@ -55,10 +70,19 @@ def run(args: argparse.Namespace) -> None:
 
         model = default_model()
     try:
-        result = compare(model, parse_ab(args.ab), workload=args.workload, num_prompts=args.num_prompts,
-                         repeats=args.repeats, settings=parse_set(args.settings), seed=args.seed,
-                         max_input_len=args.max_input_len, max_output_len=args.max_output_len,
-                         sampling=sampling, progress=args.progress)
+        result = compare(
+            model,
+            parse_ab(args.ab),
+            workload=args.workload,
+            num_prompts=args.num_prompts,
+            repeats=args.repeats,
+            settings=parse_set(args.settings),
+            seed=args.seed,
+            max_input_len=args.max_input_len,
+            max_output_len=args.max_output_len,
+            sampling=sampling,
+            progress=args.progress,
+        )
     except ArmFailed as e:
         raise SystemExit(f"error: {e}") from None
     print(result.table())

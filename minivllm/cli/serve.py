@@ -34,8 +34,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] 
     from minivllm.core.config import DTYPE_ALIASES, EngineConfig
 
     group = parser.add_argument_group("engine settings (as LLM(...)'s)")
-    group.add_argument("--trust-remote-code", action="store_true",
-                       help="accepted for vLLM's command lines; no effect: minivllm runs no code from a checkpoint")
+    group.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accepted for vLLM's command lines; no effect: minivllm runs no code from a checkpoint",
+    )
     for name, field in EngineConfig.model_fields.items():
         if name == "model" or name in skip:
             continue
@@ -63,10 +66,15 @@ def engine_kwargs(args: argparse.Namespace) -> dict:
     from minivllm.core.config import EngineConfig
 
     if getattr(args, "trust_remote_code", False):
-        logging.getLogger("minivllm").warning("--trust-remote-code has no effect: minivllm runs no code from a "
-                                              "checkpoint (its models are its own or plugins')")
-    return {name: getattr(args, name) for name in EngineConfig.model_fields
-            if name != "model" and getattr(args, name, None) is not None}
+        logging.getLogger("minivllm").warning(
+            "--trust-remote-code has no effect: minivllm runs no code from a "
+            "checkpoint (its models are its own or plugins')"
+        )
+    return {
+        name: getattr(args, name)
+        for name in EngineConfig.model_fields
+        if name != "model" and getattr(args, name, None) is not None
+    }
 
 
 def sampling_params(**flags):
@@ -123,14 +131,28 @@ def cmd_serve(args) -> None:
         from minivllm.entrypoints.replicas import replica_arguments, serve_replicas
 
         argv = args.argv[args.argv.index("serve") + 1 :]
-        raise SystemExit(serve_replicas(replica_arguments(argv), args.data_parallel_size, args.host, args.port,
-                                        args.router_policy, args.tensor_parallel_size or 1, args.device or "auto"))
+        raise SystemExit(
+            serve_replicas(
+                replica_arguments(argv),
+                args.data_parallel_size,
+                args.host,
+                args.port,
+                args.router_policy,
+                args.tensor_parallel_size or 1,
+                args.device or "auto",
+            )
+        )
     settings = ServerSettings(
-        api_key=api_key(args), chat_template=read_chat_template(args.chat_template),
+        api_key=api_key(args),
+        chat_template=read_chat_template(args.chat_template),
         **{name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None},
     )
-    engine = AsyncLLM(model_argument(args), served_model_name=args.served_model_name,
-                      engine_process=args.engine_process, **engine_kwargs(args))
+    engine = AsyncLLM(
+        model_argument(args),
+        served_model_name=args.served_model_name,
+        engine_process=args.engine_process,
+        **engine_kwargs(args),
+    )
     serve(engine, settings, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
     if engine.dead:
         raise SystemExit("the engine process died: the server stopped")
@@ -171,9 +193,21 @@ def cmd_chat(args) -> None:
 
 
 # ServerSettings fields given as flags of the same names; their defaults and help live there
-SERVER_FLAGS = ("public_metrics", "max_n", "max_prompts", "max_request_sequences", "max_prompt_chars", "max_stop",
-                "max_stop_chars", "max_tokenizing_chars", "max_body_bytes", "max_stream_buffer", "max_connections",
-                "idle_timeout", "shutdown_grace_period")
+SERVER_FLAGS = (
+    "public_metrics",
+    "max_n",
+    "max_prompts",
+    "max_request_sequences",
+    "max_prompt_chars",
+    "max_stop",
+    "max_stop_chars",
+    "max_tokenizing_chars",
+    "max_body_bytes",
+    "max_stream_buffer",
+    "max_connections",
+    "idle_timeout",
+    "shutdown_grace_period",
+)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,22 +228,41 @@ def add_parsers(sub) -> None:
     add_model_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health "
-                                         "(visible in `ps`: prefer --api-key-file or $MINIVLLM_API_KEY)")
+    serve.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on every route but /health "
+        "(visible in `ps`: prefer --api-key-file or $MINIVLLM_API_KEY)",
+    )
     serve.add_argument("--api-key-file", help="read the API key from the first line of this file")
-    serve.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=True, help=(
-        "run the engine core in a process of its own, apart from the HTTP side (default; on a 2-core CPU it "
-        "measured faster than --no-engine-process, a thread of the server's process)"))
-    serve.add_argument("--served-model-name", help="the model name clients use (default: the model as given; "
-                                                   "SmolLM2-135M-Instruct for the embedded one)")
-    serve.add_argument("--chat-template",
-                       help="a Jinja chat template, or a file holding one (default: the tokenizer's)")
-    serve.add_argument("--data-parallel-size", "-dp", type=int, default=1,
-                       help="N > 1: N replicas (one GPU each, or a share of the CPU cores) on ports PORT+1..PORT+N "
-                            "behind sglang-router on PORT (needs the 'router' extra)")
-    serve.add_argument("--router-policy", default="cache_aware",
-                       help="the router's policy with --data-parallel-size: cache_aware, round_robin, "
-                            "power_of_two or random")
+    serve.add_argument(
+        "--engine-process",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=(
+            "run the engine core in a process of its own, apart from the HTTP side (default; on a 2-core CPU it "
+            "measured faster than --no-engine-process, a thread of the server's process)"
+        ),
+    )
+    serve.add_argument(
+        "--served-model-name",
+        help="the model name clients use (default: the model as given; SmolLM2-135M-Instruct for the embedded one)",
+    )
+    serve.add_argument(
+        "--chat-template", help="a Jinja chat template, or a file holding one (default: the tokenizer's)"
+    )
+    serve.add_argument(
+        "--data-parallel-size",
+        "-dp",
+        type=int,
+        default=1,
+        help="N > 1: N replicas (one GPU each, or a share of the CPU cores) on ports PORT+1..PORT+N "
+        "behind sglang-router on PORT (needs the 'router' extra)",
+    )
+    serve.add_argument(
+        "--router-policy",
+        default="cache_aware",
+        help="the router's policy with --data-parallel-size: cache_aware, round_robin, power_of_two or random",
+    )
     serve.add_argument("--uvicorn-log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_server_arguments(serve)
     add_engine_arguments(serve)

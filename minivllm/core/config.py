@@ -21,11 +21,14 @@ DTYPE_ALIASES = {"half": "float16", "float": "float32"}
 class EngineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(default_factory=default_model,
-                       description="a checkpoint directory, a .gguf file, or a Hugging Face hub id (Org/name); "
-                                   "default: the embedded SmolLM2-135M-Instruct (minivllm.default_model())")
-    revision: str | None = Field(None, description="the hub revision (branch, tag or commit) of a hub id; "
-                                                   "default: main")
+    model: str = Field(
+        default_factory=default_model,
+        description="a checkpoint directory, a .gguf file, or a Hugging Face hub id (Org/name); "
+        "default: the embedded SmolLM2-135M-Instruct (minivllm.default_model())",
+    )
+    revision: str | None = Field(
+        None, description="the hub revision (branch, tag or commit) of a hub id; default: main"
+    )
     tokenizer: str | None = Field(None, description="tokenizer directory; default: the model's")
     max_num_seqs: int = Field(512, ge=1)
     max_num_batched_tokens: int = Field(16384, ge=1)
@@ -42,11 +45,12 @@ class EngineConfig(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     cpu_weight_prepack: bool = Field(True, description="on the CPU: linears from oneDNN-packed weights")
     quantization: Literal["none", "gguf", "fp8"] = Field(
-        "none", description="on the CPU: 'gguf' keeps a GGUF file's 4- and 8-bit linear weights quantized "
-                            "(faster for a few streams); 'fp8' (for the GPU): the linears' weights in float8 "
-                            "e4m3 with a scale per output channel, activations quantized per token, from a "
-                            "floating-point checkpoint (or GGUF file) or a compressed-tensors fp8 one; 'none' "
-                            "runs every weight in the model's dtype (dequantising GGUF and fp8 checkpoints)"
+        "none",
+        description="on the CPU: 'gguf' keeps a GGUF file's 4- and 8-bit linear weights quantized "
+        "(faster for a few streams); 'fp8' (for the GPU): the linears' weights in float8 "
+        "e4m3 with a scale per output channel, activations quantized per token, from a "
+        "floating-point checkpoint (or GGUF file) or a compressed-tensors fp8 one; 'none' "
+        "runs every weight in the model's dtype (dequantising GGUF and fp8 checkpoints)",
     )
     kv_cache_dtype: Literal["auto", "fp8"] = Field(
         "auto", description="'auto': the model's dtype; 'fp8': float8 e4m3 with a scale per token and KV head"
@@ -113,8 +117,10 @@ class EngineConfig(BaseModel):
         if max_position_embeddings is None or self.max_model_len <= max_position_embeddings:
             return self.max_model_len
         if "max_model_len" in self.model_fields_set:
-            raise ValueError(f"max_model_len={self.max_model_len} is more than the model's context "
-                             f"(max_position_embeddings={max_position_embeddings}): give at most that")
+            raise ValueError(
+                f"max_model_len={self.max_model_len} is more than the model's context "
+                f"(max_position_embeddings={max_position_embeddings}): give at most that"
+            )
         return max_position_embeddings
 
     def scheduler_config(self, max_model_len: int) -> SchedulerConfig:
@@ -125,7 +131,8 @@ class EngineConfig(BaseModel):
         """The scheduler plugin the config names, over a new KV allocator of ``num_blocks`` (its
         ``allocator``): the engine's, and a server API process's copy, which only checks requests."""
         allocator = plugins.kv_allocators.get(self.kv_allocator)(
-            num_blocks, self.kvcache_block_size, self.enable_prefix_caching)
+            num_blocks, self.kvcache_block_size, self.enable_prefix_caching
+        )
         return plugins.schedulers.get(self.scheduler)(self.scheduler_config(max_model_len), allocator)
 
     @property
@@ -162,5 +169,7 @@ class EngineConfig(BaseModel):
                 refused.append(f"{name} does not take kv_cache_dtype={self.kv_cache_dtype!r}")
             else:
                 return name
-        raise ValueError(f"no attention backend takes kvcache_block_size={self.kvcache_block_size} on {device}: "
-                         + "; ".join(refused or ["none of " + ", ".join(preferred) + " is registered"]))
+        raise ValueError(
+            f"no attention backend takes kvcache_block_size={self.kvcache_block_size} on {device}: "
+            + "; ".join(refused or ["none of " + ", ".join(preferred) + " is registered"])
+        )

@@ -27,8 +27,9 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: Model, backend: AttentionBackend, max_num_seqs: int, max_blocks_per_seq: int,
-                 device: torch.device):
+    def __init__(
+        self, model: Model, backend: AttentionBackend, max_num_seqs: int, max_blocks_per_seq: int, device: torch.device
+    ):
         self.model = model
         self.backend = backend
         self.sizes = capture_sizes(max_num_seqs)
@@ -48,10 +49,14 @@ class DecodeGraphs:
 
     def _meta(self, bs: int) -> AttentionMetadata:
         meta = AttentionMetadata(
-            query_start_loc=self.query_start_loc[: bs + 1], seq_lens=self.seq_lens[:bs],
-            block_tables=self.block_tables[:bs], slot_mapping=self.slot_mapping[:bs],
-            max_query_len=1, max_seq_len=self.block_tables.shape[1],
-            query_start_loc_host=list(range(bs + 1)), seq_lens_host=[1] * bs,
+            query_start_loc=self.query_start_loc[: bs + 1],
+            seq_lens=self.seq_lens[:bs],
+            block_tables=self.block_tables[:bs],
+            slot_mapping=self.slot_mapping[:bs],
+            max_query_len=1,
+            max_seq_len=self.block_tables.shape[1],
+            query_start_loc_host=list(range(bs + 1)),
+            seq_lens_host=[1] * bs,
         )
         self.backend.prepare(meta)
         return meta
@@ -70,8 +75,13 @@ class DecodeGraphs:
                 self.outputs[bs] = self.model(*args)
             self.graphs[bs] = graph
         torch.cuda.synchronize()
-        logger.info("captured %d CUDA graphs for decode batches of 1..%d in %.1f s (%.2f GiB)", len(self.sizes),
-                    self.max_batch_size, time.perf_counter() - start, (torch.cuda.memory_reserved() - reserved) / 2**30)
+        logger.info(
+            "captured %d CUDA graphs for decode batches of 1..%d in %.1f s (%.2f GiB)",
+            len(self.sizes),
+            self.max_batch_size,
+            time.perf_counter() - start,
+            (torch.cuda.memory_reserved() - reserved) / 2**30,
+        )
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Replay the smallest graph that holds the batch; returns hidden states [B, hidden]."""

@@ -70,14 +70,18 @@ class LLMEngine:
         self.executor.allocate_kv_cache(num_blocks)
         logger.info(
             "KV cache: %d blocks of %d tokens (%.2f GiB); room for %.1f sequences of max_model_len=%d",
-            num_blocks, config.kvcache_block_size, num_blocks * self.executor.block_bytes / 2**30,
-            num_blocks * config.kvcache_block_size / self.max_model_len, self.max_model_len,
+            num_blocks,
+            config.kvcache_block_size,
+            num_blocks * self.executor.block_bytes / 2**30,
+            num_blocks * config.kvcache_block_size / self.max_model_len,
+            self.max_model_len,
         )
         self.scheduler = config.build_scheduler(self.max_model_len, num_blocks)
         self.allocator = self.scheduler.allocator
         self.bookkeeping = StepBookkeeping(self.scheduler, self.max_model_len)
-        self.requests = RequestFactory(self.vocab_size, self.max_model_len, self.tokenizer, self.eos_token_ids,
-                                       self.scheduler.check_request)
+        self.requests = RequestFactory(
+            self.vocab_size, self.max_model_len, self.tokenizer, self.eos_token_ids, self.scheduler.check_request
+        )
         self.structured = self.requests.grammars
         self.async_scheduling = config.resolved_async_scheduling
         self._in_flight: _Submitted | None = None  # with async scheduling: the step whose tokens come next
@@ -112,8 +116,11 @@ class LLMEngine:
         """Whether :meth:`step` has work left: sequences queued or compiling, or a step in flight whose tokens
         are still wanted (one whose sequences all ended meanwhile has nothing left to give)."""
         in_flight = self._in_flight
-        return bool(self._compiling) or self.scheduler.has_unfinished() or (
-            in_flight is not None and not all(seq.is_finished for seq in in_flight.seqs))
+        return (
+            bool(self._compiling)
+            or self.scheduler.has_unfinished()
+            or (in_flight is not None and not all(seq.is_finished for seq in in_flight.seqs))
+        )
 
     def abort(self, seq: Sequence) -> None:
         """Stop a sequence now and free its KV blocks (a token in flight for it is dropped on arrival)."""
@@ -220,8 +227,9 @@ class LLMEngine:
         """A step failed before reaching the device. Run its sequences again in halves, synchronously,
         until the ones that fail alone are found; those end with ``finish_reason="error"``, the rest go on.
         Returns every sequence updated meanwhile (the step in flight's included)."""
-        logger.warning("a step of %d sequences failed (%s: %s); retrying it in parts", len(batch),
-                       type(error).__name__, error)
+        logger.warning(
+            "a step of %d sequences failed (%s: %s); retrying it in parts", len(batch), type(error).__name__, error
+        )
         updated = self._collect(self._in_flight) if self._in_flight is not None else []
         self._in_flight = None
         parts = [batch]

@@ -16,8 +16,7 @@ from minivllm.core.interfaces.attention import FP8_DTYPE, Attention, KVScales
 
 
 class KVCache:
-    def __init__(self, layers: list[Attention], block_size: int, dtype: torch.dtype, fp8: bool,
-                 device: torch.device):
+    def __init__(self, layers: list[Attention], block_size: int, dtype: torch.dtype, fp8: bool, device: torch.device):
         self.layers = layers
         self.block_size = block_size
         self.dtype = FP8_DTYPE if fp8 else dtype
@@ -45,5 +44,8 @@ class KVCache:
             scales = None
             if self.fp8:
                 scales = KVScales(alloc(shape[:3], device=self.device), alloc(shape[:3], device=self.device))
-            layer.bind_cache(alloc(shape, dtype=self.dtype, device=self.device),
-                             alloc(shape, dtype=self.dtype, device=self.device), scales)
+            layer.bind_cache(
+                alloc(shape, dtype=self.dtype, device=self.device),
+                alloc(shape, dtype=self.dtype, device=self.device),
+                scales,
+            )

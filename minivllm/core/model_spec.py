@@ -50,8 +50,11 @@ class ModelSpec:
         if self.num_heads % tp:
             raise ValueError(f"tensor_parallel_size={tp} does not divide the model's {self.num_heads} attention heads")
         if self.num_kv_heads % tp and tp % self.num_kv_heads:
-            raise ValueError(f"tensor_parallel_size={tp} neither divides nor is a multiple of the model's "
-                             f"{self.num_kv_heads} key/value heads")
+            raise ValueError(
+                f"tensor_parallel_size={tp} neither divides nor is a multiple of the model's "
+                f"{self.num_kv_heads} key/value heads"
+            )
         if self.intermediate_size and self.intermediate_size % tp:
-            raise ValueError(f"tensor_parallel_size={tp} does not divide the model's "
-                             f"intermediate_size={self.intermediate_size}")
+            raise ValueError(
+                f"tensor_parallel_size={tp} does not divide the model's intermediate_size={self.intermediate_size}"
+            )

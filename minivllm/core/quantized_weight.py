@@ -63,8 +63,11 @@ class QuantizedWeight:
             return QuantizedWeight(self.values.narrow(1, start, length), self.scale, None)
         if start % GROUP or length % GROUP:
             raise ValueError(f"an int4 weight splits along its input only at multiples of {GROUP}")
-        return QuantizedWeight(self.values.narrow(1, start, length), self.scale.narrow(1, start // GROUP,
-                               length // GROUP), self.zero.narrow(1, start // GROUP, length // GROUP))
+        return QuantizedWeight(
+            self.values.narrow(1, start, length),
+            self.scale.narrow(1, start // GROUP, length // GROUP),
+            self.zero.narrow(1, start // GROUP, length // GROUP),
+        )
 
     def map_rows(self, fn) -> QuantizedWeight:
         """``fn`` (a reordering of rows or a move to a device, [rows, ...] -> [rows, ...]) applied to every
@@ -98,8 +101,10 @@ def from_gguf(raw: np.ndarray, ggml_type: int, cols: int) -> QuantizedWeight | N
 
     ggml_type = T(ggml_type)
     if ggml_type in (T.Q4_0, T.Q4_1, T.Q4_K) and cols % GROUP == 0:
-        groups = [_int4_groups(raw[start:start + _chunk_rows(cols)], ggml_type, cols)
-                  for start in range(0, raw.shape[0], _chunk_rows(cols))]
+        groups = [
+            _int4_groups(raw[start : start + _chunk_rows(cols)], ggml_type, cols)
+            for start in range(0, raw.shape[0], _chunk_rows(cols))
+        ]
         values, scale, zero = (torch.from_numpy(np.concatenate(part)) for part in zip(*groups))
         return QuantizedWeight(values, scale, zero)
     if ggml_type in (T.Q8_0, T.Q6_K):
@@ -108,10 +113,10 @@ def from_gguf(raw: np.ndarray, ggml_type: int, cols: int) -> QuantizedWeight | N
         values = torch.empty(raw.shape[0], cols, dtype=torch.int8)
         scale = torch.empty(raw.shape[0], 1)
         for start in range(0, raw.shape[0], _chunk_rows(cols)):
-            chunk = torch.from_numpy(dequantize(raw[start:start + _chunk_rows(cols)], ggml_type))  # [n, cols]
+            chunk = torch.from_numpy(dequantize(raw[start : start + _chunk_rows(cols)], ggml_type))  # [n, cols]
             step = chunk.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
-            values[start:start + len(chunk)] = (chunk / step).round().to(torch.int8)
-            scale[start:start + len(chunk)] = step
+            values[start : start + len(chunk)] = (chunk / step).round().to(torch.int8)
+            scale[start : start + len(chunk)] = step
         return QuantizedWeight(values, scale, None)
     return None
 

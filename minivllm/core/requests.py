@@ -20,8 +20,14 @@ class RequestFactory:
     grammars (:class:`StructuredOutputs`: a grammar that does not compile is refused here, and compiled
     ones are cached; the engine's matchers come from the same object). :meth:`close` at the end."""
 
-    def __init__(self, vocab_size: int, max_model_len: int, tokenizer, eos_token_ids: set[int],
-                 check_request: Callable[[int, int], None]):
+    def __init__(
+        self,
+        vocab_size: int,
+        max_model_len: int,
+        tokenizer,
+        eos_token_ids: set[int],
+        check_request: Callable[[int, int], None],
+    ):
         self.vocab_size, self.max_model_len, self.tokenizer = vocab_size, max_model_len, tokenizer
         self.eos_token_ids, self.check_request = eos_token_ids, check_request  # the engine's set, not a copy
         self.grammars = StructuredOutputs(tokenizer, vocab_size, eos_token_ids)
@@ -84,8 +90,11 @@ class RequestFactory:
         if params.n == 1:
             return [self.make_sequence(token_ids, params, detokenize)]
         return [
-            self.make_sequence(token_ids, params.model_copy(
-                update={"n": 1, "seed": None if params.seed is None else _wrap64(params.seed + i)}), detokenize)
+            self.make_sequence(
+                token_ids,
+                params.model_copy(update={"n": 1, "seed": None if params.seed is None else _wrap64(params.seed + i)}),
+                detokenize,
+            )
             for i in range(params.n)
         ]
 
@@ -101,5 +110,8 @@ def is_token_id(value) -> bool:
 
 def is_token_ids(prompt) -> bool:
     """A prompt of token ids: a sequence of ints (not bools), but not bytes (a sequence of ints to Python)."""
-    return (isinstance(prompt, SequenceABC) and not isinstance(prompt, (str, bytes, bytearray))
-            and all(is_token_id(t) for t in prompt))
+    return (
+        isinstance(prompt, SequenceABC)
+        and not isinstance(prompt, (str, bytes, bytearray))
+        and all(is_token_id(t) for t in prompt)
+    )

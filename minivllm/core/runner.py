@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from dataclasses import dataclass
 
@@ -14,10 +13,10 @@ from minivllm.core.cuda_graphs import DecodeGraphs
 from minivllm.core.interfaces import AttentionMetadata, ModelContext, SamplingBatch, ScheduledBatch
 from minivllm.core.interfaces.attention import Attention
 from minivllm.core.kv_cache import KVCache
+from minivllm.core.memory_budget import cuda_kv_budget
 from minivllm.core.parallel.tensor_parallel import TensorParallel
 from minivllm.core.runner_setup import RunnerSetup, resolve_dtype
 from minivllm.core.sampling import compute_logprobs, needs_processing, process_logits, to_device
-from minivllm.core.sampling_params import SamplingParams
 from minivllm.core.sequence import Sequence
 from minivllm.core.step import StepFuture, StepOutput
 from minivllm.core.structured_output import StepMask
@@ -48,8 +47,10 @@ class ModelRunner:
             self._baseline_used = total - free - torch.cuda.memory_reserved(self.device)
         self.dtype = resolve_dtype(config, checkpoint, self.device)
         if config.quantization == "gguf" and checkpoint.gguf is None:
-            raise ValueError("quantization='gguf' keeps the weights of a GGUF file quantized: "
-                             f"{config.model!r} is not one minivllm reads itself")
+            raise ValueError(
+                "quantization='gguf' keeps the weights of a GGUF file quantized: "
+                f"{config.model!r} is not one minivllm reads itself"
+            )
         self.block_size = config.kvcache_block_size
         num_heads = tp.shard(spec.num_heads, "num_attention_heads")
         num_kv_heads, _ = tp.shard_kv_heads(spec.num_kv_heads)
@@ -81,8 +82,9 @@ class ModelRunner:
         layers = [m for m in self.model.modules() if isinstance(m, Attention)]
         self.kv_cache = KVCache(layers, self.block_size, self.dtype, config.kv_cache_dtype == "fp8", self.device)
         self.graphs: DecodeGraphs | None = None
-        self.use_cuda_graphs = (self.device.type == "cuda" and not config.enforce_eager
-                                and self.attn_backend.supports_cuda_graphs)
+        self.use_cuda_graphs = (
+            self.device.type == "cuda" and not config.enforce_eager and self.attn_backend.supports_cuda_graphs
+        )
 
     def _init_dummy_weights(self, seed: int) -> None:
         g = torch.Generator(device=self.device).manual_seed(seed)
@@ -102,74 +104,13 @@ class ModelRunner:
         if self.device.type == "cpu":
             budget = int(self.config.cpu_kvcache_space_gib * 2**30)
         else:
-            budget = self._cuda_kv_budget()
+            budget = cuda_kv_budget(self)
         num_blocks = min(budget // self.block_bytes, useful)
         if num_blocks < 1:
-            raise ValueError("no memory is left for the KV cache; raise gpu_memory_utilization or lower "
-                             "max_num_batched_tokens")
+            raise ValueError(
+                "no memory is left for the KV cache; raise gpu_memory_utilization or lower max_num_batched_tokens"
+            )
         return num_blocks
-
-    def _cuda_kv_budget(self) -> int:
-        """Bytes left for the KV cache so that this process's peak stays within
-        ``gpu_memory_utilization`` of the device: weights, the activation peak of the largest prefill and
-        of the largest decode batch (sampler included), the CUDA-graph pool (about one decode batch's
-        activations) and non-torch memory (cuBLAS, Triton modules) are subtracted; memory that other
-        processes use is not."""
-        gc.collect()
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        weights = torch.cuda.memory_reserved()
-        prefill, decode = self._profile_batches()
-        self.allocate_kv_cache(max(b.seqs[-1].block_table[-1] for b in (prefill, decode)) + 1, capture=False)
-        scratch = torch.cuda.memory_reserved()
-        peaks = []
-        for run in (lambda: self.execute(prefill), lambda: self.execute(decode), lambda: self._forward(decode)):
-            torch.cuda.empty_cache()  # so that each peak counts only what its own run needs
-            torch.cuda.reset_peak_memory_stats()
-            run()
-            torch.cuda.synchronize()
-            peaks.append(torch.cuda.max_memory_reserved() - scratch)
-        self.allocate_kv_cache(0, capture=False)
-        torch.cuda.empty_cache()
-        free, total = torch.cuda.mem_get_info()
-        non_torch = max(0, total - free - torch.cuda.memory_reserved() - self._baseline_used)
-        # the graphs' pool holds the largest decode forward's activations plus every size's outputs:
-        # measured at about twice one forward's peak
-        graph_pool = 2 * peaks[2] if self.use_cuda_graphs else 0
-        budget = int(total * self.config.gpu_memory_utilization) - weights - max(peaks) - graph_pool - non_torch
-        gib = 2**30
-        logger.info(
-            "GPU memory: %.2f GiB total x %.2f; this process: weights %.2f, activations %.2f (prefill %.2f, "
-            "decode %.2f), CUDA graphs %.2f, non-torch %.2f GiB -> %.2f GiB for the KV cache (others use %.2f)",
-            total / gib, self.config.gpu_memory_utilization, weights / gib, max(peaks[:2]) / gib, peaks[0] / gib,
-            peaks[1] / gib, graph_pool / gib, non_torch / gib, budget / gib, self._baseline_used / gib,
-        )
-        return budget
-
-    def _profile_batches(self) -> tuple[ScheduledBatch, ScheduledBatch]:
-        """The largest prefill the scheduler can build (``max_num_batched_tokens`` new tokens in as few
-        sequences as possible) and the largest decode batch (``max_num_seqs`` sequences sampling with
-        top-k/top-p, the sampler's heaviest path), on consecutive scratch blocks."""
-        cfg = self.config
-        max_len = min(self.max_model_len - 1, cfg.max_num_batched_tokens)
-        lengths, left = [], cfg.max_num_batched_tokens
-        while left > 0 and len(lengths) < cfg.max_num_seqs:
-            lengths.append(min(left, max_len))
-            left -= lengths[-1]
-        prefill, first = ScheduledBatch(), 0
-        for n in lengths:
-            seq = Sequence([0] * n, SamplingParams(max_tokens=1))
-            seq.block_table = list(range(first, first + cdiv(n, self.block_size)))
-            first += len(seq.block_table)
-            prefill.add(seq, n)
-        decode = ScheduledBatch()
-        heavy = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, max_tokens=2)
-        for i in range(cfg.max_num_seqs):
-            seq = Sequence([0, 0], heavy)
-            seq.num_computed_tokens = 1
-            seq.block_table = [i]
-            decode.add(seq, 1)
-        return prefill, decode
 
     def allocate_kv_cache(self, num_blocks: int, capture: bool = True) -> None:
         """Allocate the cache for ``num_blocks`` blocks, bind each attention layer's slice, and capture
@@ -177,8 +118,13 @@ class ModelRunner:
         self.graphs = None
         self.kv_cache.allocate(num_blocks)
         if capture and num_blocks > 0 and self.use_cuda_graphs:
-            self.graphs = DecodeGraphs(self.model, self.attn_backend, self.config.max_num_seqs,
-                                       cdiv(self.max_model_len, self.block_size), self.device)
+            self.graphs = DecodeGraphs(
+                self.model,
+                self.attn_backend,
+                self.config.max_num_seqs,
+                cdiv(self.max_model_len, self.block_size),
+                self.device,
+            )
             self.graphs.capture()
 
     # --- one step -----------------------------------------------------------------------------
@@ -234,8 +180,9 @@ class ModelRunner:
             query_start_loc_host=query_start,
             seq_lens_host=seq_lens,
         )
-        return StepInputs(input_ids=input_ids, positions=positions, meta=meta, logits_indices=logits_indices,
-                          sample_seqs=sample_seqs)
+        return StepInputs(
+            input_ids=input_ids, positions=positions, meta=meta, logits_indices=logits_indices, sample_seqs=sample_seqs
+        )
 
     def _packed(self, parts: list, dtype) -> list[torch.Tensor]:
         """Copy ``parts`` to the device in one transfer; returns a view per part. Each part starts on a

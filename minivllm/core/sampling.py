@@ -40,11 +40,13 @@ def padded(rows: list[list[int]], pad: int, device: torch.device) -> torch.Tenso
 
 def needs_processing(seqs: list[Sequence], mask: TokenMask | None = None) -> bool:
     return mask is not None or any(
-        seq.params.penalised or seq.num_generated_tokens < seq.params.min_tokens for seq in seqs)
+        seq.params.penalised or seq.num_generated_tokens < seq.params.min_tokens for seq in seqs
+    )
 
 
-def process_logits(logits: torch.Tensor, seqs: list[Sequence], pending: torch.Tensor | None,
-                   mask: TokenMask | None = None) -> torch.Tensor:
+def process_logits(
+    logits: torch.Tensor, seqs: list[Sequence], pending: torch.Tensor | None, mask: TokenMask | None = None
+) -> torch.Tensor:
     """Penalties, ``min_tokens`` bans and the grammars' ``mask`` on logits [B, V]; returns new float32
     logits (``logits`` is kept for logprobs). ``pending`` [B] int64: each row's token in flight, ``V`` where
     it has none."""
@@ -89,8 +91,10 @@ def ban_stop_tokens(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
             rows += [row] * len(seq.stop_token_ids)
             cols += list(seq.stop_token_ids)
     if rows:
-        logits = logits.index_put((to_device(rows, logits.device), to_device(cols, logits.device)),
-                                  torch.tensor(float("-inf"), device=logits.device))
+        logits = logits.index_put(
+            (to_device(rows, logits.device), to_device(cols, logits.device)),
+            torch.tensor(float("-inf"), device=logits.device),
+        )
     return logits
 
 

@@ -43,8 +43,10 @@ class StructuredOutputsParams:
         given = [k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None]
         given += ["json_object"] if self.json_object else []
         if len(given) != 1:
-            raise ValueError(f"structured_outputs takes exactly one of json, regex, choice, grammar, json_object; "
-                             f"got {', '.join(given) or 'none'}")
+            raise ValueError(
+                f"structured_outputs takes exactly one of json, regex, choice, grammar, json_object; "
+                f"got {', '.join(given) or 'none'}"
+            )
         if self.choice is not None and (not self.choice or not all(self.choice)):
             raise ValueError("choice must list at least one non-empty string")
         return self
@@ -52,8 +54,11 @@ class StructuredOutputsParams:
     @property
     def kind(self) -> str:
         """Which constraint: "json", "regex", "choice", "grammar" or "json_object"."""
-        return next(k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None) \
-            if not self.json_object else "json_object"
+        return (
+            next(k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None)
+            if not self.json_object
+            else "json_object"
+        )
 
 
 class SamplingParams(BaseModel):
@@ -68,18 +73,24 @@ class SamplingParams(BaseModel):
     top_k: int = Field(-1, description="-1 or 0 keeps the whole vocabulary (so does any k >= its size)")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    repetition_penalty: float = Field(1.0, ge=0.01, description="> 1 discourages prompt and output tokens, < 1 "
-                                      "favours them; at least 0.01: a seen token's logit divided by 1e-40 overflows")
+    repetition_penalty: float = Field(
+        1.0,
+        ge=0.01,
+        description="> 1 discourages prompt and output tokens, < 1 "
+        "favours them; at least 0.01: a seen token's logit divided by 1e-40 overflows",
+    )
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted once per output token seen")
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description="subtracted per occurrence in the output")
     seed: int | None = Field(None, ge=-(2**63), lt=2**63)
     stop: list[str] = Field(default_factory=list, description="strings that end the output")
     stop_token_ids: list[int] = Field(default_factory=list)
     include_stop_str_in_output: bool = False
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
-                                 description="top log-probabilities per generated token (0: the sampled one only)")
+    logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="top log-probabilities per generated token (0: the sampled one only)"
+    )
     structured_outputs: StructuredOutputsParams | None = Field(
-        None, description="constrain the output to a JSON schema, a regex, a choice or a grammar")
+        None, description="constrain the output to a JSON schema, a regex, a choice or a grammar"
+    )
 
     @field_validator("top_k")
     @classmethod

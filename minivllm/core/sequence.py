@@ -47,8 +47,9 @@ class Sequence:
         return len(self.token_ids) + self.num_pending_tokens
 
     def __repr__(self) -> str:
-        return (f"Sequence(id={self.seq_id}, tokens={len(self)}, computed={self.num_computed_tokens}, "
-                f"{self.status.name})")
+        return (
+            f"Sequence(id={self.seq_id}, tokens={len(self)}, computed={self.num_computed_tokens}, {self.status.name})"
+        )
 
     @property
     def output_token_ids(self) -> list[int]:

@@ -51,8 +51,9 @@ def to_grammar(spec: StructuredOutputsParams) -> str:
     if kind == "regex":
         return LLMatcher.grammar_from_regex(spec.regex)
     if kind == "choice":  # a Lark rule of string literals: no regex escaping to get wrong
-        return LLMatcher.grammar_from_lark("start: " + " | ".join(json.dumps(c, ensure_ascii=False)
-                                                                  for c in spec.choice))
+        return LLMatcher.grammar_from_lark(
+            "start: " + " | ".join(json.dumps(c, ensure_ascii=False) for c in spec.choice)
+        )
     try:  # Lark as it is; GBNF/EBNF (llama.cpp's, xgrammar's) translated
         return LLMatcher.grammar_from_lark(any_to_lark(spec.grammar))
     except GbnfToLarkError as e:
@@ -104,8 +105,10 @@ class StructuredOutputs:
                 tokenizer = self._hf_tokenizer
                 special = set(tokenizer.all_special_ids)
                 eos = sorted(t for t in self._eos_token_ids if t in special) or tokenizer.eos_token_id
-                self._llg = (llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size, eos_token=eos),
-                             llguidance.LLExecutor(self.threads))  # fills the rows of a step's mask side by side
+                self._llg = (
+                    llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size, eos_token=eos),
+                    llguidance.LLExecutor(self.threads),
+                )  # fills the rows of a step's mask side by side
             return self._llg
 
     def check(self, spec: StructuredOutputsParams) -> str:

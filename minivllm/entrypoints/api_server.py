@@ -22,10 +22,10 @@ from starlette.exceptions import HTTPException
 from minivllm.entrypoints.async_llm import AsyncLLM
 from minivllm.entrypoints.chat import chat_prompt
 from minivllm.entrypoints.connections import guarded_protocol, raise_descriptor_limit
-from minivllm.entrypoints.errors import APIError, bad_request
+from minivllm.entrypoints.errors import APIError, bad_request, error_body
 from minivllm.entrypoints.metrics import CONTENT_TYPE
 from minivllm.entrypoints.middleware import APIKeyMiddleware, BodyLimitMiddleware
-from minivllm.entrypoints.protocol import ChatCompletionRequest, CompletionRequest, error_body
+from minivllm.entrypoints.protocol import ChatCompletionRequest, CompletionRequest
 from minivllm.entrypoints.request_body import BodyReader
 from minivllm.entrypoints.request_run import RequestRun
 from minivllm.entrypoints.settings import ServerSettings
@@ -56,8 +56,10 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, e: HTTPException):  # Starlette's and FastAPI's own refusals
-        message = {404: f"no route {request.url.path}",
-                   405: f"{request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        message = {
+            404: f"no route {request.url.path}",
+            405: f"{request.method} is not allowed on {request.url.path}",
+        }.get(e.status_code, str(e.detail))
         return error_response(e.status_code, message, headers=e.headers)
 
     @app.exception_handler(Exception)
@@ -70,8 +72,13 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
 
     @app.get("/v1/models")
     async def models():
-        card = {"id": model_name, "object": "model", "created": created, "owned_by": "minivllm",
-                "max_model_len": engine.max_model_len}
+        card = {
+            "id": model_name,
+            "object": "model",
+            "created": created,
+            "owned_by": "minivllm",
+            "max_model_len": engine.max_model_len,
+        }
         return {"object": "list", "data": [card]}
 
     @app.get("/metrics")
@@ -87,16 +94,24 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
         if req.n > settings.max_n:
             raise APIError(400, f"n must be at most {settings.max_n}", "n")
         if num_prompts * req.n > settings.max_request_sequences:
-            raise APIError(400, f"{num_prompts} prompts with n={req.n} make {num_prompts * req.n} sequences, more "
-                                f"than the limit of {settings.max_request_sequences} per request", "n")
+            raise APIError(
+                400,
+                f"{num_prompts} prompts with n={req.n} make {num_prompts * req.n} sequences, more "
+                f"than the limit of {settings.max_request_sequences} per request",
+                "n",
+            )
         stop = [req.stop] if isinstance(req.stop, str) else req.stop or []
         for name, values in (("stop", stop), ("stop_token_ids", req.stop_token_ids or [])):
             if len(values) > settings.max_stop:
-                raise APIError(400, f"{name} has {len(values)} entries, more than the limit of {settings.max_stop}",
-                               name)
+                raise APIError(
+                    400, f"{name} has {len(values)} entries, more than the limit of {settings.max_stop}", name
+                )
         if (chars := sum(len(s) for s in stop)) > settings.max_stop_chars:
-            raise APIError(400, f"the stop strings have {chars} characters, more than the limit of "
-                                f"{settings.max_stop_chars}", "stop")
+            raise APIError(
+                400,
+                f"the stop strings have {chars} characters, more than the limit of {settings.max_stop_chars}",
+                "stop",
+            )
 
     async def tokenized(fn, items: list, sizes: list[int]) -> list:
         try:
@@ -115,11 +130,18 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
             raise APIError(400, f"at most {settings.max_prompts} prompts per request, got {len(prompts)}", "prompt")
         for i, p in enumerate(prompts):
             if isinstance(p, str) and len(p) > settings.max_prompt_chars:
-                raise APIError(400, f"prompt {i} has {len(p)} characters, more than the limit of "
-                                    f"{settings.max_prompt_chars}", "prompt")
+                raise APIError(
+                    400,
+                    f"prompt {i} has {len(p)} characters, more than the limit of {settings.max_prompt_chars}",
+                    "prompt",
+                )
             if not isinstance(p, str) and len(p) >= engine.max_model_len:  # before the engine reads each id
-                raise APIError(400, f"prompt {i} of {len(p)} tokens is too long: max_model_len="
-                                    f"{engine.max_model_len} leaves no room to generate", "prompt")
+                raise APIError(
+                    400,
+                    f"prompt {i} of {len(p)} tokens is too long: max_model_len="
+                    f"{engine.max_model_len} leaves no room to generate",
+                    "prompt",
+                )
         texts = [p for p in prompts if isinstance(p, str)]
         encoded = iter(await tokenized(engine.encode, texts, [len(p) for p in texts]))
         token_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]
@@ -134,14 +156,18 @@ def build_app(engine: AsyncLLM, settings: ServerSettings | None = None) -> FastA
             req.max_tokens = req.max_completion_tokens
         messages = [m.as_template_input() for m in req.messages]
         if (chars := sum(len(m["content"]) for m in messages)) > settings.max_prompt_chars:
-            raise APIError(400, f"the messages have {chars} characters, more than the limit of "
-                                f"{settings.max_prompt_chars}", "messages")
+            raise APIError(
+                400,
+                f"the messages have {chars} characters, more than the limit of {settings.max_prompt_chars}",
+                "messages",
+            )
         try:
             tools = req.tools if req.resolved_tool_choice != "none" else None
         except ValueError as e:
             raise bad_request(e) from None
-        [prompt] = await tokenized(lambda m: chat_prompt(engine.tokenizer, m, settings.chat_template, tools),
-                                   [messages], [chars])
+        [prompt] = await tokenized(
+            lambda m: chat_prompt(engine.tokenizer, m, settings.chat_template, tools), [messages], [chars]
+        )
         run = RequestRun(engine, model_name, "chatcmpl", [prompt], req, req.chat_logprobs, settings.max_stream_buffer)
         return await run.respond(raw, "chat.completion")
 
@@ -163,8 +189,13 @@ class _Server(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def serve(engine: AsyncLLM, settings: ServerSettings | None = None, host: str = "127.0.0.1", port: int = 8000,
-          log_level: str = "info") -> None:
+def serve(
+    engine: AsyncLLM,
+    settings: ServerSettings | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> None:
     """Run the server until SIGTERM or SIGINT (shutting down within the grace period) or the engine process's
     death (its requests failed, ``/health`` 503 meanwhile), then close the engine."""
     settings = settings or ServerSettings()
@@ -189,9 +220,14 @@ def serve(engine: AsyncLLM, settings: ServerSettings | None = None, host: str = 
 
 def server_config(app: FastAPI, settings: ServerSettings, host: str, port: int, log_level: str) -> uvicorn.Config:
     """uvicorn's settings for ``app``: the connection cap and idle timeout, the shutdown's grace period."""
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          http=guarded_protocol(settings.max_connections, settings.idle_timeout),
-                          timeout_graceful_shutdown=settings.shutdown_grace_period)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=guarded_protocol(settings.max_connections, settings.idle_timeout),
+        timeout_graceful_shutdown=settings.shutdown_grace_period,
+    )
 
 
 def _interrupt(signum, frame):

@@ -47,8 +47,13 @@ class EngineDeadError(EngineClosedError):
 
 
 class AsyncLLM:
-    def __init__(self, model: str | None = None, served_model_name: str | None = None,
-                 engine_process: bool | None = None, **kwargs):
+    def __init__(
+        self,
+        model: str | None = None,
+        served_model_name: str | None = None,
+        engine_process: bool | None = None,
+        **kwargs,
+    ):
         """``model`` and ``kwargs`` are ``LLM(...)``'s; ``served_model_name`` is the name clients use and the
         metrics' ``model_name`` label (default: ``model``, or "SmolLM2-135M-Instruct" for the embedded one).
         ``engine_process``: run the engine core in a process of its own rather than on a thread of this one
@@ -62,18 +67,28 @@ class AsyncLLM:
         self._conn, core_conn = multiprocessing.Pipe()
         if self.engine_process:
             self._core = multiprocessing.get_context("spawn").Process(
-                target=run_engine_core, args=(self.config, core_conn), name="minivllm-engine-core")
+                target=run_engine_core, args=(self.config, core_conn), name="minivllm-engine-core"
+            )
         else:
-            self._core = threading.Thread(target=run_engine_core, args=(self.config, core_conn, LLMEngine(self.config)),
-                                          name="minivllm-engine-core", daemon=True)
+            self._core = threading.Thread(
+                target=run_engine_core,
+                args=(self.config, core_conn, LLMEngine(self.config)),
+                name="minivllm-engine-core",
+                daemon=True,
+            )
         self._core.start()
         if self.engine_process:
             core_conn.close()  # the child's now: its end closing is how a dead engine shows
         info = self._handshake()
         self.max_model_len = info["max_model_len"]
         # requests are checked here, grammars included (each process keeps its own cache of compiled ones)
-        self.requests = RequestFactory(info["vocab_size"], self.max_model_len, self.tokenizer, info["eos_token_ids"],
-                                       _scheduler_check(self.config, self.max_model_len, info["num_blocks"]))
+        self.requests = RequestFactory(
+            info["vocab_size"],
+            self.max_model_len,
+            self.tokenizer,
+            info["eos_token_ids"],
+            _scheduler_check(self.config, self.max_model_len, info["num_blocks"]),
+        )
         self.served_model_name = served_model_name or model_id(self.config.model)
         self.metrics = EngineMetrics(self.served_model_name)
         self.on_engine_dead: Callable[[], None] | None = None  # called (on the receiver thread) if the core dies
@@ -103,8 +118,9 @@ class AsyncLLM:
 
     # --- the caller's side (any thread, usually the asyncio loop's) ------------------------------
 
-    def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str,
-                 max_buffered: int | None = None) -> AsyncIterator[StreamOutput]:
+    def generate(
+        self, prompt: str | list[int], params: SamplingParams, request_id: str, max_buffered: int | None = None
+    ) -> AsyncIterator[StreamOutput]:
         """Queue a request and return an async iterator of its outputs as the engine produces them; call
         it from a running event loop and iterate what it returns. Raises ValueError at once for a bad
         request (nothing queued), and EngineClosedError once the engine is closed, dead or shutting down.
@@ -127,8 +143,11 @@ class AsyncLLM:
 
     def _check_open(self) -> None:
         if self._stopped or self._dead or not self._accepting:
-            raise (EngineDeadError("the engine process died") if self._dead else EngineClosedError(
-                "the engine is closed" if self._stopped else "the server is shutting down"))
+            raise (
+                EngineDeadError("the engine process died")
+                if self._dead
+                else EngineClosedError("the engine is closed" if self._stopped else "the server is shutting down")
+            )
 
     async def _outputs(self, request: RequestState) -> AsyncIterator[StreamOutput]:
         finished = False

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 
-def chat_prompt(tokenizer, messages: list[dict], chat_template: str | None = None,
-                tools: list | None = None) -> list[int]:
+def chat_prompt(
+    tokenizer, messages: list[dict], chat_template: str | None = None, tools: list | None = None
+) -> list[int]:
     """Token ids of ``messages`` ([{"role": ..., "content": ...}]) with the assistant's turn opened; ``tools``
     (OpenAI tool dicts, or a :class:`~minivllm.entrypoints.tools.Tool` list) offered to the model as the
     template allows (entrypoints/tools.py). Raises ValueError when there is no template or the messages do
@@ -21,8 +22,9 @@ def chat_prompt(tokenizer, messages: list[dict], chat_template: str | None = Non
 
         messages, tools = with_tools(messages, [Tool.model_validate(t) for t in tools], template)
     try:
-        text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=True, tools=tools)
+        text = tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=True, tools=tools
+        )
     except Exception as e:  # jinja errors: a template that raises on these messages
         raise ValueError(f"the chat template failed on these messages: {e}") from None
     # the template writes the special tokens (BOS) itself

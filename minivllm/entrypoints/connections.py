@@ -16,7 +16,7 @@ import time
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from minivllm.entrypoints.protocol import error_body
+from minivllm.entrypoints.errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -25,10 +25,13 @@ DESCRIPTORS_BESIDES_CONNECTIONS = 256  # the engine's files, the listening socke
 
 def guarded_protocol(max_connections: int, idle_timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (``http=`` of ``uvicorn.Config``) with the cap and the idle timeout."""
-    body = json.dumps(error_body(f"the server has {max_connections} connections open, its limit: retry later",
-                                 503)).encode()
-    refusal = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
-               b"content-length: %d\r\n\r\n%s" % (len(body), body))
+    body = json.dumps(
+        error_body(f"the server has {max_connections} connections open, its limit: retry later", 503)
+    ).encode()
+    refusal = (
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+    )
     last_warning = [0.0]  # one log line per minute at most while the cap holds
 
     class GuardedProtocol(AutoHTTPProtocol):
@@ -39,8 +42,7 @@ def guarded_protocol(max_connections: int, idle_timeout: float) -> type[asyncio.
                 transport.close()
                 if time.monotonic() - last_warning[0] > 60:
                     last_warning[0] = time.monotonic()
-                    logger.warning("%d connections open, the limit (--max-connections): refusing more",
-                                   max_connections)
+                    logger.warning("%d connections open, the limit (--max-connections): refusing more", max_connections)
                 return
             self._watch(None)
 
@@ -67,6 +69,8 @@ def raise_descriptor_limit(max_connections: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         if hard != resource.RLIM_INFINITY and hard < needed:
-            raise SystemExit(f"--max-connections {max_connections} needs {needed} open files, but the limit is "
-                             f"{hard} (ulimit -n): lower --max-connections or raise the limit")
+            raise SystemExit(
+                f"--max-connections {max_connections} needs {needed} open files, but the limit is "
+                f"{hard} (ulimit -n): lower --max-connections or raise the limit"
+            )
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))

@@ -63,8 +63,12 @@ def run_engine_core(config: EngineConfig, conn: Connection, engine: LLMEngine | 
             conn.close()
             return
     try:
-        info = {"max_model_len": engine.max_model_len, "vocab_size": engine.vocab_size,
-                "eos_token_ids": set(engine.eos_token_ids), "num_blocks": engine.allocator.num_blocks}
+        info = {
+            "max_model_len": engine.max_model_len,
+            "vocab_size": engine.vocab_size,
+            "eos_token_ids": set(engine.eos_token_ids),
+            "num_blocks": engine.allocator.num_blocks,
+        }
         send(conn, ("ready", info))
         EngineCore(engine, conn).run()
     except (EOFError, OSError):
@@ -159,5 +163,9 @@ class EngineCore:
 
     def _stats(self) -> tuple[int, int, int, int]:
         scheduler, allocator = self.engine.scheduler, self.engine.allocator
-        return (len(scheduler.running), len(scheduler.waiting), allocator.num_blocks - allocator.num_free_blocks,
-                allocator.num_blocks)
+        return (
+            len(scheduler.running),
+            len(scheduler.waiting),
+            allocator.num_blocks - allocator.num_free_blocks,
+            allocator.num_blocks,
+        )

@@ -1,11 +1,51 @@
-"""The server's refusals: :class:`APIError` (answered as an OpenAI error body by the app's handler) and
-how a ValueError from a request's validation becomes one, with the field it concerns in ``param``."""
+"""The server's refusals: OpenAI's error body (:func:`error_body`), :class:`APIError` (answered with one by the
+app's handler) and how a ValueError from a request's validation becomes one, with the field it concerns in
+``param``."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError
 
-from minivllm.entrypoints.protocol import describe_errors
+# the error type for each status code, named as vLLM names them (after the client's exception classes)
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
+    499: "ClientClosedRequest",
+    500: "InternalServerError",
+    503: "ServiceUnavailableError",
+}
+
+
+def error_body(message: str, code: int, param: str | None = None) -> dict:
+    """OpenAI's error body; its clients raise the matching exception class from the status code."""
+    return {
+        "error": {"message": message, "type": ERROR_TYPES.get(code, "BadRequestError"), "param": param, "code": code}
+    }
+
+
+def describe_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """pydantic's errors (a request body's, or SamplingParams') as one short message that names each
+    field, as ``messages[0].role: ...``, without the input values; and the first field, for ``param``."""
+    parts, param = [], None
+    for err in errors:
+        loc = list(err["loc"])
+        if loc and loc[0] == "body":  # FastAPI's locations start with where the value came from
+            loc = loc[1:]
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        if err["type"] in ("model_attributes_type", "dict_type", "model_type"):  # said without class names
+            message = "must be a JSON object" if loc else "the body must be a JSON object"
+        else:
+            message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
+        parts.append(f"{path}: {message}" if path else message)
+        if param is None and loc and isinstance(loc[0], str):
+            param = loc[0]
+    return "; ".join(parts), param
+
 
 # The engine's checks (``LLMEngine.make_sequence``) and SamplingParams' checks across fields raise errors
 # that name no field: the request field each one concerns, by the start of its message. A completions
@@ -30,8 +70,9 @@ class APIError(Exception):
         self.status, self.message, self.param = status, message, param
 
 
-def bad_request(e: ValueError, where: str = "", prompt_param: str = "prompt",
-                constraint_param: str = "structured_outputs") -> APIError:
+def bad_request(
+    e: ValueError, where: str = "", prompt_param: str = "prompt", constraint_param: str = "structured_outputs"
+) -> APIError:
     """A 400 for a bad value: pydantic's errors said field by field, without the values; the engine's
     named after :data:`ENGINE_ERROR_PARAMS` (a grammar's after the field that asked for it)."""
     if isinstance(e, ValidationError):

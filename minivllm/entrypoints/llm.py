@@ -92,8 +92,14 @@ class LLM:
                     text = releasable_text(seq) if seq.detokenizer is not None else ""
                     delta, sent[seq.seq_id] = text[sent[seq.seq_id] :], len(text)
                     index, j = where[seq.seq_id]
-                    yield {"index": index, "completion": j, "delta": delta, "tokens": seq.output_token_ids,
-                           "finished": seq.is_finished, "finish_reason": seq.finish_reason}
+                    yield {
+                        "index": index,
+                        "completion": j,
+                        "delta": delta,
+                        "tokens": seq.output_token_ids,
+                        "finished": seq.is_finished,
+                        "finish_reason": seq.finish_reason,
+                    }
         finally:
             self._abort([seq for group in requests for seq in group])
 
@@ -141,8 +147,11 @@ class LLM:
         prompt's index, where the prompts are encoded (LLMEngine.encode)."""
         if isinstance(prompts, str) or (prompts and is_token_ids(prompts)):
             return [prompts]  # a single prompt
-        if not isinstance(prompts, SequenceABC) or isinstance(prompts, (bytes, bytearray)) or (
-                prompts and all(isinstance(p, int) for p in prompts)):  # bools, or ints and bools mixed
+        if (
+            not isinstance(prompts, SequenceABC)
+            or isinstance(prompts, (bytes, bytearray))
+            or (prompts and all(isinstance(p, int) for p in prompts))
+        ):  # bools, or ints and bools mixed
             return [prompts]  # not a prompt: encode() says why
         return list(prompts)
 

@@ -15,12 +15,74 @@ PREFIX = "minivllm:"
 # Not OpenMetrics: prometheus_client's encoder for it writes a name's ':' as '_' in its samples.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # vLLM's buckets, so that dashboards built for vLLM read these the same way
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-                40.0, 80.0)
-E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
-               480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+TPOT_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+E2E_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 FINISH_REASONS = ("stop", "length", "abort")  # shown from the start, at 0; others appear when they happen
 
@@ -44,16 +106,33 @@ class EngineMetrics:
         self.kv_total = metric(Gauge, "kv_cache_total_blocks", "KV-cache blocks in all")
         self.prompt_tokens = metric(Counter, "prompt_tokens", "Prompt tokens of admitted requests (once per prompt)")
         self.generation_tokens = metric(Counter, "generation_tokens", "Generated tokens")
-        self.batch_size = metric(Histogram, "batch_size", "Sequences that sampled a token in one engine step",
-                                 buckets=BATCH_BUCKETS)
-        self.ttft = metric(Histogram, "time_to_first_token_seconds",
-                           "Time from a request's arrival to a completion's first token", buckets=TTFT_BUCKETS)
-        self.tpot = metric(Histogram, "request_time_per_output_token_seconds",
-                           "Mean time per output token after the first, per finished completion", buckets=TPOT_BUCKETS)
-        self.e2e = metric(Histogram, "e2e_request_latency_seconds",
-                          "Time from a request's arrival to a completion's end (stop or length)", buckets=E2E_BUCKETS)
-        self._finished = Counter(PREFIX + "request_success", "Completions that ended, by finish reason",
-                                 ["model_name", "finished_reason"], registry=self.registry)
+        self.batch_size = metric(
+            Histogram, "batch_size", "Sequences that sampled a token in one engine step", buckets=BATCH_BUCKETS
+        )
+        self.ttft = metric(
+            Histogram,
+            "time_to_first_token_seconds",
+            "Time from a request's arrival to a completion's first token",
+            buckets=TTFT_BUCKETS,
+        )
+        self.tpot = metric(
+            Histogram,
+            "request_time_per_output_token_seconds",
+            "Mean time per output token after the first, per finished completion",
+            buckets=TPOT_BUCKETS,
+        )
+        self.e2e = metric(
+            Histogram,
+            "e2e_request_latency_seconds",
+            "Time from a request's arrival to a completion's end (stop or length)",
+            buckets=E2E_BUCKETS,
+        )
+        self._finished = Counter(
+            PREFIX + "request_success",
+            "Completions that ended, by finish reason",
+            ["model_name", "finished_reason"],
+            registry=self.registry,
+        )
         for reason in FINISH_REASONS:
             self._finished.labels(model_name, reason)
 

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from minivllm.entrypoints.protocol import error_body
+from minivllm.entrypoints.errors import error_body
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -28,8 +28,9 @@ class APIKeyMiddleware:
         if scope["type"] != "http" or scope["path"] in self.open_paths or self._authorized(scope):
             await self.app(scope, receive, send)
             return
-        response = JSONResponse(error_body("invalid or missing API key", 401), status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+        response = JSONResponse(
+            error_body("invalid or missing API key", 401), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
         await response(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:

@@ -111,10 +111,15 @@ class OutputProcessor:
             chars, tokens = request.sent_chars[i], request.sent_tokens[i]
             request.sent_chars[i], request.sent_tokens[i] = len(text), seq.num_output_tokens
             out = StreamOutput(
-                request_id=request.request_id, index=i, text=text[chars:],
-                token_ids=seq.token_ids[seq.num_prompt_tokens + tokens :], logprobs=seq.logprobs[tokens:],
-                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
-                num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
+                request_id=request.request_id,
+                index=i,
+                text=text[chars:],
+                token_ids=seq.token_ids[seq.num_prompt_tokens + tokens :],
+                logprobs=seq.logprobs[tokens:],
+                finish_reason=seq.finish_reason,
+                stop_reason=seq.stop_reason,
+                num_prompt_tokens=seq.num_prompt_tokens,
+                num_output_tokens=seq.num_output_tokens,
                 finished=finished and k == len(indices) - 1,
             )
             self._outbox.setdefault(request.loop, []).append((request.queue, out))

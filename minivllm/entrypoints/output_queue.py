@@ -56,7 +56,8 @@ class OutputQueue:
             self.abort()
             item = StreamBufferFullError(
                 f"the output was not read: {self.buffered} tokens (each counting 1 + its top logprobs) waited "
-                f"unread, more than the limit of {self.max_buffered}; the request was aborted")
+                f"unread, more than the limit of {self.max_buffered}; the request was aborted"
+            )
         self.queue.put_nowait(item)
 
     async def get(self) -> StreamOutput | BaseException:

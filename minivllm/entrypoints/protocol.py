@@ -1,4 +1,5 @@
-"""OpenAI request bodies (with vLLM's extra sampling fields), the fields refused, and error bodies."""
+"""OpenAI request bodies (with vLLM's extra sampling fields) and the fields refused; error bodies are
+:mod:`minivllm.entrypoints.errors`'."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from minivllm.core.sampling_params import MAX_LOGPROBS, SamplingParams, StructuredOutputsParams
+from minivllm.entrypoints.errors import describe_errors
 from minivllm.entrypoints.tools import (
     NamedToolChoice,
     ResponseFormat,
@@ -107,8 +109,14 @@ class _SamplingRequest(BaseModel):
     def unsupported_field(self) -> str | None:
         """The first field given that asks for something minivllm does not do, if any."""
         extra = self.model_extra or {}
-        return next((name for name, harmless in self.unsupported_fields.items()
-                     if name in extra and extra[name] not in harmless), None)
+        return next(
+            (
+                name
+                for name, harmless in self.unsupported_fields.items()
+                if name in extra and extra[name] not in harmless
+            ),
+            None,
+        )
 
     def constraints(self) -> dict[str, StructuredOutputsParams]:
         """The structured-output constraints the request asks for, by the field that asks."""
@@ -142,17 +150,32 @@ class _SamplingRequest(BaseModel):
         else:
             max_tokens = self.max_tokens
             if num_prompt_tokens < max_model_len < num_prompt_tokens + max_tokens:
-                raise FieldError("max_tokens", (
-                    f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-                    f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the prompt, {max_tokens} in "
-                    "the completion). Please reduce the length of the prompt or max_tokens."))
+                raise FieldError(
+                    "max_tokens",
+                    (
+                        f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                        f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the prompt, {max_tokens} in "
+                        "the completion). Please reduce the length of the prompt or max_tokens."
+                    ),
+                )
         return SamplingParams(
-            n=self.n, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
-            max_tokens=max_tokens, min_tokens=self.min_tokens, seed=self.seed, stop=self.stop,
-            stop_token_ids=self.stop_token_ids, include_stop_str_in_output=self.include_stop_str_in_output,
-            ignore_eos=self.ignore_eos, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, repetition_penalty=self.repetition_penalty,
-            logprobs=logprobs, structured_outputs=self.constraint()[1],
+            n=self.n,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            seed=self.seed,
+            stop=self.stop,
+            stop_token_ids=self.stop_token_ids,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            ignore_eos=self.ignore_eos,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logprobs=logprobs,
+            structured_outputs=self.constraint()[1],
         )
 
     @property
@@ -173,8 +196,11 @@ class CompletionRequest(_SamplingRequest):
         def token_ids(p) -> bool:
             return isinstance(p, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
 
-        if isinstance(v, str) or token_ids(v) or (isinstance(v, list) and (
-                all(isinstance(p, str) for p in v) or all(token_ids(p) for p in v))):
+        if (
+            isinstance(v, str)
+            or token_ids(v)
+            or (isinstance(v, list) and (all(isinstance(p, str) for p in v) or all(token_ids(p) for p in v)))
+        ):
             return v
         raise ValueError("must be a string, a list of token ids, or a list of strings or of token-id lists")
 
@@ -199,8 +225,9 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(v, str):
             return v
-        if isinstance(v, list) and all(isinstance(part, dict) and part.get("type") == "text"
-                                       and isinstance(part.get("text"), str) for part in v):
+        if isinstance(v, list) and all(
+            isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in v
+        ):
             return "".join(part["text"] for part in v)
         raise ValueError("must be a string or a list of {'type': 'text', 'text': ...} parts")
 
@@ -242,34 +269,3 @@ class ChatCompletionRequest(_SamplingRequest):
     @property
     def chat_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-
-# the error type for each status code, named as vLLM names them (after the client's exception classes)
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError",
-               405: "MethodNotAllowedError", 413: "RequestTooLargeError", 499: "ClientClosedRequest",
-               500: "InternalServerError", 503: "ServiceUnavailableError"}
-
-
-def error_body(message: str, code: int, param: str | None = None) -> dict:
-    """OpenAI's error body; its clients raise the matching exception class from the status code."""
-    return {"error": {"message": message, "type": ERROR_TYPES.get(code, "BadRequestError"), "param": param,
-                      "code": code}}
-
-
-def describe_errors(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
-    """pydantic's errors (a request body's, or SamplingParams') as one short message that names each
-    field, as ``messages[0].role: ...``, without the input values; and the first field, for ``param``."""
-    parts, param = [], None
-    for err in errors:
-        loc = list(err["loc"])
-        if loc and loc[0] == "body":  # FastAPI's locations start with where the value came from
-            loc = loc[1:]
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        if err["type"] in ("model_attributes_type", "dict_type", "model_type"):  # said without class names
-            message = "must be a JSON object" if loc else "the body must be a JSON object"
-        else:
-            message = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
-        parts.append(f"{path}: {message}" if path else message)
-        if param is None and loc and isinstance(loc[0], str):
-            param = loc[0]
-    return "; ".join(parts), param

@@ -39,8 +39,10 @@ def replica_environments(n: int, tensor_parallel_size: int, device: str) -> list
     if device != "cpu" and torch.cuda.is_available():
         count = torch.cuda.device_count()
         if n * tensor_parallel_size > count:
-            raise ValueError(f"--data-parallel-size {n} x --tensor-parallel-size {tensor_parallel_size} needs "
-                             f"{n * tensor_parallel_size} GPUs, and {count} are visible")
+            raise ValueError(
+                f"--data-parallel-size {n} x --tensor-parallel-size {tensor_parallel_size} needs "
+                f"{n * tensor_parallel_size} GPUs, and {count} are visible"
+            )
         tp = tensor_parallel_size
         return [{"CUDA_VISIBLE_DEVICES": ",".join(str(i * tp + r) for r in range(tp))} for i in range(n)]
     threads = max(1, (os.cpu_count() or 1) // (n * tensor_parallel_size))
@@ -68,21 +70,45 @@ def replica_arguments(serve_argv: list[str]) -> list[str]:
 def router_command(host: str, port: int, worker_urls: list[str], policy: str) -> list[str]:
     """The router on ``host:port``; its own Prometheus metrics on 127.0.0.1 at the port after the last
     replica's (its default, 29000, would clash between two such servers on one host)."""
-    return [sys.executable, "-m", "sglang_router.launch_router", "--host", host, "--port", str(port),
-            "--policy", policy, "--worker-urls", *worker_urls, "--log-level", "warn",
-            "--prometheus-host", "127.0.0.1", "--prometheus-port", str(port + len(worker_urls) + 1)]
+    return [
+        sys.executable,
+        "-m",
+        "sglang_router.launch_router",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--policy",
+        policy,
+        "--worker-urls",
+        *worker_urls,
+        "--log-level",
+        "warn",
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",
+        str(port + len(worker_urls) + 1),
+    ]
 
 
-def serve_replicas(replica_args: list[str], n: int, host: str, port: int, policy: str = "cache_aware",
-                   tensor_parallel_size: int = 1, device: str = "auto") -> int:
+def serve_replicas(
+    replica_args: list[str],
+    n: int,
+    host: str,
+    port: int,
+    policy: str = "cache_aware",
+    tensor_parallel_size: int = 1,
+    device: str = "auto",
+) -> int:
     """Start ``n`` replicas (``minivllm serve`` with ``replica_args``, which name no host, port or
     data-parallel size), then the router; supervise until a signal or the router's end. Returns the exit
     status."""
     try:
         import sglang_router  # noqa: F401  (only to fail early with the install command)
     except ImportError:
-        raise ValueError("--data-parallel-size needs the router: pip install 'minivllm[router]' "
-                         "(sglang-router)") from None
+        raise ValueError(
+            "--data-parallel-size needs the router: pip install 'minivllm[router]' (sglang-router)"
+        ) from None
     if policy not in POLICIES:
         raise ValueError(f"unknown router policy {policy!r}; known: {', '.join(POLICIES)}")
     urls = [f"http://127.0.0.1:{port + 1 + i}" for i in range(n)]
@@ -97,11 +123,25 @@ def serve_replicas(replica_args: list[str], n: int, host: str, port: int, policy
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         for i, env in enumerate(replica_environments(n, tensor_parallel_size, device)):
-            command = [sys.executable, "-m", "minivllm.cli", "serve", *replica_args,
-                       "--host", "127.0.0.1", "--port", str(port + 1 + i)]
+            command = [
+                sys.executable,
+                "-m",
+                "minivllm.cli",
+                "serve",
+                *replica_args,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port + 1 + i),
+            ]
             replicas.append(subprocess.Popen(command, env={**os.environ, **env}))
-            logger.info("replica %d: pid %d on %s (%s)", i, replicas[-1].pid, urls[i],
-                        ", ".join(f"{k}={v}" for k, v in env.items()))
+            logger.info(
+                "replica %d: pid %d on %s (%s)",
+                i,
+                replicas[-1].pid,
+                urls[i],
+                ", ".join(f"{k}={v}" for k, v in env.items()),
+            )
         if not _wait_healthy(replicas, urls, lambda: stopping):
             return 1
         router = subprocess.Popen(router_command(host, port, urls, policy))
@@ -111,8 +151,12 @@ def serve_replicas(replica_args: list[str], n: int, host: str, port: int, policy
             for i, proc in enumerate(replicas):
                 if proc.poll() is not None and i not in reported:
                     reported.add(i)
-                    logger.error("replica %d (%s) exited with status %s; the router routes around it",
-                                 i, urls[i], proc.returncode)
+                    logger.error(
+                        "replica %d (%s) exited with status %s; the router routes around it",
+                        i,
+                        urls[i],
+                        proc.returncode,
+                    )
             time.sleep(0.2)
         if router.poll() is not None and not stopping:
             logger.error("the router exited with status %s; stopping the replicas", router.returncode)

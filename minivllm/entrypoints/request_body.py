@@ -18,8 +18,7 @@ import pydantic_core
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from minivllm.entrypoints.errors import APIError
-from minivllm.entrypoints.protocol import describe_errors
+from minivllm.entrypoints.errors import APIError, describe_errors
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -65,8 +64,11 @@ def _parse_for_the_error(raw: bytes):
     except json.JSONDecodeError as e:
         raise APIError(400, f"the body is not valid JSON: {e.msg} (character {e.pos})") from None
     if _SURROGATE_ESCAPE.search(text) and (path := _lone_surrogate(value)) is not None:
-        raise APIError(400, f"{path or 'the body'}: a lone UTF-16 surrogate (such as \\ud800) is no character",
-                       path.split(".")[0].split("[")[0] or None)
+        raise APIError(
+            400,
+            f"{path or 'the body'}: a lone UTF-16 surrogate (such as \\ud800) is no character",
+            path.split(".")[0].split("[")[0] or None,
+        )
     return value
 
 

@@ -18,17 +18,24 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from minivllm.entrypoints.async_llm import AsyncLLM, EngineClosedError, StreamOutput
-from minivllm.entrypoints.errors import APIError, bad_request
+from minivllm.entrypoints.errors import APIError, bad_request, error_body
 from minivllm.entrypoints.output_queue import StreamBufferFullError
-from minivllm.entrypoints.protocol import error_body
 
 
 class RequestRun:
     """Choice ``i * n + j`` is completion ``j`` of prompt ``i``. ``logprobs`` is the number of top logprobs
     asked for (0: the sampled token's only), or None for none."""
 
-    def __init__(self, engine: AsyncLLM, model: str, prefix: str, prompts: list[list[int]], req,
-                 logprobs: int | None, max_stream_buffer: int):
+    def __init__(
+        self,
+        engine: AsyncLLM,
+        model: str,
+        prefix: str,
+        prompts: list[list[int]],
+        req,
+        logprobs: int | None,
+        max_stream_buffer: int,
+    ):
         self.engine, self.model, self.req, self.chat = engine, model, req, prefix == "chatcmpl"
         self.logprobs = logprobs
         self.id = f"{prefix}-{uuid.uuid4().hex}"
@@ -46,8 +53,12 @@ class RequestRun:
                 engine.abort(f"{self.id}-{started}")
             if isinstance(e, EngineClosedError):
                 raise APIError(503, str(e)) from None
-            raise bad_request(e, f"prompt {i}: " if len(prompts) > 1 else "", "messages" if self.chat else "prompt",
-                              _constraint_field(req)) from None
+            raise bad_request(
+                e,
+                f"prompt {i}: " if len(prompts) > 1 else "",
+                "messages" if self.chat else "prompt",
+                _constraint_field(req),
+            ) from None
         self.tools = req.tool_parser() if self.chat else None  # turns the text into tool_calls
         self.num_prompt_tokens = sum(len(p) for p in prompts)
         self.num_completion_tokens = 0
@@ -97,12 +108,20 @@ class RequestRun:
                 task.cancel()
 
     def _usage(self) -> dict:
-        return {"prompt_tokens": self.num_prompt_tokens, "completion_tokens": self.num_completion_tokens,
-                "total_tokens": self.num_prompt_tokens + self.num_completion_tokens}
+        return {
+            "prompt_tokens": self.num_prompt_tokens,
+            "completion_tokens": self.num_completion_tokens,
+            "total_tokens": self.num_prompt_tokens + self.num_completion_tokens,
+        }
 
     def _chunk(self, choices: list[dict], usage: dict | None = None) -> str:
-        body = {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
-                "created": self.created, "model": self.model, "choices": choices}
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
@@ -110,15 +129,23 @@ class RequestRun:
     async def _events(self) -> AsyncIterator[str]:
         num_choices = len(self.streams) * self.n
         if self.chat:  # the assistant's role first, as OpenAI does
-            yield self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                "finish_reason": None} for i in range(num_choices)])
+            yield self._chunk(
+                [
+                    {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+                    for i in range(num_choices)
+                ]
+            )
         offsets = [0] * num_choices
         held = [""] * num_choices  # with tools: each choice's text, sent once it is known to be text or calls
         try:
             async with contextlib.aclosing(self._outputs()) as outputs:
                 async for index, out in outputs:
-                    choice = {"index": index, "logprobs": self._logprobs(out, offsets, index),
-                              "finish_reason": out.finish_reason, "stop_reason": out.stop_reason}
+                    choice = {
+                        "index": index,
+                        "logprobs": self._logprobs(out, offsets, index),
+                        "finish_reason": out.finish_reason,
+                        "stop_reason": out.stop_reason,
+                    }
                     if self.tools is not None:
                         held[index] += out.text
                         if not out.finish_reason:
@@ -159,9 +186,12 @@ class RequestRun:
         choices = []
         for i, parts in enumerate(outs):
             text = "".join(out.text for out in parts)
-            choice = {"index": i, "finish_reason": parts[-1].finish_reason if parts else None,
-                      "stop_reason": parts[-1].stop_reason if parts else None,
-                      "logprobs": self._merged_logprobs(parts, offsets, i)}
+            choice = {
+                "index": i,
+                "finish_reason": parts[-1].finish_reason if parts else None,
+                "stop_reason": parts[-1].stop_reason if parts else None,
+                "logprobs": self._merged_logprobs(parts, offsets, i),
+            }
             if self.chat:
                 choice["message"] = {"role": "assistant", "content": text}
                 if self.tools is not None and parts and parts[-1].finish_reason in ("stop", "length"):
@@ -190,20 +220,28 @@ class RequestRun:
             return None
         token = self._token_text
         if self.chat:
+
             def entry(token_id: int, logprob: float) -> dict:
                 text = token(token_id)
                 return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
 
-            return {"content": [{**entry(tid, lp), "top_logprobs": [entry(t, v) for t, v in top]}
-                                for tid, (lp, top) in zip(out.token_ids, out.logprobs)]}
+            return {
+                "content": [
+                    {**entry(tid, lp), "top_logprobs": [entry(t, v) for t, v in top]}
+                    for tid, (lp, top) in zip(out.token_ids, out.logprobs)
+                ]
+            }
         tokens = [token(tid) for tid in out.token_ids]
         text_offset = []
         for text in tokens:
             text_offset.append(offsets[index])
             offsets[index] += len(text)
-        return {"tokens": tokens, "token_logprobs": [lp for lp, _ in out.logprobs],
-                "top_logprobs": [{token(t): v for t, v in top} for _, top in out.logprobs],
-                "text_offset": text_offset}
+        return {
+            "tokens": tokens,
+            "token_logprobs": [lp for lp, _ in out.logprobs],
+            "top_logprobs": [{token(t): v for t, v in top} for _, top in out.logprobs],
+            "text_offset": text_offset,
+        }
 
     def _token_text(self, token_id: int) -> str:
         if (text := self._texts.get(token_id)) is None:

@@ -35,8 +35,11 @@ class TokenizerQueue:
         they do not fit the queue (nothing is queued then)."""
         total = sum(sizes)
         if total > SHORT_CHARS and self.queued_chars and self.queued_chars + total > self.max_chars:
-            raise APIError(503, f"the server is busy tokenizing {self.queued_chars} characters, and this request "
-                                f"would pass the limit of {self.max_chars}: retry later")
+            raise APIError(
+                503,
+                f"the server is busy tokenizing {self.queued_chars} characters, and this request "
+                f"would pass the limit of {self.max_chars}: retry later",
+            )
         self.queued_chars += total
         try:
             results = []

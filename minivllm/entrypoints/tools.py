@@ -70,8 +70,12 @@ def response_format_constraint(fmt: ResponseFormat) -> StructuredOutputsParams |
 
 
 def _call_schema(fn: FunctionDef) -> dict:
-    return {"type": "object", "properties": {"name": {"const": fn.name}, "arguments": fn.parameters},
-            "required": ["name", "arguments"], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": fn.name}, "arguments": fn.parameters},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
 
 
 def named_function(tools: list[Tool], choice: NamedToolChoice) -> FunctionDef:
@@ -96,10 +100,12 @@ def tool_constraint(tools: list[Tool], choice) -> StructuredOutputsParams | None
 def tool_prompt(tools: list[Tool]) -> str:
     """The system message that offers the tools to a model whose chat template does not (Hermes' wording)."""
     specs = "\n".join(json.dumps(t.model_dump(exclude_none=True)) for t in tools)
-    return ("You may call one or more functions to assist with the user query. The functions are listed "
-            f"within <tools></tools>:\n<tools>\n{specs}\n</tools>\nFor each function call, return a JSON object "
-            "with the function name and arguments within <tool_call></tool_call> tags:\n<tool_call>\n"
-            '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>')
+    return (
+        "You may call one or more functions to assist with the user query. The functions are listed "
+        f"within <tools></tools>:\n<tools>\n{specs}\n</tools>\nFor each function call, return a JSON object "
+        "with the function name and arguments within <tool_call></tool_call> tags:\n<tool_call>\n"
+        '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+    )
 
 
 def with_tools(messages: list[dict], tools: list[Tool], template: str) -> tuple[list[dict], list[dict] | None]:

@@ -57,8 +57,13 @@ class VocabParallelEmbedding(nn.Module):
 class ParallelLMHead(VocabParallelEmbedding):
     """Projects hidden states to logits; with ``tie`` it shares the embedding's weight."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, tp: TensorParallel = TensorParallel(),
-                 tie: VocabParallelEmbedding | None = None):
+    def __init__(
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        tp: TensorParallel = TensorParallel(),
+        tie: VocabParallelEmbedding | None = None,
+    ):
         super().__init__(vocab_size, hidden_size, tp)
         if tie is not None:
             self.weight = tie.weight

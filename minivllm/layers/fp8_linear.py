@@ -47,7 +47,8 @@ class Fp8Linear(nn.Module):
         values, scale = quantize_fp8(rows)  # [M, in] fp8, [M] float32
         # the GPU's row-wise scaled GEMM writes only bfloat16; the CPU's writes any dtype
         out_dtype = torch.bfloat16 if x.is_cuda else x.dtype
-        y = torch._scaled_mm(values, self.weight.t(), scale_a=scale[:, None], scale_b=self.weight_scale,
-                             out_dtype=out_dtype).to(x.dtype)  # [M, out]
+        y = torch._scaled_mm(
+            values, self.weight.t(), scale_a=scale[:, None], scale_b=self.weight_scale, out_dtype=out_dtype
+        ).to(x.dtype)  # [M, out]
         y = y.reshape(*x.shape[:-1], y.shape[-1])
         return y if bias is None else y + bias

@@ -55,8 +55,12 @@ class _Linear(nn.Module):
     def _store(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, offset: int = 0) -> None:
         """Write this rank's part ``loaded`` into ``param`` from row ``offset``. Quantized parts of one kind
         are kept quantized; a weight whose parts are mixed is dequantised whole."""
-        if param is self.weight and isinstance(loaded, QuantizedWeight) and not self._plain and (
-                self.staged is None or self.staged.kind == loaded.kind):
+        if (
+            param is self.weight
+            and isinstance(loaded, QuantizedWeight)
+            and not self._plain
+            and (self.staged is None or self.staged.kind == loaded.kind)
+        ):
             self.staged = self.staged or loaded.empty_rows(param.shape[0])
             self.staged.copy_rows_(offset, loaded)
             return
@@ -110,8 +114,9 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel projections of the same input in one matmul (e.g. gate and up);
     ``shard_id`` is the index of the part a checkpoint tensor belongs to."""
 
-    def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False,
-                 tp: TensorParallel = TensorParallel()):
+    def __init__(
+        self, in_features: int, out_sizes: list[int], bias: bool = False, tp: TensorParallel = TensorParallel()
+    ):
         self.out_sizes = [tp.shard(s, "output features") for s in out_sizes]
         super().__init__(in_features, sum(out_sizes), bias, tp)
 
@@ -125,8 +130,15 @@ class QKVParallelLinear(ColumnParallelLinear):
     """Packed q/k/v projection. Query heads are split across ranks; KV heads as
     :meth:`TensorParallel.shard_kv_heads` says (split, or replicated when there are fewer than ranks)."""
 
-    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False,
-                 tp: TensorParallel = TensorParallel()):
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool = False,
+        tp: TensorParallel = TensorParallel(),
+    ):
         self.head_dim = head_dim
         self.num_heads = tp.shard(num_heads, "num_attention_heads")
         self.num_kv_heads, self.kv_head_offset = tp.shard_kv_heads(num_kv_heads)

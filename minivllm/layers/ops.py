@@ -31,8 +31,9 @@ def fused(x: torch.Tensor) -> bool:
     return triton_ops.enabled(x) and _switched_on()
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             unit_offset: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, unit_offset: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x [..., N]. Without ``residual``: norm(x). With it: (norm(x + residual), x + residual), the sum in
     x's dtype. ``unit_offset`` scales by ``1 + weight`` (see :class:`~minivllm.layers.RMSNorm`)."""
     if fused(x):
@@ -69,8 +70,14 @@ def gelu_and_mul(x: torch.Tensor, approximate: str) -> torch.Tensor:
     return F.gelu(gate, approximate=approximate) * up
 
 
-def rotary(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-           rows: Callable[[torch.Tensor, torch.dtype], tuple[torch.Tensor, torch.Tensor]]):
+def rotary(
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    rows: Callable[[torch.Tensor, torch.dtype], tuple[torch.Tensor, torch.Tensor]],
+):
     """positions [T]; q [T, Hq, D]; k [T, Hkv, D]; cos/sin tables [max_positions, D] -> rotated (q, k).
     ``rows(positions, dtype)`` gives the PyTorch path its cos and sin rows [T, 1, D] (the
     :class:`~minivllm.layers.RotaryEmbedding` keeps a step's lookup for its layers to share)."""

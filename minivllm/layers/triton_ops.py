@@ -29,9 +29,22 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def rms_norm_kernel(x_ptr, res_ptr, out_ptr, res_out_ptr, w_ptr, eps, heads, stride_xt, stride_xh,
-                        stride_rt, N: tl.constexpr, BLOCK: tl.constexpr, HAS_RES: tl.constexpr,
-                        UNIT_OFFSET: tl.constexpr):
+    def rms_norm_kernel(
+        x_ptr,
+        res_ptr,
+        out_ptr,
+        res_out_ptr,
+        w_ptr,
+        eps,
+        heads,
+        stride_xt,
+        stride_xh,
+        stride_rt,
+        N: tl.constexpr,
+        BLOCK: tl.constexpr,
+        HAS_RES: tl.constexpr,
+        UNIT_OFFSET: tl.constexpr,
+    ):
         # one row of N per program; rows are (token, head) pairs of a [T, H, N] view
         row = tl.program_id(0)
         t = row // heads
@@ -63,8 +76,19 @@ def _kernels():
         tl.store(out_ptr + t * d + offs, (act.to(tl.float32) * up.to(tl.float32)).to(gate.dtype), mask=mask)
 
     @triton.jit
-    def rotary_kernel(x_ptr, out_ptr, pos_ptr, cos_ptr, sin_ptr, heads, stride_xt, stride_xh,
-                      HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    def rotary_kernel(
+        x_ptr,
+        out_ptr,
+        pos_ptr,
+        cos_ptr,
+        sin_ptr,
+        heads,
+        stride_xt,
+        stride_xh,
+        HALF: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        BLOCK_HALF: tl.constexpr,
+    ):
         # x [T, H, 2 * HALF] -> out (contiguous): (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
         t = tl.program_id(0)
         pos = tl.load(pos_ptr + t)
@@ -96,8 +120,9 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, int, int, int]:
     return x, x.shape[1], x.stride(0), x.stride(1)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
-             unit_offset: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None, unit_offset: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """x [T, N] or [T, H, N] (per-head norm). With ``residual`` [T, N]: (norm(x + residual), x + residual).
     ``unit_offset`` scales by ``1 + weight`` before rounding, as :class:`~minivllm.layers.RMSNorm`'s option."""
     triton, kernel, _, _ = _kernels()
@@ -106,10 +131,23 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     res_out = torch.empty_like(out) if residual is not None else out
     res = residual if residual is not None else view
-    kernel[(view.shape[0] * heads,)](view, res, out, res_out, weight, eps, heads, stride_t, stride_h,
-                                     res.stride(0), N=n, BLOCK=triton.next_power_of_2(n),
-                                     HAS_RES=residual is not None, UNIT_OFFSET=unit_offset,
-                                     num_warps=4 if n <= 2048 else 8)
+    kernel[(view.shape[0] * heads,)](
+        view,
+        res,
+        out,
+        res_out,
+        weight,
+        eps,
+        heads,
+        stride_t,
+        stride_h,
+        res.stride(0),
+        N=n,
+        BLOCK=triton.next_power_of_2(n),
+        HAS_RES=residual is not None,
+        UNIT_OFFSET=unit_offset,
+        num_warps=4 if n <= 2048 else 8,
+    )
     return out if residual is None else (out, res_out)
 
 
@@ -131,6 +169,17 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: tor
     assert x.stride(2) == 1
     out = torch.empty(tokens, heads, dim, dtype=x.dtype, device=x.device)
     half = dim // 2
-    kernel[(tokens,)](x, out, positions, cos, sin, heads, x.stride(0), x.stride(1), HALF=half,
-                      BLOCK_H=triton.next_power_of_2(heads), BLOCK_HALF=triton.next_power_of_2(half))
+    kernel[(tokens,)](
+        x,
+        out,
+        positions,
+        cos,
+        sin,
+        heads,
+        x.stride(0),
+        x.stride(1),
+        HALF=half,
+        BLOCK_H=triton.next_power_of_2(heads),
+        BLOCK_HALF=triton.next_power_of_2(half),
+    )
     return out

@@ -23,8 +23,17 @@ class Case:
     (as CUDA graphs pad a batch) must write nothing; ``fp8``: the cache holds :func:`quantize_fp8`'s values
     and scales (``kv_cache_dtype="fp8"``)."""
 
-    def __init__(self, what: str, seqs: list[tuple[int, int]], num_heads: int, num_kv_heads: int,
-                 head_dim: int, block_size: int, padding: int = 0, fp8: bool = False):
+    def __init__(
+        self,
+        what: str,
+        seqs: list[tuple[int, int]],
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        block_size: int,
+        padding: int = 0,
+        fp8: bool = False,
+    ):
         self.what, self.seqs, self.padding, self.fp8 = what, seqs, padding, fp8
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim, self.block_size = head_dim, block_size
@@ -33,9 +42,11 @@ class Case:
         rows = ", ".join(f"({ctx} cached, {new} new)" for ctx, new in self.seqs)
         pad = f", then {self.padding} padding rows (slot -1, seq_len 1)" if self.padding else ""
         pad += ", an fp8 KV cache (quantize_fp8's values and scales)" if self.fp8 else ""
-        return (f"{self.what}: backend(num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim="
-                f"{self.head_dim}, block_size={self.block_size}, dtype={dtype}) on {device}; sequences {rows}{pad}; "
-                "each sequence's blocks drawn at random from the cache, q/k/v from torch.randn (seed 0)")
+        return (
+            f"{self.what}: backend(num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}, head_dim="
+            f"{self.head_dim}, block_size={self.block_size}, dtype={dtype}) on {device}; sequences {rows}{pad}; "
+            "each sequence's blocks drawn at random from the cache, q/k/v from torch.randn (seed 0)"
+        )
 
 
 def layout(case: Case, device: torch.device, dtype: torch.dtype):
@@ -85,7 +96,10 @@ def layout(case: Case, device: torch.device, dtype: torch.dtype):
         seq_lens=torch.tensor(lens, dtype=torch.int32, device=device),
         block_tables=torch.tensor([t + [0] * (width - len(t)) for t in block_tables], dtype=torch.int32, device=device),
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-        max_query_len=max(news), max_seq_len=max(lens), query_start_loc_host=starts, seq_lens_host=lens,
+        max_query_len=max(news),
+        max_seq_len=max(lens),
+        query_start_loc_host=starts,
+        seq_lens_host=lens,
     )
     return k_cache, v_cache, kv_scales, torch.cat(q), torch.cat(k), torch.cat(v), meta, full
 
@@ -124,16 +138,21 @@ def check_case(contract: str, plugin: str, case: Case) -> None:
     # with fp8, a backend may attend over the new tokens' exact K/V rather than what it stored
     tolerance = 0.1 if case.fp8 else 1e-4 if dtype == torch.float32 else 3e-2
     k_cache, v_cache, kv_scales, q, k, v, meta, full = layout(case, device, dtype)
-    before = [(k_cache.clone(), kv_scales and kv_scales.k.clone()),
-              (v_cache.clone(), kv_scales and kv_scales.v.clone())]
+    before = [
+        (k_cache.clone(), kv_scales and kv_scales.k.clone()),
+        (v_cache.clone(), kv_scales and kv_scales.v.clone()),
+    ]
     backend = backend_cls(case.num_heads, case.num_kv_heads, case.head_dim, case.block_size, dtype)
     scale = case.head_dim**-0.5
     backend.prepare(meta)
     fp8 = {"kv_scales": kv_scales} if case.fp8 else {}
     out = backend.forward(q, k, v, k_cache, v_cache, meta, scale, **fp8)
     if out.shape != q.shape:
-        raise ContractFailure(contract, f"forward returned shape {tuple(out.shape)} for q of {tuple(q.shape)}",
-                              case.describe(dtype, device))
+        raise ContractFailure(
+            contract,
+            f"forward returned shape {tuple(out.shape)} for q of {tuple(q.shape)}",
+            case.describe(dtype, device),
+        )
     if case.what == "store":
         slots = meta.slot_mapping[meta.slot_mapping >= 0]
         caches = [("K", k_cache, kv_scales and kv_scales.k, k), ("V", v_cache, kv_scales and kv_scales.v, v)]
@@ -142,26 +161,38 @@ def check_case(contract: str, plugin: str, case: Case) -> None:
             if case.fp8:  # fp8 has no copy or comparison kernels on the CPU: compare the bytes, and the scales
                 new, new_scales = quantize_fp8(new)
                 got, want, new = got.view(torch.uint8), want.view(torch.uint8), new.view(torch.uint8)
-                got, want = torch.cat([got.flatten(1), scales.flatten(0, 1).view(torch.uint8)], dim=1), \
-                    torch.cat([want.flatten(1), old_scales.flatten(0, 1).index_copy(0, slots, new_scales)
-                               .view(torch.uint8)], dim=1)
+                got, want = (
+                    torch.cat([got.flatten(1), scales.flatten(0, 1).view(torch.uint8)], dim=1),
+                    torch.cat(
+                        [want.flatten(1), old_scales.flatten(0, 1).index_copy(0, slots, new_scales).view(torch.uint8)],
+                        dim=1,
+                    ),
+                )
                 new = torch.cat([new.flatten(1), new_scales.view(torch.uint8)], dim=1)
             want[slots] = new.reshape(want[slots].shape)
             wrong = (got != want).flatten(1).any(dim=1).nonzero().flatten().tolist()
             if wrong:
-                raise ContractFailure(contract, f"after forward, the {name} cache differs from the expected at slots "
-                                      f"{wrong[:8]} (the new tokens' slots are {meta.slot_mapping.tolist()}; every "
-                                      "other slot must be left as it was)", case.describe(dtype, device))
+                raise ContractFailure(
+                    contract,
+                    f"after forward, the {name} cache differs from the expected at slots "
+                    f"{wrong[:8]} (the new tokens' slots are {meta.slot_mapping.tolist()}; every "
+                    "other slot must be left as it was)",
+                    case.describe(dtype, device),
+                )
         return
     starts = meta.query_start_loc_host
     for i, ((ctx, new), (keys, values)) in enumerate(zip(case.seqs, full)):
-        want = reference(q[starts[i]:starts[i + 1]], keys, values, scale)
-        error = (out[starts[i]:starts[i + 1]].double() - want).abs()  # [new, Hq, D]
+        want = reference(q[starts[i] : starts[i + 1]], keys, values, scale)
+        error = (out[starts[i] : starts[i + 1]].double() - want).abs()  # [new, Hq, D]
         if error.max() > tolerance:
             token, head = divmod(int(error.amax(dim=2).argmax()), case.num_heads)
-            raise ContractFailure(contract, f"sequence {i} ({ctx} cached, {new} new): new token {token} (position "
-                                  f"{ctx + token}), query head {head} differs from the reference by "
-                                  f"{float(error.max()):.3g} (tolerance {tolerance})", case.describe(dtype, device))
+            raise ContractFailure(
+                contract,
+                f"sequence {i} ({ctx} cached, {new} new): new token {token} (position "
+                f"{ctx + token}), query head {head} differs from the reference by "
+                f"{float(error.max()):.3g} (tolerance {tolerance})",
+                case.describe(dtype, device),
+            )
 
 
 def batches(bs: int, heads: int, kv_heads: int, head_dim: int) -> list[Case]:
@@ -174,8 +205,10 @@ def batches(bs: int, heads: int, kv_heads: int, head_dim: int) -> list[Case]:
 
 
 def stores(m: int, fp8: bool) -> list[Case]:
-    return [Case("store", [(0, 5), (m, 3), (m + 2, 1)], 4, 2, 32, m, fp8=fp8),
-            Case("store", [(m + 2, 1), (3, 1)], 4, 2, 32, m, padding=2, fp8=fp8)]
+    return [
+        Case("store", [(0, 5), (m, 3), (m + 2, 1)], 4, 2, 32, m, fp8=fp8),
+        Case("store", [(m + 2, 1), (3, 1)], 4, 2, 32, m, padding=2, fp8=fp8),
+    ]
 
 
 def cases_contract(name: str, summary: str, cases) -> Contract:
@@ -190,16 +223,31 @@ def cases_contract(name: str, summary: str, cases) -> Contract:
 
 
 CONTRACTS = [
-    cases_contract("matches_reference", "equal to plain attention on prefill, chunk-over-cache, decode and mixed "
-                   "batches, one-token prompts included", lambda m: batches(m, 4, 2, 64)),
-    cases_contract("gqa", "equal to plain attention with 1, 2, 4 and 8 query heads per KV head",
-                   lambda m: [c for heads, kv in ((4, 4), (4, 2), (8, 2), (8, 1)) for c in batches(m, heads, kv, 32)]),
-    cases_contract("block_sizes", "equal to plain attention with every block size it accepts (1, 2 and 4 times its "
-                   "block_size_multiple)", lambda m: [c for bs in (m, 2 * m, 4 * m) for c in batches(bs, 4, 2, 32)]),
-    cases_contract("kv_store", "forward writes each new token's K and V at its slot, padding rows (slot -1) nowhere, "
-                   "and leaves every other slot alone", lambda m: stores(m, fp8=False)),
-    cases_contract("fp8_kv_cache", "with kv_cache_dtype='fp8' (when it takes it): equal to plain attention over what "
-                   "the cache holds, and each new token stored as quantize_fp8's values and scale",
-                   lambda m: [Case(c.what, c.seqs, 4, 2, 32, m, fp8=True) for c in batches(m, 4, 2, 32)]
-                   + stores(m, fp8=True)),
+    cases_contract(
+        "matches_reference",
+        "equal to plain attention on prefill, chunk-over-cache, decode and mixed batches, one-token prompts included",
+        lambda m: batches(m, 4, 2, 64),
+    ),
+    cases_contract(
+        "gqa",
+        "equal to plain attention with 1, 2, 4 and 8 query heads per KV head",
+        lambda m: [c for heads, kv in ((4, 4), (4, 2), (8, 2), (8, 1)) for c in batches(m, heads, kv, 32)],
+    ),
+    cases_contract(
+        "block_sizes",
+        "equal to plain attention with every block size it accepts (1, 2 and 4 times its block_size_multiple)",
+        lambda m: [c for bs in (m, 2 * m, 4 * m) for c in batches(bs, 4, 2, 32)],
+    ),
+    cases_contract(
+        "kv_store",
+        "forward writes each new token's K and V at its slot, padding rows (slot -1) nowhere, "
+        "and leaves every other slot alone",
+        lambda m: stores(m, fp8=False),
+    ),
+    cases_contract(
+        "fp8_kv_cache",
+        "with kv_cache_dtype='fp8' (when it takes it): equal to plain attention over what "
+        "the cache holds, and each new token stored as quantize_fp8's values and scale",
+        lambda m: [Case(c.what, c.seqs, 4, 2, 32, m, fp8=True) for c in batches(m, 4, 2, 32)] + stores(m, fp8=True),
+    ),
 ]

@@ -30,8 +30,9 @@ class ContractFailure(AssertionError):
         self.contract = contract
         self.message = message
         self.reproduction = reproduction
-        super().__init__(f"contract {contract!r} broken: {message}\nminimal reproduction:\n"
-                         f"{textwrap.indent(reproduction, '    ')}")
+        super().__init__(
+            f"contract {contract!r} broken: {message}\nminimal reproduction:\n{textwrap.indent(reproduction, '    ')}"
+        )
 
 
 class ContractSkipped(unittest.SkipTest):

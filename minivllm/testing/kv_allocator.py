@@ -32,11 +32,15 @@ class Op:
 
     def __str__(self) -> str:
         if self.kind == "add":
-            return f"s{self.seq} = Sequence({list(self.tokens)}); m = match_prefix(s{self.seq}); " \
-                   f"allocate(s{self.seq}, m + {self.chunk}) (free(s{self.seq}) if that fails)"
+            return (
+                f"s{self.seq} = Sequence({list(self.tokens)}); m = match_prefix(s{self.seq}); "
+                f"allocate(s{self.seq}, m + {self.chunk}) (free(s{self.seq}) if that fails)"
+            )
         if self.kind == "grow":
-            return f"s{self.seq}.token_ids += {list(self.tokens)}; allocate(s{self.seq}, {self.chunk} more tokens) " \
-                   f"(free(s{self.seq}) if that fails: preemption)"
+            return (
+                f"s{self.seq}.token_ids += {list(self.tokens)}; allocate(s{self.seq}, {self.chunk} more tokens) "
+                f"(free(s{self.seq}) if that fails: preemption)"
+            )
         return f"free(s{self.seq})"  # a second free of the same sequence finds its table empty
 
 
@@ -75,24 +79,33 @@ class Scheduler:
         for sid in list(self.seqs):
             self._free(sid)
         if self.alloc.num_free_blocks != self.alloc.num_blocks:
-            self.fail(LEAKS, f"every sequence was freed, yet only {self.alloc.num_free_blocks} of "
-                             f"{self.alloc.num_blocks} blocks are free")
+            self.fail(
+                LEAKS,
+                f"every sequence was freed, yet only {self.alloc.num_free_blocks} of "
+                f"{self.alloc.num_blocks} blocks are free",
+            )
 
     def _add(self, op: Op) -> None:
         seq = Sequence(list(op.tokens), SamplingParams())
         hit = self.alloc.match_prefix(seq)
         bs = self.alloc.block_size
         if hit % bs or not 0 <= hit < len(seq) or len(seq.block_table) != hit // bs:
-            self.fail(REUSE, f"match_prefix returned {hit} for a {len(seq)}-token prompt with block table "
-                             f"{seq.block_table}: hits are whole blocks, attached, and leave a token to compute")
+            self.fail(
+                REUSE,
+                f"match_prefix returned {hit} for a {len(seq)}-token prompt with block table "
+                f"{seq.block_table}: hits are whole blocks, attached, and leave a token to compute",
+            )
         if hit and not self.alloc.enable_prefix_caching:
             self.fail(REUSE, f"match_prefix reused {hit} tokens with enable_prefix_caching=False")
         for j, block in enumerate(seq.block_table):
             if self.contents.get(block) != tuple(seq.token_ids[: (j + 1) * bs]):
-                self.fail(REUSE, f"match_prefix gave s{op.seq} block {block} for its tokens "
-                                 f"{j * bs}..{(j + 1) * bs - 1}, "
-                                 f"but that block holds the KV of other tokens (a prefix is reused only when every "
-                                 f"token up to the block's end is identical)")
+                self.fail(
+                    REUSE,
+                    f"match_prefix gave s{op.seq} block {block} for its tokens "
+                    f"{j * bs}..{(j + 1) * bs - 1}, "
+                    f"but that block holds the KV of other tokens (a prefix is reused only when every "
+                    f"token up to the block's end is identical)",
+                )
         self.seqs[op.seq] = seq
         self.allocated[op.seq] = hit
         self._account()
@@ -114,24 +127,36 @@ class Scheduler:
         held = {b for other, s in self.seqs.items() if other != sid for b in s.block_table}
         ok = self.alloc.allocate(seq, num_tokens)
         if ok != (needed <= free_expected):
-            self.fail(ACCOUNTING, f"allocate(s{sid}, {num_tokens}) returned {ok} needing {max(needed, 0)} blocks "
-                                  f"with {free_expected} free")
+            self.fail(
+                ACCOUNTING,
+                f"allocate(s{sid}, {num_tokens}) returned {ok} needing {max(needed, 0)} blocks "
+                f"with {free_expected} free",
+            )
         if not ok:
             if seq.block_table != table:
-                self.fail(ACCOUNTING, f"allocate(s{sid}, {num_tokens}) returned False but changed the block table "
-                                      f"from {table} to {seq.block_table}")
+                self.fail(
+                    ACCOUNTING,
+                    f"allocate(s{sid}, {num_tokens}) returned False but changed the block table "
+                    f"from {table} to {seq.block_table}",
+                )
             return False
         if seq.block_table[: len(table)] != table or len(seq.block_table) != self.alloc.blocks_for(num_tokens):
-            self.fail(ACCOUNTING, f"allocate(s{sid}, {num_tokens}) turned block table {table} into "
-                                  f"{seq.block_table}; expected {table} grown to "
-                                  f"{self.alloc.blocks_for(num_tokens)} blocks")
-        for block in seq.block_table[len(table):]:
+            self.fail(
+                ACCOUNTING,
+                f"allocate(s{sid}, {num_tokens}) turned block table {table} into "
+                f"{seq.block_table}; expected {table} grown to "
+                f"{self.alloc.blocks_for(num_tokens)} blocks",
+            )
+        for block in seq.block_table[len(table) :]:
             if not 0 <= block < self.alloc.num_blocks:
                 self.fail("basic", f"allocate(s{sid}, {num_tokens}) handed out block {block}, outside the cache")
             if block in held:
                 owner = next(o for o, s in self.seqs.items() if o != sid and block in s.block_table)
-                self.fail(ACCOUNTING, f"allocate(s{sid}, {num_tokens}) handed out block {block}, which s{owner} still "
-                                      "holds (freed twice, or while shared)")
+                self.fail(
+                    ACCOUNTING,
+                    f"allocate(s{sid}, {num_tokens}) handed out block {block}, which s{owner} still "
+                    "holds (freed twice, or while shared)",
+                )
             self.contents.pop(block, None)
         self.allocated[sid] = num_tokens
         for j, block in enumerate(seq.block_table):  # the engine writes the tokens' KV right after
@@ -150,12 +175,18 @@ class Scheduler:
         held = {b for s in self.seqs.values() for b in s.block_table}
         free, total = self.alloc.num_free_blocks, self.alloc.num_blocks
         if free + len(held) > total:
-            self.fail(ACCOUNTING, f"{free} blocks are counted free while live sequences hold {len(held)}, "
-                                  f"{free + len(held) - total} more than the {total} blocks: a block in use is "
-                                  "counted free (freed twice, or freed while shared)")
+            self.fail(
+                ACCOUNTING,
+                f"{free} blocks are counted free while live sequences hold {len(held)}, "
+                f"{free + len(held) - total} more than the {total} blocks: a block in use is "
+                "counted free (freed twice, or freed while shared)",
+            )
         elif free + len(held) < total:
-            self.fail(LEAKS, f"{free} blocks are free and live sequences hold {len(held)}: "
-                             f"{total - free - len(held)} of the {total} blocks leaked")
+            self.fail(
+                LEAKS,
+                f"{free} blocks are free and live sequences hold {len(held)}: "
+                f"{total - free - len(held)} of the {total} blocks leaked",
+            )
 
 
 def random_ops(rng: random.Random, num_ops: int, block_size: int) -> list[Op]:
@@ -176,8 +207,14 @@ def random_ops(rng: random.Random, num_ops: int, block_size: int) -> list[Op]:
             next_id += 1
         elif roll < 0.8:
             sid = rng.choice(live)
-            ops.append(Op("grow", sid, tuple(rng.randrange(3) for _ in range(rng.randint(0, block_size + 1))),
-                          rng.randint(1, 2 * block_size)))
+            ops.append(
+                Op(
+                    "grow",
+                    sid,
+                    tuple(rng.randrange(3) for _ in range(rng.randint(0, block_size + 1))),
+                    rng.randint(1, 2 * block_size),
+                )
+            )
         else:
             sid = rng.choice(live)
             live.remove(sid)
@@ -205,7 +242,7 @@ def shrink(plugin: str, setup, ops: list[Op], checks: set[str], v: Violation) ->
     while size >= 1:
         start, removed = 0, False
         while start < len(ops):
-            candidate = ops[:start] + ops[start + size:]
+            candidate = ops[:start] + ops[start + size :]
             found = violation(plugin, setup, candidate, checks) if candidate else None
             if found is not None and found.check == v.check:
                 ops, v, removed = candidate[: found.index + 1], found, True
@@ -227,17 +264,27 @@ def ops_contract(name: str, summary: str, checks: set[str]) -> Contract:
                     ops, v = shrink(plugin, setup, ops, checks, v)
                     calls = "\n".join(f"{i + 1}. {op}" for i, op in enumerate(ops))
                     cls = registry("kv_allocator").get(plugin).__name__
-                    reproduction = (f"allocator = {cls}(num_blocks={setup[0]}, "
-                                    f"block_size={setup[1]}, enable_prefix_caching={setup[2]}); then\n{calls}")
+                    reproduction = (
+                        f"allocator = {cls}(num_blocks={setup[0]}, "
+                        f"block_size={setup[1]}, enable_prefix_caching={setup[2]}); then\n{calls}"
+                    )
                     raise ContractFailure(name, str(v), reproduction)
 
     return Contract("kv_allocator", name, summary, run)
 
 
 CONTRACTS = [
-    ops_contract(ACCOUNTING, "exact accounting: allocate succeeds exactly when the free blocks suffice, changes "
-                 "nothing when it fails, and never hands out a block in use", {ACCOUNTING}),
-    ops_contract(REUSE, "shared prefixes are reused only when their tokens are identical, in whole blocks, "
-                 "never with prefix caching off", {REUSE}),
+    ops_contract(
+        ACCOUNTING,
+        "exact accounting: allocate succeeds exactly when the free blocks suffice, changes "
+        "nothing when it fails, and never hands out a block in use",
+        {ACCOUNTING},
+    ),
+    ops_contract(
+        REUSE,
+        "shared prefixes are reused only when their tokens are identical, in whole blocks, "
+        "never with prefix caching off",
+        {REUSE},
+    ),
     ops_contract(LEAKS, "free releases every block: nothing leaks", {LEAKS}),
 ]

@@ -34,8 +34,10 @@ def checkpoint(architecture: str) -> tuple[str, list[list[int]]]:
     import transformers
 
     if not hasattr(transformers, architecture):
-        raise ContractSkipped(f"transformers has no {architecture}, the oracle of this contract: compare the model "
-                              "with its own reference in the plugin's tests")
+        raise ContractSkipped(
+            f"transformers has no {architecture}, the oracle of this contract: compare the model "
+            "with its own reference in the plugin's tests"
+        )
     path = tempfile.mkdtemp(prefix=f"minivllm-kit-{architecture}-")
     atexit.register(shutil.rmtree, path, ignore_errors=True)
     bars = transformers.utils.logging.is_progress_bar_enabled()
@@ -61,11 +63,13 @@ def compare(contract: str, architecture: str, settings: dict) -> None:
             step = next(j for j, (a, b) in enumerate(zip(mine, theirs)) if a != b)
             prompt = (PROMPTS + SHARED)[i]
             raise ContractFailure(
-                contract, f"greedy tokens differ from transformers' for prompt {i} ({len(prompt)} tokens) at generated "
-                          f"token {step}: minivllm {mine[step]}, transformers {theirs[step]}",
+                contract,
+                f"greedy tokens differ from transformers' for prompt {i} ({len(prompt)} tokens) at generated "
+                f"token {step}: minivllm {mine[step]}, transformers {theirs[step]}",
                 f"minivllm.testing.checkpoints.tiny_checkpoint({architecture!r}, path) (config {TINY}, seed 0); "
                 f"LLM(path, **{settings}).generate(prompts, SamplingParams(temperature=0, max_tokens={MAX_TOKENS}, "
-                f"ignore_eos=True)) against transformers' greedy tokens, prompt {i} = {prompt}")
+                f"ignore_eos=True)) against transformers' greedy tokens, prompt {i} = {prompt}",
+            )
 
 
 def greedy_parity(architecture: str, options: dict) -> None:
@@ -83,8 +87,16 @@ def tensor_parallel(architecture: str, options: dict) -> None:
 
 
 CONTRACTS = [
-    Contract("model", "greedy_parity", "greedy tokens equal transformers' (prefix-cache hits, chunked prefill, "
-             "preemption)", greedy_parity),
-    Contract("model", "tensor_parallel", "greedy tokens equal transformers' over 2 tensor-parallel ranks (gloo)",
-             tensor_parallel),
+    Contract(
+        "model",
+        "greedy_parity",
+        "greedy tokens equal transformers' (prefix-cache hits, chunked prefill, preemption)",
+        greedy_parity,
+    ),
+    Contract(
+        "model",
+        "tensor_parallel",
+        "greedy tokens equal transformers' over 2 tensor-parallel ranks (gloo)",
+        tensor_parallel,
+    ),
 ]

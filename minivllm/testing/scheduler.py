@@ -35,9 +35,11 @@ def shrink(name: str, options: dict, scenario: Scenario, checks: set[str], check
         changed = False
         for i in range(len(scenario.requests)):
             reqs = list(scenario.requests)
-            candidates = [reqs[:i] + reqs[i + 1:],
-                          reqs[:i] + [replace(reqs[i], max_tokens=max(1, reqs[i].max_tokens // 2))] + reqs[i + 1:],
-                          reqs[:i] + [replace(reqs[i], prompt_len=max(1, reqs[i].prompt_len // 2))] + reqs[i + 1:]]
+            candidates = [
+                reqs[:i] + reqs[i + 1 :],
+                reqs[:i] + [replace(reqs[i], max_tokens=max(1, reqs[i].max_tokens // 2))] + reqs[i + 1 :],
+                reqs[:i] + [replace(reqs[i], prompt_len=max(1, reqs[i].prompt_len // 2))] + reqs[i + 1 :],
+            ]
             for cand in candidates:
                 smaller = replace(scenario, requests=tuple(cand))
                 if cand and smaller != scenario:
@@ -55,12 +57,24 @@ def random_scenario(rng: random.Random, num_requests: int, aborts: bool) -> Scen
     requests = []
     for _ in range(num_requests):
         prompt_len = rng.randint(1, 120)
-        requests.append(Request(prompt_len, rng.randint(1, 24), arrival=rng.randint(0, 12),
-                                abort=rng.randint(1, 40) if aborts and rng.random() < 0.25 else None,
-                                group=rng.randint(0, 2), prefix=rng.choice([0, 0, 16, 32, 48])))
-    return Scenario(tuple(requests), num_blocks=rng.randint(6, 24), block_size=block_size,
-                    max_num_batched_tokens=rng.choice([16, 32, 48, 64, 128, 256]), max_num_seqs=rng.randint(1, 6),
-                    async_scheduling=rng.random() < 0.5)
+        requests.append(
+            Request(
+                prompt_len,
+                rng.randint(1, 24),
+                arrival=rng.randint(0, 12),
+                abort=rng.randint(1, 40) if aborts and rng.random() < 0.25 else None,
+                group=rng.randint(0, 2),
+                prefix=rng.choice([0, 0, 16, 32, 48]),
+            )
+        )
+    return Scenario(
+        tuple(requests),
+        num_blocks=rng.randint(6, 24),
+        block_size=block_size,
+        max_num_batched_tokens=rng.choice([16, 32, 48, 64, 128, 256]),
+        max_num_seqs=rng.randint(1, 6),
+        async_scheduling=rng.random() < 0.5,
+    )
 
 
 def scenario_contract(name: str, summary: str, checks: set[str], cases: list[Scenario], aborts: bool) -> Contract:
@@ -86,35 +100,75 @@ def long_prompts(plugin: str, options: dict) -> None:
     except ValueError:
         pass
     else:
-        raise ContractFailure("long_prompts", "check_request accepted a request of up to 160 tokens (10 blocks) into "
-                              "a KV cache of 8 blocks: it could never finish", cache.describe(plugin, options))
+        raise ContractFailure(
+            "long_prompts",
+            "check_request accepted a request of up to 160 tokens (10 blocks) into "
+            "a KV cache of 8 blocks: it could never finish",
+            cache.describe(plugin, options),
+        )
     long = Scenario((Request(100, 4), Request(10, 8)), num_blocks=32, max_num_batched_tokens=32, max_num_seqs=4)
     v = violation(plugin, options, long, {LIMITS, BLOCKS, PROGRESS})
     if v is not None:
-        raise ContractFailure("long_prompts", "a prompt longer than max_num_batched_tokens, accepted by check_request, "
-                              f"must be scheduled within the budget until it finishes; {v}",
-                              long.describe(plugin, options))
+        raise ContractFailure(
+            "long_prompts",
+            "a prompt longer than max_num_batched_tokens, accepted by check_request, "
+            f"must be scheduled within the budget until it finishes; {v}",
+            long.describe(plugin, options),
+        )
 
 
-BUDGET = Scenario((Request(20, 3), Request(20, 3), Request(20, 3), Request(5, 3)), num_blocks=16,
-                  max_num_batched_tokens=32, max_num_seqs=2)
+BUDGET = Scenario(
+    (Request(20, 3), Request(20, 3), Request(20, 3), Request(5, 3)),
+    num_blocks=16,
+    max_num_batched_tokens=32,
+    max_num_seqs=2,
+)
 FINISH = Scenario((Request(20, 2),), num_blocks=16, max_num_batched_tokens=64, max_num_seqs=4)
-ABORT = Scenario((Request(20, 8, abort=2), Request(20, 8, abort=1), Request(40, 8, arrival=1, abort=1)),
-                 num_blocks=16, max_num_batched_tokens=32, max_num_seqs=1)
+ABORT = Scenario(
+    (Request(20, 8, abort=2), Request(20, 8, abort=1), Request(40, 8, arrival=1, abort=1)),
+    num_blocks=16,
+    max_num_batched_tokens=32,
+    max_num_seqs=1,
+)
 # the second request is preempted with 48 tokens and resumes with only 32 of them cached: 17 to recompute
 PREEMPT = Scenario((Request(16, 40), Request(16, 40)), num_blocks=6, max_num_batched_tokens=16, max_num_seqs=4)
-HITS = Scenario((Request(40, 1, group=1, prefix=40), Request(45, 2, arrival=3, group=1, prefix=40)), num_blocks=16,
-                max_num_batched_tokens=64, max_num_seqs=4)
+HITS = Scenario(
+    (Request(40, 1, group=1, prefix=40), Request(45, 2, arrival=3, group=1, prefix=40)),
+    num_blocks=16,
+    max_num_batched_tokens=64,
+    max_num_seqs=4,
+)
 
 CONTRACTS = [
-    scenario_contract("limits", "the token budget (max_num_batched_tokens) and the seats (max_num_seqs) are never "
-                      "exceeded", {LIMITS}, [BUDGET, PREEMPT], aborts=False),
-    scenario_contract("blocks", "every KV block comes back on finish, abort and preemption; nothing leaks",
-                      {BLOCKS}, [FINISH, ABORT, PREEMPT], aborts=True),
-    scenario_contract("progress", "a batch is never empty while work is unfinished, and every accepted request "
-                      "finishes", {PROGRESS}, [PREEMPT], aborts=True),
-    scenario_contract("prefix_hits", "prefix-cache hits are counted as computed, not recomputed", {PREFIX}, [HITS],
-                      aborts=False),
-    Contract("scheduler", "long_prompts", "a prompt over the token budget is handled or refused up front; a request "
-             "larger than the KV cache is refused up front", long_prompts),
+    scenario_contract(
+        "limits",
+        "the token budget (max_num_batched_tokens) and the seats (max_num_seqs) are never exceeded",
+        {LIMITS},
+        [BUDGET, PREEMPT],
+        aborts=False,
+    ),
+    scenario_contract(
+        "blocks",
+        "every KV block comes back on finish, abort and preemption; nothing leaks",
+        {BLOCKS},
+        [FINISH, ABORT, PREEMPT],
+        aborts=True,
+    ),
+    scenario_contract(
+        "progress",
+        "a batch is never empty while work is unfinished, and every accepted request finishes",
+        {PROGRESS},
+        [PREEMPT],
+        aborts=True,
+    ),
+    scenario_contract(
+        "prefix_hits", "prefix-cache hits are counted as computed, not recomputed", {PREFIX}, [HITS], aborts=False
+    ),
+    Contract(
+        "scheduler",
+        "long_prompts",
+        "a prompt over the token budget is handled or refused up front; a request "
+        "larger than the KV cache is refused up front",
+        long_prompts,
+    ),
 ]

@@ -44,16 +44,20 @@ class Scenario:
 
     def describe(self, scheduler: str, options: dict) -> str:
         opts = f", scheduler_options={options}" if options else ""
-        lines = [f"EngineConfig(scheduler={scheduler!r}{opts}, kvcache_block_size={self.block_size}, "
-                 f"max_num_batched_tokens={self.max_num_batched_tokens}, max_num_seqs={self.max_num_seqs}, "
-                 f"async_scheduling={self.async_scheduling}), a prefix_cache allocator of {self.num_blocks} blocks, "
-                 f"max_model_len={self.max_model_len}; requests:"]
+        lines = [
+            f"EngineConfig(scheduler={scheduler!r}{opts}, kvcache_block_size={self.block_size}, "
+            f"max_num_batched_tokens={self.max_num_batched_tokens}, max_num_seqs={self.max_num_seqs}, "
+            f"async_scheduling={self.async_scheduling}), a prefix_cache allocator of {self.num_blocks} blocks, "
+            f"max_model_len={self.max_model_len}; requests:"
+        ]
         for i, r in enumerate(self.requests):
             mates = any(j != i and o.prefix and o.group == r.group for j, o in enumerate(self.requests))
             shared = f" (its first {min(r.prefix, r.prompt_len)} are prefix {r.group}'s)" if r.prefix and mates else ""
             abort = f", aborted before step {r.abort}" if r.abort is not None else ""
-            lines.append(f"  {i}: a {r.prompt_len}-token prompt{shared}, max_tokens={r.max_tokens}, added before step "
-                         f"{r.arrival}{abort}")
+            lines.append(
+                f"  {i}: a {r.prompt_len}-token prompt{shared}, max_tokens={r.max_tokens}, added before step "
+                f"{r.arrival}{abort}"
+            )
         return "\n".join(lines)
 
 
@@ -94,8 +98,9 @@ class Engine:
     """The engine's side of the scheduler contract (engine.py's step, model aside), checking ``checks``."""
 
     def __init__(self, name: str, options: dict, scenario: Scenario, checks: set[str]):
-        config = SchedulerConfig(scenario.max_num_seqs, scenario.max_num_batched_tokens, scenario.max_model_len,
-                                 options)
+        config = SchedulerConfig(
+            scenario.max_num_seqs, scenario.max_num_batched_tokens, scenario.max_model_len, options
+        )
         inner = registry("kv_allocator").get("prefix_cache")(scenario.num_blocks, scenario.block_size, True)
         self.allocator = WatchedAllocator(inner)
         self.scheduler = registry("scheduler").get(name)(config, self.allocator)
@@ -131,8 +136,11 @@ class Engine:
             self._account()
             self.step += 1
         if self.allocator.num_free_blocks != s.num_blocks:
-            self.fail(BLOCKS, f"every request is done, but only {self.allocator.num_free_blocks} of {s.num_blocks} "
-                              "KV blocks are free: blocks leaked")
+            self.fail(
+                BLOCKS,
+                f"every request is done, but only {self.allocator.num_free_blocks} of {s.num_blocks} "
+                "KV blocks are free: blocks leaked",
+            )
 
     def _arrive_and_abort(self) -> None:
         for i, r in enumerate(self.scenario.requests):
@@ -159,8 +167,11 @@ class Engine:
         held = {b for seq in self.seqs.values() if not seq.is_finished for b in seq.block_table}
         free = self.allocator.num_free_blocks
         if free + len(held) != self.scenario.num_blocks:
-            self.fail(BLOCKS, f"{free} KV blocks are free and unfinished requests hold {len(held)}, but the cache has "
-                              f"{self.scenario.num_blocks}: {self.scenario.num_blocks - free - len(held)} leaked")
+            self.fail(
+                BLOCKS,
+                f"{free} KV blocks are free and unfinished requests hold {len(held)}, but the cache has "
+                f"{self.scenario.num_blocks}: {self.scenario.num_blocks - free - len(held)} leaked",
+            )
 
     def _schedule_and_submit(self, unfinished: list[int]) -> list[Sequence] | None:
         s, index = self.scenario, {seq.seq_id: i for i, seq in self.seqs.items()}
@@ -172,31 +183,44 @@ class Engine:
             return None
         self._check_batch(batch, index)
         if batch.num_tokens > s.max_num_batched_tokens:
-            self.fail(LIMITS, f"the batch has {batch.num_tokens} new tokens, over max_num_batched_tokens="
-                              f"{s.max_num_batched_tokens} (requests {[index[q.seq_id] for q in batch.seqs]}, "
-                              f"tokens {batch.num_new_tokens})")
+            self.fail(
+                LIMITS,
+                f"the batch has {batch.num_tokens} new tokens, over max_num_batched_tokens="
+                f"{s.max_num_batched_tokens} (requests {[index[q.seq_id] for q in batch.seqs]}, "
+                f"tokens {batch.num_new_tokens})",
+            )
         if len(batch) > s.max_num_seqs:
             self.fail(LIMITS, f"the batch has {len(batch)} sequences, over max_num_seqs={s.max_num_seqs}")
         for seq in batch.seqs:
             i = index[seq.seq_id]
             if i in fresh and seq.seq_id not in self.allocator.matched:
-                self.fail(PREFIX, f"request {i} was scheduled without asking the allocator for its prefix-cache hits "
-                                  "(match_prefix)")
+                self.fail(
+                    PREFIX,
+                    f"request {i} was scheduled without asking the allocator for its prefix-cache hits (match_prefix)",
+                )
             elif i in fresh and seq.num_computed_tokens != self.allocator.matched[seq.seq_id]:
-                self.fail(PREFIX, f"request {i} starts at token {seq.num_computed_tokens}, but the prefix cache "
-                                  f"held its first {self.allocator.matched[seq.seq_id]}: hits must count as computed")
+                self.fail(
+                    PREFIX,
+                    f"request {i} starts at token {seq.num_computed_tokens}, but the prefix cache "
+                    f"held its first {self.allocator.matched[seq.seq_id]}: hits must count as computed",
+                )
         for seq in batch.preempted:
             if seq in batch.seqs:
                 continue  # preempted, then admitted again from the start within the same step
             if seq.block_table or seq.num_computed_tokens or seq.is_finished:
-                self.fail(BLOCKS, f"request {index[seq.seq_id]} was preempted but holds blocks {seq.block_table} and "
-                                  f"{seq.num_computed_tokens} computed tokens (it must give both up, to be recomputed)")
+                self.fail(
+                    BLOCKS,
+                    f"request {index[seq.seq_id]} was preempted but holds blocks {seq.block_table} and "
+                    f"{seq.num_computed_tokens} computed tokens (it must give both up, to be recomputed)",
+                )
         sampling = self.bookkeeping.submitted(batch)
         for seq in filter(self.bookkeeping.last_is_pending, sampling):
             self.left.add(index[seq.seq_id])  # its last token is in flight: it left the scheduler
             if seq.block_table:
-                self.fail(BLOCKS, f"request {index[seq.seq_id]} ended, and finish() left it holding KV blocks "
-                                  f"{seq.block_table}")
+                self.fail(
+                    BLOCKS,
+                    f"request {index[seq.seq_id]} ended, and finish() left it holding KV blocks {seq.block_table}",
+                )
         return sampling
 
     def _collect(self, sampled: list[Sequence]) -> None:
@@ -216,8 +240,14 @@ class Engine:
             if i is None or seq.is_finished or i in self.left:
                 self.fail("batch", f"the batch holds a sequence that is not running (request {i}, {seq})")
             if not 1 <= n <= len(seq) - seq.num_computed_tokens:
-                self.fail("batch", f"request {i} is given {n} new tokens, but {len(seq) - seq.num_computed_tokens} "
-                                   "are left to compute")
+                self.fail(
+                    "batch",
+                    f"request {i} is given {n} new tokens, but {len(seq) - seq.num_computed_tokens} "
+                    "are left to compute",
+                )
             if len(seq.block_table) < self.allocator.blocks_for(seq.num_computed_tokens + n):
-                self.fail("batch", f"request {i} computes up to token {seq.num_computed_tokens + n} but holds only "
-                                   f"{len(seq.block_table)} blocks of {self.scenario.block_size}")
+                self.fail(
+                    "batch",
+                    f"request {i} computes up to token {seq.num_computed_tokens + n} but holds only "
+                    f"{len(seq.block_table)} blocks of {self.scenario.block_size}",
+                )

@@ -37,8 +37,9 @@ def chat_file(tmp_path) -> str:
     return f"file:{path}"
 
 
-def test_bench_flags_a_wrong_arm_and_writes_table_json_and_png(llama_path, constant_sampler, chat_file, tmp_path,
-                                                                 monkeypatch, capsys):
+def test_bench_flags_a_wrong_arm_and_writes_table_json_and_png(
+    llama_path, constant_sampler, chat_file, tmp_path, monkeypatch, capsys
+):
     results = []
 
     def recording_compare(*args, **kwargs):
@@ -48,9 +49,27 @@ def test_bench_flags_a_wrong_arm_and_writes_table_json_and_png(llama_path, const
     compare = minivllm.bench.compare
     monkeypatch.setattr(minivllm.bench, "compare", recording_compare)
     json_path, png_path = tmp_path / "bench.json", tmp_path / "bench.png"
-    cli.main(["bench", llama_path, "--workload", chat_file, "--ab", "sampler=default,constant", "--repeats", "2",
-              "--set", "kvcache_block_size=16", "--set", "max_model_len=256", "--no-progress",
-              "--json", str(json_path), "--plot", str(png_path)])
+    cli.main(
+        [
+            "bench",
+            llama_path,
+            "--workload",
+            chat_file,
+            "--ab",
+            "sampler=default,constant",
+            "--repeats",
+            "2",
+            "--set",
+            "kvcache_block_size=16",
+            "--set",
+            "max_model_len=256",
+            "--no-progress",
+            "--json",
+            str(json_path),
+            "--plot",
+            str(png_path),
+        ]
+    )
     (result,) = results
     table = capsys.readouterr().out
     assert table == result.table() + "\n"
@@ -95,8 +114,16 @@ def test_a_bad_request_fails_in_the_first_cross_check_before_any_timing(llama_pa
     modes = []
     run_arm = bench_runner.run_arm
     monkeypatch.setattr(bench_runner, "run_arm", lambda arm, mode, *a: modes.append(mode) or run_arm(arm, mode, *a))
-    with pytest.raises(ArmFailed, match=r"(?s)arm sampler=default \(check run\) failed with exit code 1:.*"
-                                        r"error: request 1 of the workload: token id 99999 is outside the vocabulary"):
-        minivllm.bench.compare(llama_path, arms=[{"sampler": "default"}, {"sampler": "fast"}], workload=f"file:{path}",
-                               settings={"kvcache_block_size": 16, "max_model_len": 256}, progress=False)
+    with pytest.raises(
+        ArmFailed,
+        match=r"(?s)arm sampler=default \(check run\) failed with exit code 1:.*"
+        r"error: request 1 of the workload: token id 99999 is outside the vocabulary",
+    ):
+        minivllm.bench.compare(
+            llama_path,
+            arms=[{"sampler": "default"}, {"sampler": "fast"}],
+            workload=f"file:{path}",
+            settings={"kvcache_block_size": 16, "max_model_len": 256},
+            progress=False,
+        )
     assert modes == ["check"]

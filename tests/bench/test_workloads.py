@@ -40,8 +40,11 @@ def test_shared_prefix_requests_share_one_system_prompt():
 
 def test_file_workload_reads_text_and_token_prompts(tmp_path):
     path = tmp_path / "w.jsonl"
-    rows = [{"prompt": "hello there", "max_tokens": 5}, {"prompt": [1, 2, 3], "max_tokens": 50},
-            {"prompt": "x", "max_tokens": 2}]
+    rows = [
+        {"prompt": "hello there", "max_tokens": 5},
+        {"prompt": [1, 2, 3], "max_tokens": 50},
+        {"prompt": "x", "max_tokens": 2},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
     reqs = make_workload(f"file:{path}", max_output_len=10)
     assert [(r.prompt, r.max_tokens) for r in reqs] == [("hello there", 5), ([1, 2, 3], 10), ("x", 2)]
@@ -50,13 +53,16 @@ def test_file_workload_reads_text_and_token_prompts(tmp_path):
         make_workload(f"file:{path}", 4)
 
 
-@pytest.mark.parametrize("line, problem", [
-    ('{"prompt": "hi"}', "expected"),
-    ("not json", "expected"),
-    ('{"prompt": "", "max_tokens": 3}', "non-empty text or a list of token ids"),
-    ('{"prompt": [1, "a"], "max_tokens": 3}', "non-empty text or a list of token ids"),
-    ('{"prompt": "hi", "max_tokens": 0}', "max_tokens must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('{"prompt": "hi"}', "expected"),
+        ("not json", "expected"),
+        ('{"prompt": "", "max_tokens": 3}', "non-empty text or a list of token ids"),
+        ('{"prompt": [1, "a"], "max_tokens": 3}', "non-empty text or a list of token ids"),
+        ('{"prompt": "hi", "max_tokens": 0}', "max_tokens must be a positive integer"),
+    ],
+)
 def test_bad_file_lines_are_named(tmp_path, line, problem):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "ok", "max_tokens": 1}\n' + line + "\n")

@@ -31,8 +31,9 @@ def hf_nll(path: str, tokens: list[int]) -> list[float]:
 
 @pytest.fixture(scope="module")
 def llm(llama_path):
-    return LLM(llama_path, kvcache_block_size=16, max_model_len=256, num_kvcache_blocks=32, dtype="float32",
-               enforce_eager=True)
+    return LLM(
+        llama_path, kvcache_block_size=16, max_model_len=256, num_kvcache_blocks=32, dtype="float32", enforce_eager=True
+    )
 
 
 @pytest.mark.parametrize("chunk, first", [(100, 0), (16, 0), (16, 20), (7, 16), (16, 70)])
@@ -52,5 +53,6 @@ def test_window_perplexity_is_llama_perplexitys(llm, llama_path):
     for start, first in llama_cpp_peer.window_targets(len(tokens), n_ctx):
         scored += hf_nll(llama_path, tokens[start : start + n_ctx])[first:]
     assert len(scored) == (150 // n_ctx) * (n_ctx - n_ctx // 2 - 1)
-    assert kv_quality.window_perplexity(llm, tokens, n_ctx) == pytest.approx(math.exp(sum(scored) / len(scored)),
-                                                                           rel=1e-4)
+    assert kv_quality.window_perplexity(llm, tokens, n_ctx) == pytest.approx(
+        math.exp(sum(scored) / len(scored)), rel=1e-4
+    )

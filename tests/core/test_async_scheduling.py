@@ -18,15 +18,28 @@ SETTINGS = dict(kvcache_block_size=16, max_model_len=256)
 # name -> (engine settings, sampling params): each exercises a way a sequence grows, stops or is moved
 CASES = {
     "greedy, preemption": (dict(num_kvcache_blocks=8), SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)),
-    "chunked, preemption": (dict(num_kvcache_blocks=8, scheduler="chunked", max_num_batched_tokens=24),
-                            SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)),
-    "seeded, penalties, min_tokens": (dict(), SamplingParams(temperature=1.0, seed=3, max_tokens=20, min_tokens=5,
-                                                             repetition_penalty=1.3, presence_penalty=0.5,
-                                                             frequency_penalty=0.2)),
+    "chunked, preemption": (
+        dict(num_kvcache_blocks=8, scheduler="chunked", max_num_batched_tokens=24),
+        SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
+    ),
+    "seeded, penalties, min_tokens": (
+        dict(),
+        SamplingParams(
+            temperature=1.0,
+            seed=3,
+            max_tokens=20,
+            min_tokens=5,
+            repetition_penalty=1.3,
+            presence_penalty=0.5,
+            frequency_penalty=0.2,
+        ),
+    ),
     "n=3 seeded, logprobs": (dict(), SamplingParams(temperature=0.8, seed=5, n=3, max_tokens=10, logprobs=3)),
     "stop strings": (dict(), SamplingParams(temperature=0.0, max_tokens=30, stop=["e", " a"])),
-    "simple allocator": (dict(kv_allocator="simple", num_kvcache_blocks=8),
-                         SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)),
+    "simple allocator": (
+        dict(kv_allocator="simple", num_kvcache_blocks=8),
+        SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True),
+    ),
 }
 
 
@@ -150,8 +163,10 @@ def test_a_scheduler_that_makes_no_progress_is_an_error_not_a_spin(llama_path):
     plugins.schedulers.register("stuck", _Stuck, source="test")
     try:
         llm = LLM(llama_path, scheduler="stuck", **SETTINGS)
-        with pytest.raises(RuntimeError, match="'stuck' scheduler returned an empty batch while 0 running and 1 "
-                                               "waiting sequences are unfinished"):
+        with pytest.raises(
+            RuntimeError,
+            match="'stuck' scheduler returned an empty batch while 0 running and 1 waiting sequences are unfinished",
+        ):
             llm.generate([[1, 2, 3]], use_tqdm=False)
     finally:
         plugins.load_plugins(reload=True)

@@ -26,16 +26,22 @@ def test_unsupported_architecture_lists_the_supported(llama_path, tmp_path):
     config = json.loads((path / "config.json").read_text())
     config["architectures"] = ["GPT2LMHeadModel"]
     (path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="unsupported architecture 'GPT2LMHeadModel'; supported: "
-                                         "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM"):
+    with pytest.raises(
+        ValueError,
+        match="unsupported architecture 'GPT2LMHeadModel'; supported: "
+        "LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM",
+    ):
         LLM(str(path))
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"kvcache_block_size": 24, "attention_backend": "torch"}, "kvcache_block_size=24 is not supported by the "
-                                     "TorchAttentionBackend attention backend: it needs a multiple of 16"),
+        (
+            {"kvcache_block_size": 24, "attention_backend": "torch"},
+            "kvcache_block_size=24 is not supported by the "
+            "TorchAttentionBackend attention backend: it needs a multiple of 16",
+        ),
         ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization\n  Input should be greater than 0"),
         ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization\n  Input should be less than or equal to 1"),
         ({"tensor_parallel_size": 0}, "tensor_parallel_size\n  Input should be greater than or equal to 1"),
@@ -52,12 +58,20 @@ def test_bad_engine_settings(llama_path, kwargs, message):
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"temperature": -0.5}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"top_p": 0.0}, "top_p"),
-     ({"top_p": 1.5}, "top_p"), ({"top_k": -2}, "top_k"), ({"min_p": 2.0}, "min_p"),
-     ({"temperature": float("inf")}, "temperature"), ({"temperature": float("nan")}, "temperature"),
-     ({"repetition_penalty": float("inf")}, "repetition_penalty"),
-     ({"presence_penalty": float("nan")}, "presence_penalty"), ({"seed": 2**64}, "seed"),
-     ({"repetition_penalty": 1e-40}, "repetition_penalty")],
+    [
+        ({"temperature": -0.5}, "temperature"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 2.0}, "min_p"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"repetition_penalty": float("inf")}, "repetition_penalty"),
+        ({"presence_penalty": float("nan")}, "presence_penalty"),
+        ({"seed": 2**64}, "seed"),
+        ({"repetition_penalty": 1e-40}, "repetition_penalty"),
+    ],
 )
 def test_bad_sampling_params(kwargs, field):
     with pytest.raises(ValidationError, match=field):
@@ -110,9 +124,15 @@ def test_prompt_type_and_params_count_are_checked(llm):
         llm.generate(["hi"], [SamplingParams(), SamplingParams()], use_tqdm=False)
 
 
-@pytest.mark.parametrize(("prompt", "got"), [
-    (b"hello", "got bytes"), ([True, False], "got a list holding bool"), ([1, True], "got a list holding bool"),
-    (bytearray(b"hi"), "got bytearray")])
+@pytest.mark.parametrize(
+    ("prompt", "got"),
+    [
+        (b"hello", "got bytes"),
+        ([True, False], "got a list holding bool"),
+        ([1, True], "got a list holding bool"),
+        (bytearray(b"hi"), "got bytearray"),
+    ],
+)
 def test_bytes_and_bools_are_no_token_ids(llm, prompt, got):
     with pytest.raises(ValueError, match=f"prompt 0: a prompt must be a string or a list of token ids, {got}"):
         llm.generate(prompt, use_tqdm=False)
@@ -142,8 +162,9 @@ def test_seeds_count_all_64_bits(llm):
     assert len(llm.generate([1, 2, 3], params, use_tqdm=False)[0]["outputs"]) == 2
 
 
-@pytest.mark.parametrize(("update", "field"), [({"temperature": -1}, "temperature"), ({"n": 0}, "n"),
-                                               ({"min_tokens": 100}, "min_tokens")])
+@pytest.mark.parametrize(
+    ("update", "field"), [({"temperature": -1}, "temperature"), ({"n": 0}, "n"), ({"min_tokens": 100}, "min_tokens")]
+)
 def test_model_copy_validates_the_update(update, field):
     with pytest.raises(ValidationError, match=field):
         SamplingParams().model_copy(update=update)
@@ -152,8 +173,11 @@ def test_model_copy_validates_the_update(update, field):
 
 def test_max_model_len_above_the_models_context_is_refused(llama_path):
     limit = json.loads(open(os.path.join(llama_path, "config.json")).read())["max_position_embeddings"]
-    with pytest.raises(ValueError, match=f"max_model_len={limit + 1} is more than the model's context "
-                                         rf"\(max_position_embeddings={limit}\)"):
+    with pytest.raises(
+        ValueError,
+        match=f"max_model_len={limit + 1} is more than the model's context "
+        rf"\(max_position_embeddings={limit}\)",
+    ):
         LLM(llama_path, max_model_len=limit + 1, num_kvcache_blocks=4)
     with LLM(llama_path, num_kvcache_blocks=4) as llm:  # the default (4096) is capped, as before
         assert llm.engine.max_model_len == min(limit, 4096)

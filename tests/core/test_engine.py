@@ -35,8 +35,7 @@ def test_eos_stops_unless_ignored(llm):
 
 
 def test_max_model_len_ends_with_length(llm):
-    out = llm.generate([[5] * 120], SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True),
-                       use_tqdm=False)[0]
+    out = llm.generate([[5] * 120], SamplingParams(temperature=0.0, max_tokens=64, ignore_eos=True), use_tqdm=False)[0]
     assert len(out["tokens"]) == 8 and out["finish_reason"] == "length"
 
 
@@ -51,8 +50,9 @@ def test_text_prompts_and_outputs_in_input_order(llm):
 
 
 def test_single_token_id_prompt_and_per_prompt_params(llm):
-    outs = llm.generate([[1, 2, 3], [4, 5]], [GREEDY, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)],
-                        use_tqdm=False)
+    outs = llm.generate(
+        [[1, 2, 3], [4, 5]], [GREEDY, SamplingParams(temperature=0.0, max_tokens=3, ignore_eos=True)], use_tqdm=False
+    )
     assert [len(o["tokens"]) for o in outs] == [12, 3]
     assert llm.generate([1, 2, 3], GREEDY, use_tqdm=False)[0]["tokens"] == outs[0]["tokens"]
 
@@ -60,8 +60,11 @@ def test_single_token_id_prompt_and_per_prompt_params(llm):
 def test_seeded_sampling_is_reproducible_across_batches(llm):
     seeded = SamplingParams(temperature=1.0, max_tokens=16, seed=99, ignore_eos=True)
     alone = llm.generate([[7, 8, 9]], seeded, use_tqdm=False)[0]["tokens"]
-    mixed = llm.generate([[1, 2], [7, 8, 9], [3, 4, 5, 6]],
-                         [SamplingParams(max_tokens=5), seeded, SamplingParams(max_tokens=20)], use_tqdm=False)
+    mixed = llm.generate(
+        [[1, 2], [7, 8, 9], [3, 4, 5, 6]],
+        [SamplingParams(max_tokens=5), seeded, SamplingParams(max_tokens=20)],
+        use_tqdm=False,
+    )
     assert mixed[1]["tokens"] == alone
     other_seed = llm.generate([[7, 8, 9]], seeded.model_copy(update={"seed": 100}), use_tqdm=False)[0]["tokens"]
     assert other_seed != alone

@@ -46,8 +46,9 @@ def test_backend_attends_over_exactly_what_it_stored():
     plain_k, plain_v = (k_cache.float() * kv_scales.k[..., None], v_cache.float() * kv_scales.v[..., None])
     written = meta.slot_mapping
     assert torch.allclose(plain_k.view(-1, 2, 64)[written], k, rtol=0.07, atol=1e-6)  # the new tokens, rounded
-    ref = backend.forward(q, plain_k.view(-1, 2, 64)[written], plain_v.view(-1, 2, 64)[written], plain_k, plain_v,
-                          meta, 0.125)
+    ref = backend.forward(
+        q, plain_k.view(-1, 2, 64)[written], plain_v.view(-1, 2, 64)[written], plain_k, plain_v, meta, 0.125
+    )
     assert ((out - ref).norm() / ref.norm()) < 1e-5
 
 
@@ -56,14 +57,29 @@ def test_blocks_cost_a_byte_per_element_plus_a_scale_per_row(tmp_path):
     so the same budget holds 256/132 = 1.94 times the blocks."""
     import transformers
 
-    config = transformers.Qwen3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=3, vocab_size=512,
-                                      num_attention_heads=16, num_key_value_heads=8, head_dim=128, dtype="bfloat16")
+    config = transformers.Qwen3Config(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=3,
+        vocab_size=512,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        dtype="bfloat16",
+    )
     config.architectures = ["Qwen3ForCausalLM"]
     config.save_pretrained(tmp_path)
     counts = {}
     for kv in ("auto", "fp8"):
-        llm = LLM(str(tmp_path), load_format="dummy", dtype="bfloat16", kv_cache_dtype=kv, max_model_len=1024,
-                  kvcache_block_size=16, cpu_kvcache_space_gib=0.01)
+        llm = LLM(
+            str(tmp_path),
+            load_format="dummy",
+            dtype="bfloat16",
+            kv_cache_dtype=kv,
+            max_model_len=1024,
+            kvcache_block_size=16,
+            cpu_kvcache_space_gib=0.01,
+        )
         rows = 2 * 3 * 16 * 8  # K and V, layers, tokens per block, KV heads
         assert llm.engine.executor.block_bytes == rows * (128 * 2 if kv == "auto" else 128 + 4)
         counts[kv] = llm.engine.allocator.num_blocks
@@ -79,8 +95,10 @@ def test_first_tokens_stay_close_to_float32(checkpoints, arch):
     tokens move by less than 0.35 nats on average (measured 29-30 and 0.10-0.25)."""
     prompts = random_prompts(32, 5, 60, seed=21)
     params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=20)
-    first = {kv: LLM(checkpoints[arch], kv_cache_dtype=kv, **SMALL).generate(prompts, params, use_tqdm=False)
-             for kv in ("auto", "fp8")}
+    first = {
+        kv: LLM(checkpoints[arch], kv_cache_dtype=kv, **SMALL).generate(prompts, params, use_tqdm=False)
+        for kv in ("auto", "fp8")
+    }
     moves, same = [], 0
     for a, b in zip(first["auto"], first["fp8"]):
         exact, fp8 = dict(a["logprobs"][0][1]), dict(b["logprobs"][0][1])
@@ -90,9 +108,15 @@ def test_first_tokens_stay_close_to_float32(checkpoints, arch):
     assert same >= 28 and sum(moves) / len(moves) < 0.35, (same, moves)
 
 
-@pytest.mark.parametrize("settings", [dict(enable_prefix_caching=False),
-                                      dict(scheduler="chunked", max_num_batched_tokens=24), dict(num_kvcache_blocks=8)],
-                         ids=["no prefix cache", "chunked", "preemption"])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(enable_prefix_caching=False),
+        dict(scheduler="chunked", max_num_batched_tokens=24),
+        dict(num_kvcache_blocks=8),
+    ],
+    ids=["no prefix cache", "chunked", "preemption"],
+)
 def test_scheduling_features_do_not_change_fp8_outputs(llama_path, settings):
     prefix = random_prompts(1, 40, 40, seed=2)[0]
     prompts = [prefix + tail for tail in random_prompts(6, 1, 30, seed=3)]  # prefix-cache hits in the baseline
@@ -111,6 +135,9 @@ def test_tensor_parallel_fp8_matches_one_rank(llama_path):
 
 
 def test_a_backend_without_fp8_refuses_it_at_start(llama_path):
-    with pytest.raises(ValidationError, match="kv_cache_dtype='fp8' is not supported by the FlashAttnBackend "
-                                              r"attention backend \(it supports: auto\)"):
+    with pytest.raises(
+        ValidationError,
+        match="kv_cache_dtype='fp8' is not supported by the FlashAttnBackend "
+        r"attention backend \(it supports: auto\)",
+    ):
         EngineConfig(model=llama_path, attention_backend="flash_attn", kvcache_block_size=256, kv_cache_dtype="fp8")

@@ -31,12 +31,22 @@ SETTINGS = dict(dtype="float32", kvcache_block_size=16, max_model_len=128)
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 PROMPTS = random_prompts(3, 4, 30, seed=3)
 FP8_SCHEME = {  # what llm-compressor's FP8_DYNAMIC writes
-    "quant_method": "compressed-tensors", "format": "float-quantized", "ignore": ["lm_head"],
-    "config_groups": {"group_0": {
-        "targets": ["Linear"],
-        "weights": {"type": "float", "num_bits": 8, "strategy": "channel", "symmetric": True, "dynamic": False},
-        "input_activations": {"type": "float", "num_bits": 8, "strategy": "token", "symmetric": True,
-                              "dynamic": True}}},
+    "quant_method": "compressed-tensors",
+    "format": "float-quantized",
+    "ignore": ["lm_head"],
+    "config_groups": {
+        "group_0": {
+            "targets": ["Linear"],
+            "weights": {"type": "float", "num_bits": 8, "strategy": "channel", "symmetric": True, "dynamic": False},
+            "input_activations": {
+                "type": "float",
+                "num_bits": 8,
+                "strategy": "token",
+                "symmetric": True,
+                "dynamic": True,
+            },
+        }
+    },
 }
 
 
@@ -48,8 +58,9 @@ def fp8_layers(llm) -> int:
     return sum(isinstance(m, Fp8Linear) and m.scaled_mm for m in llm.engine.executor.runner.model.modules())
 
 
-def hf_fp8_greedy(path: str, prompts, max_new_tokens: int, ranks: int = 1,
-                  quantize_inputs: bool = True) -> list[list[int]]:
+def hf_fp8_greedy(
+    path: str, prompts, max_new_tokens: int, ranks: int = 1, quantize_inputs: bool = True
+) -> list[list[int]]:
     """transformers' greedy tokens with fp8 projections written out (see the module docstring); with ``ranks``
     the row-parallel projections' (o_proj, down_proj) inputs are quantized per rank's slice, as each rank does;
     without ``quantize_inputs`` only the weights are."""
@@ -61,8 +72,11 @@ def hf_fp8_greedy(path: str, prompts, max_new_tokens: int, ranks: int = 1,
             module.weight.data = QuantizedWeight.fp8(module.weight.data).dequantize()
             parts = ranks if name.endswith(("o_proj", "down_proj")) else 1
             if quantize_inputs:
-                module.register_forward_pre_hook(lambda m, args, parts=parts: (torch.cat(
-                    [dequantized(*quantize_fp8(x)) for x in args[0].chunk(parts, -1)], -1),))
+                module.register_forward_pre_hook(
+                    lambda m, args, parts=parts: (
+                        torch.cat([dequantized(*quantize_fp8(x)) for x in args[0].chunk(parts, -1)], -1),
+                    )
+                )
     return greedy_reference(model, prompts, max_new_tokens)
 
 
@@ -145,15 +159,26 @@ def test_dummy_weights_and_the_fp8_kv_cache(llama_path):
     assert all(len(t) == GREEDY.max_tokens for t in tokens(llm))
 
 
-@pytest.mark.parametrize("change,error", [
-    (dict(quant_method="gptq"), "quant_method='gptq' is not supported"),
-    (dict(format="pack-quantized"), "format 'pack-quantized' is not supported"),
-    (dict(kv_cache_scheme={"type": "float", "num_bits": 8}), "kv_cache_scheme"),
-    (dict(config_groups={"g": {"weights": {"type": "int", "num_bits": 4, "strategy": "group"}}}), "weights"),
-    (dict(config_groups={"g": {"weights": FP8_SCHEME["config_groups"]["group_0"]["weights"],
-                               "input_activations": {"type": "float", "num_bits": 8, "dynamic": False}}}),
-     "only dynamic fp8"),
-])
+@pytest.mark.parametrize(
+    "change,error",
+    [
+        (dict(quant_method="gptq"), "quant_method='gptq' is not supported"),
+        (dict(format="pack-quantized"), "format 'pack-quantized' is not supported"),
+        (dict(kv_cache_scheme={"type": "float", "num_bits": 8}), "kv_cache_scheme"),
+        (dict(config_groups={"g": {"weights": {"type": "int", "num_bits": 4, "strategy": "group"}}}), "weights"),
+        (
+            dict(
+                config_groups={
+                    "g": {
+                        "weights": FP8_SCHEME["config_groups"]["group_0"]["weights"],
+                        "input_activations": {"type": "float", "num_bits": 8, "dynamic": False},
+                    }
+                }
+            ),
+            "only dynamic fp8",
+        ),
+    ],
+)
 def test_quantizations_it_does_not_run_are_refused(checkpoints, tmp_path, change, error):
     path = str(tmp_path / "ckpt")
     shutil.copytree(checkpoints["llama"], path)

@@ -29,8 +29,14 @@ def test_the_budget_caps_the_blocks(llama_path):
 
 def test_pages_are_touched_only_when_used(llama_path):
     gib, before = 1.0, rss_bytes()
-    with LLM(llama_path, max_num_seqs=4096, max_model_len=2048, kvcache_block_size=16, device="cpu",
-             cpu_kvcache_space_gib=gib) as llm:
+    with LLM(
+        llama_path,
+        max_num_seqs=4096,
+        max_model_len=2048,
+        kvcache_block_size=16,
+        device="cpu",
+        cpu_kvcache_space_gib=gib,
+    ) as llm:
         kv = cache(llm)
         assert kv.num_blocks * kv.block_bytes > 0.99 * gib * 2**30  # the whole budget is reserved...
         llm.generate(["Once upon a time"], SamplingParams(max_tokens=8), use_tqdm=False)

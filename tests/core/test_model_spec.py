@@ -22,22 +22,28 @@ def test_missing_fields_take_their_one_rule():
     assert (spec.num_kv_heads, spec.head_dim, spec.max_position_embeddings) == (2, 128, 2048)
 
 
-@pytest.mark.parametrize(("kv_heads", "tp", "expected"), [
-    (8, 2, [(4, 0), (4, 4)]),  # split evenly
-    (2, 4, [(1, 0), (1, 0), (1, 1), (1, 1)]),  # replicated: each rank keeps its query heads' KV head
-    (1, 2, [(1, 0), (1, 0)]),
-])
+@pytest.mark.parametrize(
+    ("kv_heads", "tp", "expected"),
+    [
+        (8, 2, [(4, 0), (4, 4)]),  # split evenly
+        (2, 4, [(1, 0), (1, 0), (1, 1), (1, 1)]),  # replicated: each rank keeps its query heads' KV head
+        (1, 2, [(1, 0), (1, 0)]),
+    ],
+)
 def test_kv_heads_per_rank(kv_heads, tp, expected):
     ModelSpec.from_hf_config(config(num_key_value_heads=kv_heads)).check_tensor_parallel(tp)
     assert [TensorParallel(rank, tp).shard_kv_heads(kv_heads) for rank in range(tp)] == expected
 
 
-@pytest.mark.parametrize(("fields", "tp", "message"), [
-    ({}, 3, "tensor_parallel_size=3 does not divide the model's 8 attention heads"),
-    ({"num_key_value_heads": 3, "num_attention_heads": 6}, 2, "neither divides nor is a multiple of the model's 3"),
-    ({"num_key_value_heads": 4}, 8, None),  # 8 ranks, 4 KV heads: replicated, fine
-    ({"intermediate_size": 500}, 8, "does not divide the model's intermediate_size=500"),
-])
+@pytest.mark.parametrize(
+    ("fields", "tp", "message"),
+    [
+        ({}, 3, "tensor_parallel_size=3 does not divide the model's 8 attention heads"),
+        ({"num_key_value_heads": 3, "num_attention_heads": 6}, 2, "neither divides nor is a multiple of the model's 3"),
+        ({"num_key_value_heads": 4}, 8, None),  # 8 ranks, 4 KV heads: replicated, fine
+        ({"intermediate_size": 500}, 8, "does not divide the model's intermediate_size=500"),
+    ],
+)
 def test_tensor_parallel_check(fields, tp, message):
     spec = ModelSpec.from_hf_config(config(**fields))
     if message is None:

@@ -17,8 +17,7 @@ def _generate(llm, prompts, params=GREEDY):
 def test_mixed_length_batch_matches_transformers(checkpoints, arch, async_scheduling):
     path = checkpoints[arch]
     prompts = random_prompts(6, 3, 90, seed=1)
-    llm = LLM(path, kvcache_block_size=16, max_model_len=512, dtype="float32",
-              async_scheduling=async_scheduling)
+    llm = LLM(path, kvcache_block_size=16, max_model_len=512, dtype="float32", async_scheduling=async_scheduling)
     assert _generate(llm, prompts) == hf_greedy(path, prompts, GREEDY.max_tokens)
 
 
@@ -27,8 +26,7 @@ def test_shared_prefix_hits_match_transformers(checkpoints, arch, async_scheduli
     path = checkpoints[arch]
     prefix = random_prompts(1, 40, 40, seed=2)[0]  # longer than two blocks of 16
     prompts = [prefix + tail for tail in random_prompts(4, 1, 20, seed=3)]
-    llm = LLM(path, kvcache_block_size=16, max_model_len=512, dtype="float32",
-              async_scheduling=async_scheduling)
+    llm = LLM(path, kvcache_block_size=16, max_model_len=512, dtype="float32", async_scheduling=async_scheduling)
     expected = hf_greedy(path, prompts, GREEDY.max_tokens)
     allocator = llm.engine.allocator
     hits = []  # tokens each new sequence found cached, as the allocator reports them to the scheduler
@@ -53,8 +51,14 @@ def test_small_kv_cache_queues_and_preempts(checkpoints, arch, async_scheduling)
     prompts = random_prompts(8, 20, 60, seed=4)
     params = SamplingParams(temperature=0.0, max_tokens=40, ignore_eos=True)
     # 12 blocks of 16 tokens hold about two sequences: the rest queue, and decode must preempt
-    llm = LLM(path, kvcache_block_size=16, num_kvcache_blocks=12, max_model_len=512, dtype="float32",
-              async_scheduling=async_scheduling)
+    llm = LLM(
+        path,
+        kvcache_block_size=16,
+        num_kvcache_blocks=12,
+        max_model_len=512,
+        dtype="float32",
+        async_scheduling=async_scheduling,
+    )
     assert _generate(llm, prompts, params) == hf_greedy(path, prompts, params.max_tokens)
     assert llm.engine.scheduler.num_preemptions > 0
     assert llm.engine.allocator.num_free_blocks == 12

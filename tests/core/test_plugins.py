@@ -42,8 +42,9 @@ def test_allow_list_excludes_plugins(plugin_site, allow, llama_path):
 
 def test_cli_lists_plugins_with_their_distribution(plugin_site):
     env = dict(os.environ, MINIVLLM_PLUGINS="test_plugin", PYTHONPATH=plugin_site)
-    out = subprocess.run([sys.executable, "-m", "minivllm.cli", "plugins"], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "minivllm.cli", "plugins"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "test_plugin  [minivllm-test-plugin 0.1.0]  hooks: register_samplers" in out
     assert "sampler: constant  (from test_plugin)" in out
     assert "model architecture: LlamaForCausalLM  (from minivllm.plugins.models)" in out
@@ -71,9 +72,12 @@ def test_misspelled_hook_fails_loudly(monkeypatch):
     monkeypatch.setitem(sys.modules, "misspelled_plugin", plugin)
     monkeypatch.setattr(plugins, "DEFAULT_PLUGINS", (*plugins.DEFAULT_PLUGINS, "misspelled_plugin"))
     try:
-        with pytest.raises(PluginValidationError, match="unknown hook 'register_sampler' in plugin .*"
-                                                        "\\(plugin 'misspelled_plugin'\\); the minivllm hooks are "
-                                                        "register_models, register_attention_backends, "):
+        with pytest.raises(
+            PluginValidationError,
+            match="unknown hook 'register_sampler' in plugin .*"
+            "\\(plugin 'misspelled_plugin'\\); the minivllm hooks are "
+            "register_models, register_attention_backends, ",
+        ):
             plugins.load_plugins(reload=True)
     finally:
         monkeypatch.undo()
@@ -94,12 +98,18 @@ def test_a_registered_class_must_implement_its_interface(monkeypatch):
     reg.register("duck", NotASampler, source="ducks")
     reg.register("lazy_duck", "tests.core.test_plugins:NotASampler", source="ducks")
     for name in ("duck", "lazy_duck"):
-        with pytest.raises(TypeError, match=f"sampler '{name}' \\(registered by plugin 'ducks'\\) is <class "
-                                            "'tests.core.test_plugins.NotASampler'>, which does not subclass "
-                                            "minivllm.core.interfaces.sampler.Sampler"):
+        with pytest.raises(
+            TypeError,
+            match=f"sampler '{name}' \\(registered by plugin 'ducks'\\) is <class "
+            "'tests.core.test_plugins.NotASampler'>, which does not subclass "
+            "minivllm.core.interfaces.sampler.Sampler",
+        ):
             reg.get(name)
     schedulers = Registry("scheduler", Scheduler)
     schedulers.register("half", HalfAScheduler, source="halves")
-    with pytest.raises(TypeError, match="scheduler 'half' \\(registered by plugin 'halves'\\): HalfAScheduler "
-                                        "does not implement schedule of minivllm.core.interfaces.scheduler.Scheduler"):
+    with pytest.raises(
+        TypeError,
+        match="scheduler 'half' \\(registered by plugin 'halves'\\): HalfAScheduler "
+        "does not implement schedule of minivllm.core.interfaces.scheduler.Scheduler",
+    ):
         schedulers.get("half")

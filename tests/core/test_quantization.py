@@ -52,9 +52,13 @@ def test_smollm2_greedy_agrees_with_the_dequantised_path():
     """The embedded Q4_1 SmolLM2 in bfloat16: the int4 kernels round the scales to bfloat16 and sum in
     another order, so greedy decoding may part from the dequantised path after a while; measured: the same
     first 32 tokens for these prompts."""
-    prompts = [f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
-               for q in ("Write a short story about a cat who learns to fly.", "What is the capital of France?")]
+    prompts = [
+        f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+        for q in ("Write a short story about a cat who learns to fly.", "What is the capital of France?")
+    ]
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
-    outs = [LLM(default_model(), quantization=q, max_model_len=512).generate(prompts, params, use_tqdm=False)
-            for q in ("gguf", "none")]
+    outs = [
+        LLM(default_model(), quantization=q, max_model_len=512).generate(prompts, params, use_tqdm=False)
+        for q in ("gguf", "none")
+    ]
     assert [o["tokens"] for o in outs[0]] == [o["tokens"] for o in outs[1]]

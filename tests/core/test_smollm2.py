@@ -21,14 +21,16 @@ def smollm2():
 
 
 def chat_ids(llm, question):
-    text = llm.tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
-                                             add_generation_prompt=True)
+    text = llm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+    )
     return llm.tokenizer.encode(text, add_special_tokens=False)
 
 
 def test_answers_the_capital_question(smollm2):
-    out = smollm2.generate([chat_ids(smollm2, QUESTION)], SamplingParams(temperature=0.0, max_tokens=32),
-                           use_tqdm=False)[0]
+    out = smollm2.generate(
+        [chat_ids(smollm2, QUESTION)], SamplingParams(temperature=0.0, max_tokens=32), use_tqdm=False
+    )[0]
     assert "Paris" in out["text"]
     assert out["finish_reason"] == "stop"  # it ends its turn with <|im_end|>
 
@@ -48,6 +50,7 @@ def test_greedy_matches_transformers_on_the_same_gguf(smollm2):
 
 
 def test_cli_generate_answers():
-    out = subprocess.run([sys.executable, "-m", "minivllm.cli", "generate", QUESTION], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "minivllm.cli", "generate", QUESTION], capture_output=True, text=True, check=True
+    )
     assert "Paris" in out.stdout

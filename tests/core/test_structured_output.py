@@ -15,10 +15,16 @@ from tests.checkpoints import random_prompts
 
 PROMPTS = random_prompts(4, 5, 30, seed=7)
 SETTINGS = dict(kvcache_block_size=16, max_model_len=512)
-SCHEMA = {"type": "object", "properties": {
-    "name": {"type": "string", "maxLength": 6}, "age": {"type": "integer", "minimum": 0, "maximum": 120},
-    "tags": {"type": "array", "items": {"enum": ["a", "bc"]}, "maxItems": 3}},
-    "required": ["name", "age", "tags"], "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "tags": {"type": "array", "items": {"enum": ["a", "bc"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
 CHOICES = ["yes", "no", "maybe not"]
 
 
@@ -33,18 +39,23 @@ KINDS = {
     "json_object": (StructuredOutputsParams(json_object=True), lambda t: isinstance(json.loads(t), dict)),
     "regex": (StructuredOutputsParams(regex=r"[0-9]{3}-[a-c]{2,4}"), lambda t: re.fullmatch(r"[0-9]{3}-[a-c]{2,4}", t)),
     "choice": (StructuredOutputsParams(choice=CHOICES), lambda t: t in CHOICES),
-    "grammar (lark)": (StructuredOutputsParams(grammar='start: "(" NUM ("," NUM)* ")"\nNUM: /[0-9]{1,2}/'),
-                       lambda t: re.fullmatch(r"\([0-9]{1,2}(,[0-9]{1,2})*\)", t)),
-    "grammar (gbnf)": (StructuredOutputsParams(grammar='root ::= "x" [a-b]+ "!"'),
-                       lambda t: re.fullmatch(r"x[ab]+!", t)),
+    "grammar (lark)": (
+        StructuredOutputsParams(grammar='start: "(" NUM ("," NUM)* ")"\nNUM: /[0-9]{1,2}/'),
+        lambda t: re.fullmatch(r"\([0-9]{1,2}(,[0-9]{1,2})*\)", t),
+    ),
+    "grammar (gbnf)": (
+        StructuredOutputsParams(grammar='root ::= "x" [a-b]+ "!"'),
+        lambda t: re.fullmatch(r"x[ab]+!", t),
+    ),
 }
 
 
 def _params(spec, **kw) -> SamplingParams:
     # ignore_eos: the tiny checkpoint's config names token 2 ('"') EOS as well as <eos>; the engine would stop
     # on every quote. The grammar's EOS is <eos> alone (a special token), and completing the grammar stops.
-    return SamplingParams(**{"temperature": 1.0, "max_tokens": 120, "seed": 11, "ignore_eos": True,
-                             "structured_outputs": spec, **kw})
+    return SamplingParams(
+        **{"temperature": 1.0, "max_tokens": 120, "seed": 11, "ignore_eos": True, "structured_outputs": spec, **kw}
+    )
 
 
 def _check_outputs(results, check) -> None:
@@ -71,13 +82,15 @@ def test_every_kind_holds_with_every_sampler_in_both_pipelines(llama_path, async
 
 def test_both_pipelines_give_the_same_seeded_outputs(llama_path):
     params = [_params(KINDS[k][0], n=2) for k in ("json", "regex", "choice", "grammar (lark)")]
-    runs = [LLM(llama_path, async_scheduling=a, **SETTINGS).generate(PROMPTS, params, use_tqdm=False)
-            for a in (False, True)]
+    runs = [
+        LLM(llama_path, async_scheduling=a, **SETTINGS).generate(PROMPTS, params, use_tqdm=False) for a in (False, True)
+    ]
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize("engine", [dict(num_kvcache_blocks=12), dict(enable_prefix_caching=False)],
-                         ids=["preemption", "no prefix caching"])
+@pytest.mark.parametrize(
+    "engine", [dict(num_kvcache_blocks=12), dict(enable_prefix_caching=False)], ids=["preemption", "no prefix caching"]
+)
 def test_preemption_and_prefix_caching_keep_the_grammar_state(llama_path, async_scheduling, engine):
     """Recompute-preemption (12 blocks of 16 tokens cannot hold 8 sequences of up to 150 tokens) and a run
     without the prefix cache give the seeded outputs of the roomy, caching run."""
@@ -105,15 +118,19 @@ def test_eos_cannot_end_what_the_grammar_has_not_finished(llama_path):
     llm = LLM(llama_path, **SETTINGS)
     params = _params(StructuredOutputsParams(regex="[a-z]{5}"), n=4, ignore_eos=False)
     results = llm.generate(PROMPTS, params, use_tqdm=False)
-    assert all(re.fullmatch("[a-z]{5}", o["text"]) and o["finish_reason"] == "stop"
-               for r in results for o in r["outputs"])
+    assert all(
+        re.fullmatch("[a-z]{5}", o["text"]) and o["finish_reason"] == "stop" for r in results for o in r["outputs"]
+    )
 
 
-@pytest.mark.parametrize("spec, message", [
-    (dict(json={"type": "object", "properties": {"a": {"type": "nonsense"}}}), "invalid json"),
-    (dict(regex="(unclosed"), "invalid regex"),
-    (dict(grammar="start: undefined_rule"), "invalid grammar"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (dict(json={"type": "object", "properties": {"a": {"type": "nonsense"}}}), "invalid json"),
+        (dict(regex="(unclosed"), "invalid regex"),
+        (dict(grammar="start: undefined_rule"), "invalid grammar"),
+    ],
+)
 def test_a_bad_grammar_is_refused_before_any_work(llama_path, spec, message):
     llm = LLM(llama_path, **SETTINGS)
     with pytest.raises(ValueError, match=f"prompt 1: {message}"):

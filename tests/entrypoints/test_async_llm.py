@@ -145,9 +145,12 @@ def test_a_failing_request_fails_alone_and_the_loop_goes_on(llama_path):
         results = asyncio.run(main())
         assert [len(tokens[0]) for _, tokens, _ in results] == [8, 8, 8]
         assert engine.stats()["kv_used"] == 0 and engine.stats()["running"] == 0
-        finished = {reason: engine.metrics.registry.get_sample_value(
-            "minivllm:request_success_total", {"model_name": llama_path, "finished_reason": reason})
-            for reason in ("error", "length")}
+        finished = {
+            reason: engine.metrics.registry.get_sample_value(
+                "minivllm:request_success_total", {"model_name": llama_path, "finished_reason": reason}
+            )
+            for reason in ("error", "length")
+        }
         assert finished == {"error": 1, "length": 3}
     finally:
         engine.close()
@@ -197,8 +200,10 @@ def test_begin_shutdown_aborts_everything_and_refuses_new_requests(llama_path):
     params = SamplingParams(max_tokens=100, ignore_eos=True)
 
     async def main():
-        streams = [engine.generate("Once upon a time", params.model_copy(update={"n": 3}), "a"),
-                   engine.generate([1, 2, 3], params, "b")]
+        streams = [
+            engine.generate("Once upon a time", params.model_copy(update={"n": 3}), "a"),
+            engine.generate([1, 2, 3], params, "b"),
+        ]
         firsts = [await anext(s) for s in streams]
         engine.begin_shutdown()
         with pytest.raises(EngineClosedError, match="shutting down"):
@@ -225,9 +230,13 @@ def test_metrics_read_while_the_loop_writes(engine):
 
     sample = engine.metrics.registry.get_sample_value
     label = {"model_name": engine.served_model_name}
-    names = ["minivllm:generation_tokens_total", "minivllm:prompt_tokens_total",
-             "minivllm:time_to_first_token_seconds_count", "minivllm:e2e_request_latency_seconds_count",
-             "minivllm:request_time_per_output_token_seconds_count"]
+    names = [
+        "minivllm:generation_tokens_total",
+        "minivllm:prompt_tokens_total",
+        "minivllm:time_to_first_token_seconds_count",
+        "minivllm:e2e_request_latency_seconds_count",
+        "minivllm:request_time_per_output_token_seconds_count",
+    ]
     before = {name: sample(name, label) for name in names}
     stop, renders, errors = threading.Event(), [], []
 
@@ -253,9 +262,13 @@ def test_metrics_read_while_the_loop_writes(engine):
         thread.join()
     assert not errors and len(renders) > 10
     after = {name: sample(name, label) - before[name] for name in names}
-    assert after == {"minivllm:generation_tokens_total": 8 * 20, "minivllm:prompt_tokens_total": 8 * 4,
-                     "minivllm:time_to_first_token_seconds_count": 8, "minivllm:e2e_request_latency_seconds_count": 8,
-                     "minivllm:request_time_per_output_token_seconds_count": 8}
+    assert after == {
+        "minivllm:generation_tokens_total": 8 * 20,
+        "minivllm:prompt_tokens_total": 8 * 4,
+        "minivllm:time_to_first_token_seconds_count": 8,
+        "minivllm:e2e_request_latency_seconds_count": 8,
+        "minivllm:request_time_per_output_token_seconds_count": 8,
+    }
 
 
 def test_two_engines_keep_their_own_metrics(engine, llama_path):

@@ -21,10 +21,13 @@ SMALL = ["--kvcache-block-size", "16", "--max-model-len", "128", "--num-kvcache-
 def start_serve(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """``minivllm serve ARGS`` on a free port, once /health answers; returns the process and its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "minivllm.cli", "serve", *args, "--port", str(port),
-                             "--uvicorn-log-level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "minivllm.cli", "serve", *args, "--port", str(port), "--uvicorn-log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     deadline = time.monotonic() + 60
     while True:
         assert proc.poll() is None, proc.stdout.read()
@@ -51,14 +54,17 @@ def test_serve_command(llama_path, tmp_path):
     template = tmp_path / "template.jinja"
     template.write_text(TEMPLATE)
     # the key from the environment: it never shows on the command line
-    proc, base_url = start_serve([llama_path, "--served-model-name", "tiny", "--chat-template", str(template),
-                                  "--engine-process", *SMALL], env={"MINIVLLM_API_KEY": "k"})
+    proc, base_url = start_serve(
+        [llama_path, "--served-model-name", "tiny", "--chat-template", str(template), "--engine-process", *SMALL],
+        env={"MINIVLLM_API_KEY": "k"},
+    )
     try:
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=base_url + "/v1", api_key="wrong", max_retries=0).models.list()
         client = openai.OpenAI(base_url=base_url + "/v1", api_key="k", max_retries=0)
-        out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
-                                             max_tokens=5, extra_body={"ignore_eos": True})
+        out = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5, extra_body={"ignore_eos": True}
+        )
         assert out.usage.completion_tokens == 5 and out.choices[0].message.role == "assistant"
     finally:
         stop(proc)
@@ -91,8 +97,20 @@ def test_sigterm_ends_streams_in_flight_with_abort(llama_path, tmp_path):
     with finish_reason "abort", and the process exits at once, not after the requests ran their course."""
     key_file = tmp_path / "key"
     key_file.write_text("from-a-file\n")
-    proc, base_url = start_serve([llama_path, "--api-key-file", str(key_file), "--shutdown-grace-period", "4",
-                                  "--kvcache-block-size", "16", "--max-model-len", "2048", "--engine-process"])
+    proc, base_url = start_serve(
+        [
+            llama_path,
+            "--api-key-file",
+            str(key_file),
+            "--shutdown-grace-period",
+            "4",
+            "--kvcache-block-size",
+            "16",
+            "--max-model-len",
+            "2048",
+            "--engine-process",
+        ]
+    )
     assert "from-a-file" not in " ".join(proc.args)
     headers = {"Authorization": "Bearer from-a-file"}
     body = {"prompt": "Once upon a time", "max_tokens": 1500, "ignore_eos": True}
@@ -101,11 +119,12 @@ def test_sigterm_ends_streams_in_flight_with_abort(llama_path, tmp_path):
     started = threading.Barrier(len(streams) + 1)
 
     def stream(events: list):
-        with httpx.stream("POST", base_url + "/v1/completions", json={**body, "stream": True}, headers=headers,
-                          timeout=60) as r:
+        with httpx.stream(
+            "POST", base_url + "/v1/completions", json={**body, "stream": True}, headers=headers, timeout=60
+        ) as r:
             for line in r.iter_lines():
                 if line:
-                    events.append(line if line == "data: [DONE]" else json.loads(line[len("data: "):]))
+                    events.append(line if line == "data: [DONE]" else json.loads(line[len("data: ") :]))
                     if len(events) == 1:
                         started.wait()
 
@@ -140,9 +159,27 @@ def test_sigterm_ends_streams_in_flight_with_abort(llama_path, tmp_path):
 def test_chat_command_streams_replies(llama_path, tmp_path):
     template = tmp_path / "template.jinja"
     template.write_text(TEMPLATE)
-    run = subprocess.run([sys.executable, "-m", "minivllm.cli", "chat", "--model", llama_path, "--chat-template",
-                          str(template), "--max-tokens", "4", "--system", "Be brief.", *SMALL],
-                         input="Hello\n\nAnd again\n", capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minivllm.cli",
+            "chat",
+            "--model",
+            llama_path,
+            "--chat-template",
+            str(template),
+            "--max-tokens",
+            "4",
+            "--system",
+            "Be brief.",
+            *SMALL,
+        ],
+        input="Hello\n\nAnd again\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     # one reply per user line (the empty line is skipped), each continuing the conversation
     llm = LLM(llama_path, kvcache_block_size=16, max_model_len=128)
@@ -153,6 +190,12 @@ def test_chat_command_streams_replies(llama_path, tmp_path):
     second = llm.chat(messages, params, chat_template=TEMPLATE, use_tqdm=False)[0]["text"]
     assert run.stdout == f"{first}\n{second}\n"
     with pytest.raises(subprocess.CalledProcessError) as e:
-        subprocess.run([sys.executable, "-m", "minivllm.cli", "chat", "--model", llama_path, *SMALL],
-                       input="Hello\n", capture_output=True, text=True, timeout=120, check=True)
+        subprocess.run(
+            [sys.executable, "-m", "minivllm.cli", "chat", "--model", llama_path, *SMALL],
+            input="Hello\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
     assert "no chat template" in e.value.stderr

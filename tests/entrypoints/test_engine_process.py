@@ -60,8 +60,10 @@ def test_a_killed_engine_process_fails_every_stream_and_health(llama_path):
     engine.on_engine_dead = dead.set
     try:
         with serving(engine) as base_url:
+
             async def main():
                 async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+
                     async def stream():
                         body = {"prompt": [1, 2, 3], "max_tokens": 100, "ignore_eos": True, "stream": True}
                         async with http.stream("POST", "/v1/completions", json=body) as r:
@@ -72,13 +74,16 @@ def test_a_killed_engine_process_fails_every_stream_and_health(llama_path):
                         await asyncio.sleep(0.01)
                     os.kill(engine._core.pid, signal.SIGKILL)
                     events = await asyncio.gather(*streams)
-                    return events, (await http.get("/health")).status_code, await http.post(
-                        "/v1/completions", json={"prompt": [1, 2], "max_tokens": 2})
+                    return (
+                        events,
+                        (await http.get("/health")).status_code,
+                        await http.post("/v1/completions", json={"prompt": [1, 2], "max_tokens": 2}),
+                    )
 
             events, health, late = asyncio.run(main())
         for lines in events:
             assert lines[-1] == "data: [DONE]"
-            assert "engine process died" in json.loads(lines[-2][len("data: "):])["error"]["message"]
+            assert "engine process died" in json.loads(lines[-2][len("data: ") :])["error"]["message"]
         assert health == 503 and late.status_code == 503 and dead.is_set() and engine.dead
         with pytest.raises(RuntimeError, match="died"):
             engine.generate([1], SamplingParams(), "late")

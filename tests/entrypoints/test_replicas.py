@@ -20,8 +20,21 @@ SMALL = ["--kvcache-block-size", "16", "--max-model-len", "128", "--num-kvcache-
 
 
 def test_replica_arguments_leave_out_what_the_router_owns():
-    argv = ["m", "--host", "0.0.0.0", "--port=9000", "-dp", "3", "--router-policy", "round_robin",
-            "--max-num-seqs", "8", "--data-parallel-size=3", "--api-key-file", "k"]
+    argv = [
+        "m",
+        "--host",
+        "0.0.0.0",
+        "--port=9000",
+        "-dp",
+        "3",
+        "--router-policy",
+        "round_robin",
+        "--max-num-seqs",
+        "8",
+        "--data-parallel-size=3",
+        "--api-key-file",
+        "k",
+    ]
     assert replica_arguments(argv) == ["m", "--max-num-seqs", "8", "--api-key-file", "k"]
 
 
@@ -74,11 +87,11 @@ def _consecutive_free_ports(n: int) -> int:
 def _ask(client: openai.OpenAI, i: int) -> str:
     prompt = f"request {i % 5}"
     if i % 2:
-        out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0,
-                                        stream=i % 4 == 1)
+        out = client.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0, stream=i % 4 == 1)
         return "".join(c.choices[0].text for c in out) if i % 4 == 1 else out.choices[0].text
-    out = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=8,
-                                         temperature=0)
+    out = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=8, temperature=0
+    )
     return out.choices[0].message.content
 
 
@@ -88,10 +101,29 @@ def test_two_replicas_behind_the_router(llama_path, tmp_path):
     template = tmp_path / "template.jinja"
     template.write_text(TEMPLATE)
     port = _consecutive_free_ports(4)  # the router, two replicas, the router's metrics
-    proc = subprocess.Popen([sys.executable, "-m", "minivllm.cli", "serve", llama_path, "--served-model-name", "tiny",
-                             "--chat-template", str(template), *SMALL, "--port", str(port), "--uvicorn-log-level",
-                             "warning", "--data-parallel-size", "2", "--router-policy", "round_robin"],
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "MINIVLLM_API_KEY": "k"})  # read by each replica
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "minivllm.cli",
+            "serve",
+            llama_path,
+            "--served-model-name",
+            "tiny",
+            "--chat-template",
+            str(template),
+            *SMALL,
+            "--port",
+            str(port),
+            "--uvicorn-log-level",
+            "warning",
+            "--data-parallel-size",
+            "2",
+            "--router-policy",
+            "round_robin",
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MINIVLLM_API_KEY": "k"},
+    )  # read by each replica
     base, replicas = f"http://127.0.0.1:{port}", [f"http://127.0.0.1:{port + 1}", f"http://127.0.0.1:{port + 2}"]
     try:
         deadline = time.monotonic() + 120
@@ -133,5 +165,9 @@ def test_two_replicas_behind_the_router(llama_path, tmp_path):
 
 def _finished(url: str) -> float:
     text = httpx.get(url + "/metrics", headers={"Authorization": "Bearer k"}).text
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "minivllm:request_success_total")
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "minivllm:request_success_total"
+    )

@@ -24,10 +24,25 @@ def greedy(**kw) -> SamplingParams:
 
 def test_params_names_defaults_and_validation():
     p = SamplingParams(stop="x")
-    assert (p.n, p.stop, p.min_tokens, p.repetition_penalty, p.presence_penalty, p.frequency_penalty,
-            p.logprobs, p.include_stop_str_in_output) == (1, ["x"], 0, 1.0, 0.0, 0.0, None, False)
-    for bad in [dict(n=0), dict(min_tokens=5, max_tokens=2), dict(repetition_penalty=0.0),
-                dict(presence_penalty=3.0), dict(logprobs=21), dict(stop=[""]), dict(max_tokens=-1)]:
+    assert (
+        p.n,
+        p.stop,
+        p.min_tokens,
+        p.repetition_penalty,
+        p.presence_penalty,
+        p.frequency_penalty,
+        p.logprobs,
+        p.include_stop_str_in_output,
+    ) == (1, ["x"], 0, 1.0, 0.0, 0.0, None, False)
+    for bad in [
+        dict(n=0),
+        dict(min_tokens=5, max_tokens=2),
+        dict(repetition_penalty=0.0),
+        dict(presence_penalty=3.0),
+        dict(logprobs=21),
+        dict(stop=[""]),
+        dict(max_tokens=-1),
+    ]:
         with pytest.raises(ValueError):
             SamplingParams(**bad)
 
@@ -61,8 +76,7 @@ def test_min_tokens_holds_back_eos(llm):
     eos = tokens[2]
     llm.engine.eos_token_ids.add(eos)
     try:
-        out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=30, min_tokens=8),
-                           use_tqdm=False)[0]
+        out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_tokens=30, min_tokens=8), use_tqdm=False)[0]
         assert len(out["tokens"]) >= 8 and eos not in out["tokens"][:8]
         assert out["tokens"][:2] == tokens[:2]
         assert out["finish_reason"] == "length" or out["tokens"][-1] == eos
@@ -75,8 +89,14 @@ def test_repetition_penalty_matches_transformers(llm, llama_path):
 
     prompt = [5, 6, 7, 5, 6, 8]
     model = AutoModelForCausalLM.from_pretrained(llama_path, dtype=torch.float32).eval()
-    ref = model.generate(torch.tensor([prompt]), max_new_tokens=20, do_sample=False, repetition_penalty=1.8,
-                         pad_token_id=0, eos_token_id=None)[0, len(prompt) :].tolist()
+    ref = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=20,
+        do_sample=False,
+        repetition_penalty=1.8,
+        pad_token_id=0,
+        eos_token_id=None,
+    )[0, len(prompt) :].tolist()
     out = llm.generate([prompt], greedy(max_tokens=20, repetition_penalty=1.8), use_tqdm=False)[0]["tokens"]
     assert out == ref
     assert out != llm.generate([prompt], greedy(max_tokens=20), use_tqdm=False)[0]["tokens"]
@@ -89,8 +109,10 @@ def test_presence_and_frequency_penalties():
             self.output_token_ids = output
 
     logits = torch.zeros(2, 8)
-    seqs = [Seq(SamplingParams(frequency_penalty=0.5, presence_penalty=1.0), [1], [3, 3, 5]),
-            Seq(SamplingParams(repetition_penalty=2.0), [1], [2])]
+    seqs = [
+        Seq(SamplingParams(frequency_penalty=0.5, presence_penalty=1.0), [1], [3, 3, 5]),
+        Seq(SamplingParams(repetition_penalty=2.0), [1], [2]),
+    ]
     logits[1, 1], logits[1, 2], logits[1, 4] = 4.0, -4.0, 4.0
     out = apply_penalties(logits, seqs, None)
     assert out[0].tolist() == [0, 0, 0, -2.0, 0, -1.5, 0, 0]
@@ -102,8 +124,9 @@ def test_presence_and_frequency_penalties():
 
 
 def test_presence_penalty_stops_repeats(llm):
-    out = llm.generate([[1, 2, 3]], greedy(max_tokens=40, presence_penalty=2.0, frequency_penalty=2.0),
-                       use_tqdm=False)[0]["tokens"]
+    out = llm.generate([[1, 2, 3]], greedy(max_tokens=40, presence_penalty=2.0, frequency_penalty=2.0), use_tqdm=False)[
+        0
+    ]["tokens"]
     plain = llm.generate([[1, 2, 3]], greedy(max_tokens=40), use_tqdm=False)[0]["tokens"]
     assert len(set(plain)) < len(plain)  # the tiny model does repeat itself...
     assert len(set(out)) > len(set(plain))  # ...less so when penalised

@@ -10,11 +10,10 @@ import openai
 import pytest
 
 from tests.checkpoints import hf_greedy
-from tests.entrypoints import MODEL, TEMPLATE, scrape, serving, tiny_async_llm
+from tests.entrypoints import MODEL, NO_EOS, TEMPLATE, scrape, serving, tiny_async_llm
 
 API_KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-NO_EOS = {"ignore_eos": True}  # vLLM's extra field: the tiny model's EOS would end outputs at random
 ABORTED = 'request_success_total{finished_reason="abort"}'
 LENGTH = 'request_success_total{finished_reason="length"}'
 
@@ -59,8 +58,15 @@ def test_completion_matches_transformers(server, client, llama_path):
 
 
 def test_streamed_completion_equals_whole(server, client):
-    kw = dict(model=MODEL, prompt=["Once upon a time", "A paged KV cache"], max_tokens=16, temperature=0.9,
-              seed=11, n=2, extra_body=NO_EOS)
+    kw = dict(
+        model=MODEL,
+        prompt=["Once upon a time", "A paged KV cache"],
+        max_tokens=16,
+        temperature=0.9,
+        seed=11,
+        n=2,
+        extra_body=NO_EOS,
+    )
     whole = client.completions.create(**kw)
     texts, usage, finish = {}, None, {}
     for chunk in client.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
@@ -83,7 +89,7 @@ def test_raw_stream_ends_with_done(server):
         assert r.headers["content-type"].startswith("text/event-stream")
         events = [line for line in r.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and len(events) == 4
-    assert all(json.loads(e[len("data: "):])["object"] == "text_completion" for e in events[:-1])
+    assert all(json.loads(e[len("data: ") :])["object"] == "text_completion" for e in events[:-1])
 
 
 def test_chat_whole_and_streamed(server, client):
@@ -101,21 +107,34 @@ def test_chat_whole_and_streamed(server, client):
 
 
 def test_logprobs_in_both_formats(server, client):
-    out = client.completions.create(model=MODEL, prompt="Hello", max_tokens=4, temperature=0.0, logprobs=2,
-                                    extra_body=NO_EOS)
+    out = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=4, temperature=0.0, logprobs=2, extra_body=NO_EOS
+    )
     lp = out.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     assert all(max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=3,
-                                          temperature=0.0, logprobs=True, top_logprobs=3, extra_body=NO_EOS)
+    chat = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=3,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=3,
+        extra_body=NO_EOS,
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == 3 and all(len(c.top_logprobs) == 3 for c in content)
     assert all(c.logprob == pytest.approx(c.top_logprobs[0].logprob) for c in content)
 
 
 def test_stop_strings_over_http(server, client):
-    full = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=30, temperature=0.0,
-                                     extra_body=NO_EOS).choices[0].text
+    full = (
+        client.completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=30, temperature=0.0, extra_body=NO_EOS
+        )
+        .choices[0]
+        .text
+    )
     k = next(i for i in range(5, len(full) - 1) if full[i : i + 2].isascii() and full[i : i + 2].isalpha())
     stop = full[k : k + 2]
     kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=30, temperature=0.0, stop=[stop], extra_body=NO_EOS)
@@ -132,8 +151,9 @@ def test_32_concurrent_streams_are_batched(server, llama_path):
 
     async def one(prompt):
         text, reason = "", None
-        stream = await aclient.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0.0,
-                                                  stream=True, extra_body=NO_EOS)
+        stream = await aclient.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=12, temperature=0.0, stream=True, extra_body=NO_EOS
+        )
         async for chunk in stream:
             text += chunk.choices[0].text
             reason = chunk.choices[0].finish_reason or reason
@@ -218,45 +238,6 @@ def test_non_streaming_client_that_hangs_up_is_aborted(server):
         time.sleep(0.05)
 
 
-def test_metrics_exposition(llama_path):
-    """A model name that needs escaping; counters, gauges and the latency histograms after two requests
-    of n=2, read with prometheus_client's own parser."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from minivllm.entrypoints import AsyncLLM
-
-    name = 'tiny "v2"\nof C:\\models'
-    engine = AsyncLLM(llama_path, served_model_name=name, kvcache_block_size=16, max_model_len=128, engine_process=True,
-                      num_kvcache_blocks=32)
-    try:
-        with serving(engine) as base_url:
-            client = openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0)
-            out = client.completions.create(model=name, prompt=["Hi", "Once upon a time"], n=2, max_tokens=5,
-                                            extra_body=NO_EOS)
-            response = httpx.get(base_url + "/metrics")
-            m = scrape(base_url)
-    finally:
-        engine.close()
-    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
-    families = {f.name: f for f in text_string_to_metric_families(response.text)}
-    assert {s.labels["model_name"] for f in families.values() for s in f.samples} == {name}
-    assert {"minivllm:num_requests_running", "minivllm:num_requests_waiting", "minivllm:kv_cache_usage_perc",
-            "minivllm:prompt_tokens", "minivllm:generation_tokens", "minivllm:request_success",
-            "minivllm:time_to_first_token_seconds", "minivllm:request_time_per_output_token_seconds",
-            "minivllm:e2e_request_latency_seconds", "minivllm:batch_size"} <= set(families)
-    assert not [f for f in families if "per_second" in f]  # a rate is PromQL's job
-    assert {f.type for n, f in families.items() if n.endswith("_seconds")} == {"histogram"}
-    assert m["prompt_tokens_total"] == out.usage.prompt_tokens
-    assert m["generation_tokens_total"] == out.usage.completion_tokens == 20
-    assert m['request_success_total{finished_reason="length"}'] == 4
-    assert m['request_success_total{finished_reason="abort"}'] == 0
-    for histogram in ["time_to_first_token_seconds", "request_time_per_output_token_seconds",
-                      "e2e_request_latency_seconds"]:
-        assert m[f"{histogram}_count"] == 4 and m[f'{histogram}_bucket{{le="+Inf"}}'] == 4
-        assert m[f"{histogram}_sum"] > 0
-    assert m["kv_cache_used_blocks"] == 0 and m["kv_cache_total_blocks"] == 32
-
-
 def test_requests_after_shutdown_began_get_503(llama_path):
     from minivllm.entrypoints import AsyncLLM
 
@@ -268,4 +249,8 @@ def test_requests_after_shutdown_began_get_503(llama_path):
     finally:
         engine.close()
     assert response.status_code == 503 and response.json()["error"] == {
-        "message": "the server is shutting down", "type": "ServiceUnavailableError", "param": None, "code": 503}
+        "message": "the server is shutting down",
+        "type": "ServiceUnavailableError",
+        "param": None,
+        "code": 503,
+    }

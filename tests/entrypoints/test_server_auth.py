@@ -16,9 +16,17 @@ def base_url(tiny_engine):
         yield url
 
 
-ROUTES = [("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
-          ("GET", "/metrics"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/redoc"),
-          ("GET", "/no/such/route"), ("DELETE", "/v1/models")]
+ROUTES = [
+    ("GET", "/v1/models"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
+    ("GET", "/metrics"),
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+    ("GET", "/redoc"),
+    ("GET", "/no/such/route"),
+    ("DELETE", "/v1/models"),
+]
 
 
 @pytest.mark.parametrize("method, path", ROUTES)
@@ -27,8 +35,9 @@ def test_every_route_but_health_needs_the_key(base_url, method, path, authorizat
     headers = {"Authorization": authorization} if authorization else {}
     response = httpx.request(method, base_url + path, headers=headers, json={"prompt": "Hi"})
     assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
-    assert response.json() == {"error": {"message": "invalid or missing API key", "type": "AuthenticationError",
-                                         "param": None, "code": 401}}
+    assert response.json() == {
+        "error": {"message": "invalid or missing API key", "type": "AuthenticationError", "param": None, "code": 401}
+    }
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])

@@ -14,16 +14,15 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints import MODEL, TEMPLATE, free_port, health_while, scrape, serving
-
-NO_EOS = {"ignore_eos": True}
+from tests.entrypoints import MODEL, NO_EOS, TEMPLATE, free_port, health_while, scrape, serving
 
 
 @pytest.fixture(scope="module")
 def small(tiny_engine):
     """The base URL of a server with small bounds on sequences and stop strings."""
-    with serving(tiny_engine, chat_template=TEMPLATE, max_request_sequences=6, max_stop=3,
-                 max_stop_chars=20) as base_url:
+    with serving(
+        tiny_engine, chat_template=TEMPLATE, max_request_sequences=6, max_stop=3, max_stop_chars=20
+    ) as base_url:
         yield base_url
 
 
@@ -36,10 +35,20 @@ def asgi_post(app, path: str, body: dict, never_read: bool):
     headers and first chunk, then never reads again (``send`` never returns), as a client whose socket
     buffers are full. Returns the task running the app and the messages sent."""
     raw = json.dumps(body).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
-             "server": ("127.0.0.1", 80), "headers": [(b"content-type", b"application/json"),
-                                                       (b"content-length", str(len(raw)).encode())]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())],
+    }
     pending, sent = [{"type": "http.request", "body": raw, "more_body": False}], []
 
     async def receive():
@@ -71,8 +80,11 @@ def test_a_stream_never_read_is_aborted_past_its_buffer(small, tiny_engine):
         deadline = time.monotonic() + 60
         while True:
             m = await asyncio.to_thread(scrape, base_url)
-            ended = sum(m[f'request_success_total{{finished_reason="{r}"}}']
-                        - before[f'request_success_total{{finished_reason="{r}"}}'] for r in ("abort", "length"))
+            ended = sum(
+                m[f'request_success_total{{finished_reason="{r}"}}']
+                - before[f'request_success_total{{finished_reason="{r}"}}']
+                for r in ("abort", "length")
+            )
             if ended == 4 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.05)
@@ -117,16 +129,20 @@ def test_sequences_per_request_are_bounded(small):
     assert e.value.body["param"] == "n"
 
 
-@pytest.mark.parametrize("extra, message, param", [
-    ({"stop": ["a", "b", "c", "d"]}, "stop has 4 entries, more than the limit of 3", "stop"),
-    ({"stop_token_ids": [1, 2, 3, 4]}, "stop_token_ids has 4 entries, more than the limit of 3", "stop_token_ids"),
-    ({"stop": ["x" * 12, "y" * 9]}, "the stop strings have 21 characters, more than the limit of 20", "stop"),
-])
+@pytest.mark.parametrize(
+    "extra, message, param",
+    [
+        ({"stop": ["a", "b", "c", "d"]}, "stop has 4 entries, more than the limit of 3", "stop"),
+        ({"stop_token_ids": [1, 2, 3, 4]}, "stop_token_ids has 4 entries, more than the limit of 3", "stop_token_ids"),
+        ({"stop": ["x" * 12, "y" * 9]}, "the stop strings have 21 characters, more than the limit of 20", "stop"),
+    ],
+)
 def test_stop_work_is_bounded(small, extra, message, param):
     client = client_of(small)
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
-                                       extra_body=extra)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, extra_body=extra
+        )
     assert (e.value.body["message"], e.value.body["param"]) == (message, param)
     client.completions.create(model=MODEL, prompt="Hi", max_tokens=1, stop=["x" * 11, "y" * 9])  # 20: in bounds
 
@@ -137,9 +153,11 @@ LONG = "The capital of France is Paris. " * 40_000  # 1.3 M characters: about a 
 def test_a_short_prompt_is_tokenized_before_waiting_long_ones(tiny_engine):
     """Two long prompts, then a short one: the short one waits for the long one being tokenized, not for
     the one queued before it."""
+
     async def main(base_url):
         done = {}
         async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+
             async def post(name, prompt):
                 response = await http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1})
                 done[name] = time.perf_counter()
@@ -168,8 +186,9 @@ def test_the_tokenizer_queue_is_bounded(tiny_engine):
             short = await http.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 1})
             return refused, short, await first
 
-    with serving(tiny_engine, max_prompt_chars=2_000_000, max_tokenizing_chars=1_500_000,
-                 max_body_bytes=4 * 2**20) as base_url:
+    with serving(
+        tiny_engine, max_prompt_chars=2_000_000, max_tokenizing_chars=1_500_000, max_body_bytes=4 * 2**20
+    ) as base_url:
         refused, short, first = asyncio.run(main(base_url))
     assert refused.status_code == 503 and refused.json()["error"]["type"] == "ServiceUnavailableError"
     assert "busy tokenizing" in refused.json()["error"]["message"]
@@ -190,7 +209,8 @@ def test_a_large_body_is_parsed_off_the_event_loop(tiny_engine, monkeypatch):
     content = b'{"max_tokens": 1, "prompt": [' + b"12345, " * 2_300_000 + b"1]}"
     with serving(tiny_engine) as base_url:
         response, took, latencies = health_while(
-            base_url, {"content": content, "headers": {"Content-Type": "application/json"}})
+            base_url, {"content": content, "headers": {"Content-Type": "application/json"}}
+        )
     assert took > 1.0 and len(latencies) > 5 and max(latencies) < 0.5, (max(latencies), took)
     assert response.status_code == 400 and response.json()["error"]["param"] == "prompt"
 

@@ -8,16 +8,15 @@ import httpx
 import openai
 import pytest
 
-from tests.entrypoints import MODEL, TEMPLATE, health_while, scrape, serving
-
-NO_EOS = {"ignore_eos": True}
+from tests.entrypoints import MODEL, NO_EOS, TEMPLATE, health_while, scrape, serving
 
 
 @pytest.fixture(scope="module")
 def small(tiny_engine):
     """A server with small limits, and an openai client of it."""
-    with serving(tiny_engine, chat_template=TEMPLATE, max_n=4, max_prompts=3, max_prompt_chars=500,
-                 max_body_bytes=20_000) as base_url:
+    with serving(
+        tiny_engine, chat_template=TEMPLATE, max_n=4, max_prompts=3, max_prompt_chars=500, max_body_bytes=20_000
+    ) as base_url:
         yield base_url, openai.OpenAI(base_url=base_url + "/v1", api_key="none", max_retries=0, timeout=60)
 
 
@@ -80,8 +79,14 @@ def test_body_bytes_are_bounded(small):
     base_url, _ = small
     headers = {"Content-Type": "application/json"}
     body = b'{"prompt": [' + b"1, " * 8_000 + b'1], "max_tokens": 1}'  # 24 kB: over the 20 kB limit
-    expected = {"error": {"message": "the request body is larger than the limit of 20000 bytes",
-                          "type": "RequestTooLargeError", "param": None, "code": 413}}
+    expected = {
+        "error": {
+            "message": "the request body is larger than the limit of 20000 bytes",
+            "type": "RequestTooLargeError",
+            "param": None,
+            "code": 413,
+        }
+    }
     response = httpx.post(base_url + "/v1/completions", content=body, headers=headers)  # with Content-Length
     assert response.status_code == 413 and response.json() == expected
 

@@ -13,19 +13,41 @@ import pytest
 
 from minivllm.entrypoints.chat import chat_prompt
 from minivllm.entrypoints.tools import Tool, ToolCallParser
-from tests.entrypoints import MODEL, TEMPLATE, serving
+from tests.entrypoints import MODEL, NO_EOS, TEMPLATE, serving
 
 # the tiny checkpoint's config makes token 2 ('"') an EOS: without ignore_eos every quote would end the output
-NO_EOS = {"ignore_eos": True}
-SCHEMA = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
-                                           "temp": {"type": "integer", "minimum": -20, "maximum": 40},
-                                           "sky": {"enum": ["clear", "rain"]}},
-          "required": ["city", "temp", "sky"], "additionalProperties": False}
-WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string", "maxLength": 8},
-                                     "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"]}}}
-TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"zone": {"type": "string", "maxLength": 6}}, "required": ["zone"]}}}
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 8},
+        "temp": {"type": "integer", "minimum": -20, "maximum": 40},
+        "sky": {"enum": ["clear", "rain"]},
+    },
+    "required": ["city", "temp", "sky"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 8}, "unit": {"enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+TIME = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 6}},
+            "required": ["zone"],
+        },
+    },
+}
 USER = [{"role": "user", "content": "Weather in Paris?"}]
 
 
@@ -42,25 +64,45 @@ def client(llama_path):
 
 def test_response_format_json_schema_and_json_object(client):
     out = client.chat.completions.create(
-        model=MODEL, messages=USER, max_tokens=300, n=3, seed=1, extra_body=NO_EOS,
-        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA, "strict": True}})
+        model=MODEL,
+        messages=USER,
+        max_tokens=300,
+        n=3,
+        seed=1,
+        extra_body=NO_EOS,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": SCHEMA, "strict": True}},
+    )
     for choice in out.choices:
         assert choice.finish_reason == "stop"
         jsonschema.validate(json.loads(choice.message.content), SCHEMA)
-    out = client.completions.create(model=MODEL, prompt="JSON:", max_tokens=300, seed=2,
-                                    extra_body={**NO_EOS, "response_format": {"type": "json_object"}})
+    out = client.completions.create(
+        model=MODEL,
+        prompt="JSON:",
+        max_tokens=300,
+        seed=2,
+        extra_body={**NO_EOS, "response_format": {"type": "json_object"}},
+    )
     assert out.choices[0].finish_reason != "stop" or isinstance(json.loads(out.choices[0].text), dict)
 
 
-@pytest.mark.parametrize("constraint, check", [
-    ({"regex": r"[0-9]{2}:[0-9]{2}"}, lambda t: re.fullmatch(r"[0-9]{2}:[0-9]{2}", t)),
-    ({"choice": ["left", "right"]}, lambda t: t in ("left", "right")),
-    ({"grammar": 'root ::= "go " ("north" | "south")'}, lambda t: t in ("go north", "go south")),
-    ({"json": SCHEMA}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
-])
+@pytest.mark.parametrize(
+    "constraint, check",
+    [
+        ({"regex": r"[0-9]{2}:[0-9]{2}"}, lambda t: re.fullmatch(r"[0-9]{2}:[0-9]{2}", t)),
+        ({"choice": ["left", "right"]}, lambda t: t in ("left", "right")),
+        ({"grammar": 'root ::= "go " ("north" | "south")'}, lambda t: t in ("go north", "go south")),
+        ({"json": SCHEMA}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
+    ],
+)
 def test_structured_outputs_field(client, constraint, check):
-    out = client.completions.create(model=MODEL, prompt="Answer:", max_tokens=300, n=4, temperature=1.0,
-                                    extra_body={**NO_EOS, "structured_outputs": constraint})
+    out = client.completions.create(
+        model=MODEL,
+        prompt="Answer:",
+        max_tokens=300,
+        n=4,
+        temperature=1.0,
+        extra_body={**NO_EOS, "structured_outputs": constraint},
+    )
     assert all(c.finish_reason == "stop" and check(c.text) for c in out.choices), [c.text for c in out.choices]
 
 
@@ -70,8 +112,9 @@ def test_parse_with_a_pydantic_model(client):
         sky: str = pydantic.Field(pattern="^(clear|rain)$")
         temp: int = pydantic.Field(ge=-20, le=40)
 
-    out = client.chat.completions.parse(model=MODEL, messages=USER, max_tokens=300, response_format=Weather,
-                                        extra_body=NO_EOS)
+    out = client.chat.completions.parse(
+        model=MODEL, messages=USER, max_tokens=300, response_format=Weather, extra_body=NO_EOS
+    )
     weather = out.choices[0].message.parsed
     assert isinstance(weather, Weather) and -20 <= weather.temp <= 40
 
@@ -85,12 +128,14 @@ def _check_calls(calls, tools) -> None:
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_time"}}],
-                         ids=["required", "named"])
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_time"}}], ids=["required", "named"]
+)
 def test_tool_choice_is_enforced(client, stream, choice):
     tools = [WEATHER, TIME]
-    kwargs = dict(model=MODEL, messages=USER, max_tokens=1200, tools=tools, tool_choice=choice, seed=3,
-                  extra_body=NO_EOS)
+    kwargs = dict(
+        model=MODEL, messages=USER, max_tokens=1200, tools=tools, tool_choice=choice, seed=3, extra_body=NO_EOS
+    )
     if not stream:
         out = client.chat.completions.create(**kwargs)
         message, finish = out.choices[0].message, out.choices[0].finish_reason
@@ -109,8 +154,9 @@ def test_tool_choice_is_enforced(client, stream, choice):
 def test_auto_tool_calls_are_parsed_from_the_hermes_format():
     tools = [Tool.model_validate(WEATHER)]
     parser = ToolCallParser(tools, "auto")
-    content, calls = parser.message('Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": '
-                                    '{"city": "Paris", "unit": "c"}}\n</tool_call>')
+    content, calls = parser.message(
+        'Let me check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'
+    )
     assert content == "Let me check." and len(calls) == 1
     assert calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'}
     assert parser.message("It is sunny.") == ("It is sunny.", [])
@@ -126,18 +172,31 @@ def test_tools_reach_a_template_that_ignores_them_through_the_system_message(lla
     assert text.endswith("<user>Weather in Paris?\n<assistant>")
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "object", "properties": {"a": {"type": "nonsense"}}}}}}, "response_format"),
-    ({"response_format": {"type": "json_schema"}}, "response_format"),
-    ({"structured_outputs": {"regex": "(unclosed"}}, "structured_outputs"),
-    ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
-    ({"structured_outputs": {"grammar": "start: nothing_here"}}, "structured_outputs"),
-    ({"structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}}, "response_format"),
-    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
-    ({"tool_choice": "required"}, "tool_choice"),
-    ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
-])
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "x",
+                        "schema": {"type": "object", "properties": {"a": {"type": "nonsense"}}},
+                    },
+                }
+            },
+            "response_format",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"structured_outputs": {"regex": "(unclosed"}}, "structured_outputs"),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+        ({"structured_outputs": {"grammar": "start: nothing_here"}}, "structured_outputs"),
+        ({"structured_outputs": {"choice": ["a"]}, "response_format": {"type": "json_object"}}, "response_format"),
+        ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools"),
+    ],
+)
 def test_bad_constraints_are_400s_naming_the_field(client, body, param):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=USER, max_tokens=5, extra_body=body)
@@ -148,12 +207,25 @@ def test_a_tool_conversation_goes_back_to_the_model(client):
     """The assistant's earlier calls are written back in the format it was asked for; the result follows."""
     from minivllm.entrypoints.protocol import ChatMessage
 
-    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather",
-                                                             "arguments": '{"city": "Paris", "unit": "c"}'}}
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}'},
+    }
     turn = ChatMessage.model_validate({"role": "assistant", "content": None, "tool_calls": [call]})
-    assert turn.as_template_input() == {"role": "assistant", "content": '\n<tool_call>\n{"name": "get_weather", '
-                                        '"arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>'}
-    out = client.chat.completions.create(model=MODEL, max_tokens=3, tools=[WEATHER], extra_body=NO_EOS, messages=[
-        *USER, {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18 C, clear"}])
+    assert turn.as_template_input() == {
+        "role": "assistant",
+        "content": '\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "c"}}\n</tool_call>',
+    }
+    out = client.chat.completions.create(
+        model=MODEL,
+        max_tokens=3,
+        tools=[WEATHER],
+        extra_body=NO_EOS,
+        messages=[
+            *USER,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C, clear"},
+        ],
+    )
     assert out.usage.completion_tokens == 3

@@ -16,11 +16,13 @@ from tests.conftest import ARCHS
 
 pytestmark = pytest.mark.skipif(
     not (torch.cuda.is_available() and FlashAttnBackend.is_available(torch.device("cuda"))),
-    reason="needs a GPU with flash-attn (scripts/build_flash_attn.sh builds FlashAttention-3 for Hopper)")
+    reason="needs a GPU with flash-attn (scripts/build_flash_attn.sh builds FlashAttention-3 for Hopper)",
+)
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-SETTINGS = dict(device="cuda", dtype="float16", kvcache_block_size=256, num_kvcache_blocks=48, max_model_len=1024,
-                max_num_seqs=24)
+SETTINGS = dict(
+    device="cuda", dtype="float16", kvcache_block_size=256, num_kvcache_blocks=48, max_model_len=1024, max_num_seqs=24
+)
 
 
 def _run(path: str, backend: str) -> list[list[int]]:
@@ -29,8 +31,9 @@ def _run(path: str, backend: str) -> list[list[int]]:
     shared = [prefix + tail for tail in random_prompts(4, 1, 20, seed=3)]
     llm = LLM(path, attention_backend=backend, **SETTINGS)
     assert llm.engine.executor.runner.graphs is not None
-    runs = [out["tokens"] for batch in (prompts, shared[:1], shared)
-            for out in llm.generate(batch, GREEDY, use_tqdm=False)]
+    runs = [
+        out["tokens"] for batch in (prompts, shared[:1], shared) for out in llm.generate(batch, GREEDY, use_tqdm=False)
+    ]
     del llm
     chunked = LLM(path, attention_backend=backend, scheduler="chunked", max_num_batched_tokens=64, **SETTINGS)
     runs += [out["tokens"] for out in chunked.generate(prompts[:8], GREEDY, use_tqdm=False)]

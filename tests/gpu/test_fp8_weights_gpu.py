@@ -13,8 +13,14 @@ from minivllm.layers.fp8_linear import Fp8Linear
 from minivllm.testing.attention import dequantized
 from tests.core.test_fp8_weights import fp8_layers, tokens, write_compressed_tensors
 
-CUDA = dict(device="cuda", attention_backend="triton", dtype="bfloat16", gpu_memory_utilization=0.3,
-            kvcache_block_size=16, max_model_len=256)
+CUDA = dict(
+    device="cuda",
+    attention_backend="triton",
+    dtype="bfloat16",
+    gpu_memory_utilization=0.3,
+    kvcache_block_size=16,
+    max_model_len=256,
+)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 64])

@@ -19,9 +19,13 @@ def kernel(logits, inv_temp, floor, seeds):
     from minivllm.plugins.samplers.fused_kernels import gumbel_argmax
 
     device = logits.device
-    return gumbel_argmax(logits, torch.tensor(inv_temp, device=device, dtype=torch.float32),
-                         torch.tensor(floor, device=device, dtype=torch.float32),
-                         torch.tensor(seeds, device=device, dtype=torch.int64), NUM_SMS)
+    return gumbel_argmax(
+        logits,
+        torch.tensor(inv_temp, device=device, dtype=torch.float32),
+        torch.tensor(floor, device=device, dtype=torch.float32),
+        torch.tensor(seeds, device=device, dtype=torch.int64),
+        NUM_SMS,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -76,6 +80,8 @@ def test_seeded_requests_in_the_sampler(device):
     seeded, other = SamplingParams(seed=5, top_k=6), SamplingParams(temperature=0.3)
     logits = LOGITS.to(device)
     alone = [int(sampler.sample(logits[None], SamplingBatch([seeded], [s], 8))[0]) for s in range(10)]
-    mixed = [int(sampler.sample(logits.repeat(3, 1), SamplingBatch([other, seeded, other], [3, s, 1], 8))[1])
-             for s in range(10)]
+    mixed = [
+        int(sampler.sample(logits.repeat(3, 1), SamplingBatch([other, seeded, other], [3, s, 1], 8))[1])
+        for s in range(10)
+    ]
     assert alone == mixed and len(set(alone)) > 1

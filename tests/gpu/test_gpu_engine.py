@@ -90,8 +90,9 @@ def test_bf16_qwen3_first_tokens_and_memory_budget(tmp_path):
     torch.cuda.reset_peak_memory_stats()
     # a 32 GiB budget on any card: 512 sequences of 1024 tokens would need ~58 GB, so the cache is budget-bound
     utilization = min(0.5, 32 * 2**30 / total)
-    llm = LLM(str(tmp_path), max_model_len=1024, device="cuda", attention_backend="triton",
-              gpu_memory_utilization=utilization)
+    llm = LLM(
+        str(tmp_path), max_model_len=1024, device="cuda", attention_backend="triton", gpu_memory_utilization=utilization
+    )
     got = [t[0] for t in _generate(llm, prompts, SamplingParams(temperature=0.0, max_tokens=1))]
     rate = sum(a == b for a, b in zip(got, expected)) / len(prompts)
     print(f"bf16 Qwen3-0.6B-shaped: first token agrees with transformers for {rate:.0%} of {len(prompts)} prompts")

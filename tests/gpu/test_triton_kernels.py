@@ -73,8 +73,11 @@ def test_decode_matches_torch(dtype, heads, kv_heads, head_dim, block_size, devi
     run_both([1] * len(context_lens), context_lens, heads, kv_heads, head_dim, block_size, dtype, device)
 
 
-@pytest.mark.skipif(INTERPRET, reason="Triton 3.6's interpreter rounds to fp8 wrongly where rounding crosses a "
-                                        "power of two (124.3 -> 64): only the GPU's conversion is checked")
+@pytest.mark.skipif(
+    INTERPRET,
+    reason="Triton 3.6's interpreter rounds to fp8 wrongly where rounding crosses a "
+    "power of two (124.3 -> 64): only the GPU's conversion is checked",
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(4, 2, 64), (16, 8, 128), (6, 2, 80)])
 @pytest.mark.parametrize("block_size", [16, 256])
@@ -83,8 +86,9 @@ def test_fp8_cache_matches_torch(dtype, heads, kv_heads, head_dim, block_size, d
     run_both([37, 20, 1, 1, 1], [37, 70, 5, 130, 1], heads, kv_heads, head_dim, block_size, dtype, device, fp8=True)
     rng = random.Random(block_size)
     context_lens = [1, 2, 17, 64, 200] + [rng.randint(1, 700) for _ in range(3)]
-    run_both([1] * len(context_lens), context_lens, heads, kv_heads, head_dim, block_size, dtype, device, seed=1,
-             fp8=True)
+    run_both(
+        [1] * len(context_lens), context_lens, heads, kv_heads, head_dim, block_size, dtype, device, seed=1, fp8=True
+    )
 
 
 @pytest.mark.skipif(INTERPRET, reason="long contexts are slow in the interpreter")

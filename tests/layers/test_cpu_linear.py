@@ -9,8 +9,9 @@ from minivllm import LLM, SamplingParams
 from minivllm.layers import cpu_linear
 from tests.checkpoints import random_prompts
 
-pytestmark = pytest.mark.skipif(not cpu_linear.can_pack(torch.empty(1, dtype=torch.bfloat16)),
-                                reason="no oneDNN bf16 linear in this torch build")
+pytestmark = pytest.mark.skipif(
+    not cpu_linear.can_pack(torch.empty(1, dtype=torch.bfloat16)), reason="no oneDNN bf16 linear in this torch build"
+)
 
 
 @pytest.mark.parametrize("rows", [1, 7, 300])
@@ -30,8 +31,9 @@ def test_packed_linear_matches_f_linear_in_float32(rows):
     weight, bias = torch.randn(96, 640), torch.randn(96)
     x = torch.randn(rows, 640)
     packed = cpu_linear.pack(weight)
-    torch.testing.assert_close(cpu_linear.packed_linear(x, packed, bias), F.linear(x, weight, bias),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        cpu_linear.packed_linear(x, packed, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-4
+    )
 
 
 def packed_layers(llm) -> int:

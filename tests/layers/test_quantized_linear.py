@@ -26,8 +26,7 @@ def test_packed_quantized_linear_equals_f_linear_on_the_dequantised_weight(qtype
     weight, bias = gguf_weight(qtype, 96, 256), torch.randn(96)
     x = torch.randn(2, rows, 256)  # 3-D, as the model's activations may be
     reference = F.linear(x, weight.dequantize(), bias)
-    torch.testing.assert_close(PackedQuantizedLinear(weight, torch.float32)(x, bias), reference,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(PackedQuantizedLinear(weight, torch.float32)(x, bias), reference, rtol=1e-5, atol=1e-5)
     got = PackedQuantizedLinear(weight, torch.bfloat16)(x.bfloat16(), bias.bfloat16()).float()
     assert ((got - reference).norm() / reference.norm()).item() < 1e-2
 
@@ -42,8 +41,11 @@ def load(layer, parts) -> torch.Tensor:
     return layer(torch.randn(3, 128, generator=torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize("qtypes", [(T.Q4_1, T.Q4_1, T.Q4_1), (T.Q8_0, T.Q8_0, T.Q8_0), (T.Q4_0, T.Q4_0, T.Q8_0)],
-                         ids=["int4", "int8", "mixed"])
+@pytest.mark.parametrize(
+    "qtypes",
+    [(T.Q4_1, T.Q4_1, T.Q4_1), (T.Q8_0, T.Q8_0, T.Q8_0), (T.Q4_0, T.Q4_0, T.Q8_0)],
+    ids=["int4", "int8", "mixed"],
+)
 def test_sharded_layers_keep_quantized_parts_and_equal_the_dequantised_reference(qtypes):
     """q/k/v and gate/up parts of one kind stay quantized; mixed kinds (a Q4_K_M file's Q6_K v) make the
     layer dequantise them all. Either way the output equals the layer loaded from dequantised tensors."""
@@ -56,13 +58,18 @@ def test_sharded_layers_keep_quantized_parts_and_equal_the_dequantised_reference
 
     gate, up = gguf_weight(qtypes[0], 64, 128, 3), gguf_weight(qtypes[2], 64, 128, 4)
     merged, merged_plain = (MergedColumnParallelLinear(128, [64, 64]) for _ in range(2))
-    torch.testing.assert_close(load(merged, [(gate, 0), (up, 1)]),
-                               load(merged_plain, [(gate.dequantize(), 0), (up.dequantize(), 1)]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        load(merged, [(gate, 0), (up, 1)]),
+        load(merged_plain, [(gate.dequantize(), 0), (up.dequantize(), 1)]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
     down = gguf_weight(qtypes[0], 128, 128, 5)
     row, row_plain = RowParallelLinear(128, 128), RowParallelLinear(128, 128)
-    torch.testing.assert_close(load(row, [(down, None)]), load(row_plain, [(down.dequantize(), None)]),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        load(row, [(down, None)]), load(row_plain, [(down.dequantize(), None)]), rtol=1e-5, atol=1e-5
+    )
     assert row.quantized is not None and row.weight.numel() == 0  # only the quantized copy is kept
 
 

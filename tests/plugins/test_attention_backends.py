@@ -52,8 +52,11 @@ def test_auto_on_cuda_skips_flash_attn_and_backends_refusing_the_block_size(llam
     assert EngineConfig.model_construct(**cuda, kvcache_block_size=256).resolved_attention_backend == "triton"
     monkeypatch.setattr(plugins.attention_backends.get("triton"), "block_size_multiple", 32)
     assert EngineConfig.model_construct(**cuda, kvcache_block_size=16).resolved_attention_backend == "torch"
-    with pytest.raises(ValueError, match="no attention backend takes kvcache_block_size=24 on cuda: triton needs a "
-                                         "multiple of 32; torch needs a multiple of 16$"):
+    with pytest.raises(
+        ValueError,
+        match="no attention backend takes kvcache_block_size=24 on cuda: triton needs a "
+        "multiple of 32; torch needs a multiple of 16$",
+    ):
         _ = EngineConfig.model_construct(**cuda, kvcache_block_size=24).resolved_attention_backend
     monkeypatch.setattr(plugins.attention_backends.get("triton"), "kv_cache_dtypes", ("auto",))
     fp8 = EngineConfig.model_construct(**cuda, kvcache_block_size=64, kv_cache_dtype="fp8")

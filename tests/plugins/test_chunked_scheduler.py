@@ -20,8 +20,9 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=10, ignore_eos=True)
 
 
 def make(num_blocks, max_num_seqs=512, max_num_batched_tokens=16384, scheduler_options=None):
-    config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len=2048,
-                             scheduler_options=scheduler_options or {})
+    config = SchedulerConfig(
+        max_num_seqs, max_num_batched_tokens, max_model_len=2048, scheduler_options=scheduler_options or {}
+    )
     return ChunkedPrefillScheduler(config, PrefixCacheAllocator(num_blocks, 16))
 
 
@@ -67,8 +68,14 @@ def test_budget_and_seat_limits_hold_under_load():
 def test_parity_with_budget_far_below_prompt_lengths(checkpoints, arch, async_scheduling):
     path = checkpoints[arch]
     prompts = random_prompts(4, 250, 320, seed=7)
-    llm = LLM(path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=512,
-              async_scheduling=async_scheduling)
+    llm = LLM(
+        path,
+        scheduler="chunked",
+        max_num_batched_tokens=64,
+        kvcache_block_size=16,
+        max_model_len=512,
+        async_scheduling=async_scheduling,
+    )
     got = [o["tokens"] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     assert got == hf_greedy(path, prompts, GREEDY.max_tokens)
 
@@ -78,9 +85,16 @@ def test_parity_with_shared_prefix_and_small_cache(checkpoints, async_scheduling
     prefix = random_prompts(1, 100, 100, seed=8)[0]
     prompts = [prefix + tail for tail in random_prompts(6, 5, 60, seed=9)]
     params = SamplingParams(temperature=0.0, max_tokens=24, ignore_eos=True)
-    llm = LLM(path, scheduler="chunked", scheduler_options={"long_prefill_token_threshold": 24},
-              max_num_batched_tokens=40, kvcache_block_size=16, num_kvcache_blocks=24, max_model_len=512,
-              async_scheduling=async_scheduling)
+    llm = LLM(
+        path,
+        scheduler="chunked",
+        scheduler_options={"long_prefill_token_threshold": 24},
+        max_num_batched_tokens=40,
+        kvcache_block_size=16,
+        num_kvcache_blocks=24,
+        max_model_len=512,
+        async_scheduling=async_scheduling,
+    )
     got = [o["tokens"] for o in llm.generate(prompts, params, use_tqdm=False)]
     assert got == hf_greedy(path, prompts, params.max_tokens)
     assert llm.engine.scheduler.num_preemptions > 0
@@ -91,7 +105,8 @@ def test_fcfs_rejects_what_chunked_accepts(llama_path):
     prompt = [3] * 100
     with pytest.raises(ValueError, match="exceeds max_num_batched_tokens=64"):
         LLM(llama_path, max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=256).generate(
-            [prompt], GREEDY, use_tqdm=False)
+            [prompt], GREEDY, use_tqdm=False
+        )
     llm = LLM(llama_path, scheduler="chunked", max_num_batched_tokens=64, kvcache_block_size=16, max_model_len=256)
     assert len(llm.generate([prompt], GREEDY, use_tqdm=False)[0]["tokens"]) == GREEDY.max_tokens
 
@@ -99,12 +114,22 @@ def test_fcfs_rejects_what_chunked_accepts(llama_path):
 @pytest.mark.parametrize(
     ("scheduler", "options", "message"),
     [
-        ("chunked", {"long_prefill_token_threshold": -1}, "scheduler 'chunked' option 'long_prefill_token_threshold': "
-                                                          "Input should be greater than or equal to 0"),
-        ("chunked", {"long_prefill_threshold": 8}, "scheduler 'chunked' has no option 'long_prefill_threshold' "
-                                                   "\\(its options: long_prefill_token_threshold\\)"),
-        ("fcfs", {"long_prefill_token_threshold": 8}, "scheduler 'fcfs' has no option 'long_prefill_token_threshold' "
-                                                      "\\(its options: none\\)"),
+        (
+            "chunked",
+            {"long_prefill_token_threshold": -1},
+            "scheduler 'chunked' option 'long_prefill_token_threshold': Input should be greater than or equal to 0",
+        ),
+        (
+            "chunked",
+            {"long_prefill_threshold": 8},
+            "scheduler 'chunked' has no option 'long_prefill_threshold' "
+            "\\(its options: long_prefill_token_threshold\\)",
+        ),
+        (
+            "fcfs",
+            {"long_prefill_token_threshold": 8},
+            "scheduler 'fcfs' has no option 'long_prefill_token_threshold' \\(its options: none\\)",
+        ),
         ("chunked", "{not json", "scheduler_options\n  Value error, Expecting property name"),
     ],
 )

@@ -65,8 +65,9 @@ def test_a_seeded_request_does_not_depend_on_its_batch():
     sampler = DefaultSampler(len(LOGITS), torch.device("cpu"), seed=0)
     alone = [int(sampler.sample(LOGITS[None], rows([seeded], [step]))[0]) for step in range(20)]
     other = SamplingParams()
-    in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), rows([other, seeded, other], [5, step, 9]))[1])
-                for step in range(20)]
+    in_batch = [
+        int(sampler.sample(LOGITS.repeat(3, 1), rows([other, seeded, other], [5, step, 9]))[1]) for step in range(20)
+    ]
     assert alone == in_batch
     assert len(set(alone)) > 1  # the step changes the draw
 

@@ -36,8 +36,10 @@ CASES = {
     "top_k": (SamplingParams(top_k=3), renormalised(TOP3)),
     "top_k + top_p": (SamplingParams(top_k=5, top_p=0.7), renormalised(TOP3)),
     "top_k + min_p": (SamplingParams(top_k=6, min_p=0.2), renormalised(PROBS >= 0.2 * PROBS[0])),
-    "top_k + temperature 2": (SamplingParams(top_k=4, temperature=2.0),
-                              renormalised(torch.arange(8) < 4, (LOGITS / 2).softmax(-1))),
+    "top_k + temperature 2": (
+        SamplingParams(top_k=4, temperature=2.0),
+        renormalised(torch.arange(8) < 4, (LOGITS / 2).softmax(-1)),
+    ),
     "top_p alone (sort)": (SamplingParams(top_p=0.7), renormalised(TOP3)),
     "min_p alone": (SamplingParams(min_p=0.2), renormalised(PROBS >= 0.2 * PROBS[0])),
 }
@@ -76,8 +78,7 @@ def test_same_distribution_as_default(case, sampler_cls):
     chi2_same(fast, counts(DefaultSampler, [params] * N, seed=2))
 
 
-@pytest.mark.parametrize("other", [SamplingParams(min_p=0.2), SamplingParams(top_p=0.7)],
-                         ids=["thresholds", "sort"])
+@pytest.mark.parametrize("other", [SamplingParams(min_p=0.2), SamplingParams(top_p=0.7)], ids=["thresholds", "sort"])
 def test_mixed_batch_rows_keep_their_own_settings(other):
     """top-k rows beside rows without top-k: per-row thresholds, or the sort when a row needs top-p."""
     params = [SamplingParams(top_k=3), other] * (N // 2)
@@ -111,8 +112,9 @@ def test_a_seeded_request_does_not_depend_on_its_batch(params, sampler_cls):
     sampler = sampler_cls(len(LOGITS), torch.device("cpu"), seed=0)
     alone = [int(sampler.sample(LOGITS[None], rows([params], [step]))[0]) for step in range(20)]
     other = SamplingParams(top_k=2)
-    in_batch = [int(sampler.sample(LOGITS.repeat(3, 1), rows([other, params, other], [5, step, 9]))[1])
-                for step in range(20)]
+    in_batch = [
+        int(sampler.sample(LOGITS.repeat(3, 1), rows([other, params, other], [5, step, 9]))[1]) for step in range(20)
+    ]
     assert alone == in_batch
     assert len(set(alone)) > 1  # the step changes the draw
 

@@ -60,7 +60,9 @@ def test_lone_sequence_preempting_itself_is_impossible_for_admitted_requests():
 def test_requests_that_could_outgrow_the_budget_are_rejected():
     """A resumed sequence is recomputed whole in one step: its prompt and generated tokens must fit the budget."""
     sched = make(100, max_num_batched_tokens=64)
-    with pytest.raises(ValueError, match="a request of up to 70 tokens \\(a prompt of 60 plus max_tokens\\) exceeds "
-                                         "max_num_batched_tokens=64"):
+    with pytest.raises(
+        ValueError,
+        match="a request of up to 70 tokens \\(a prompt of 60 plus max_tokens\\) exceeds max_num_batched_tokens=64",
+    ):
         sched.check_request(60, 70)
     sched.check_request(60, 64)

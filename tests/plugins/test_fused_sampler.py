@@ -11,19 +11,31 @@ from minivllm.plugins.samplers.fused import NUCLEUS_CANDIDATES, FusedSampler
 from tests.plugins.test_fast_sampler import CASES, N, chi2_fit, counts, rows
 
 
-@pytest.mark.parametrize("other", [SamplingParams(min_p=0.2), SamplingParams(top_p=0.7), SamplingParams()],
-                         ids=["min_p", "top_p", "temperature"])
+@pytest.mark.parametrize(
+    "other",
+    [SamplingParams(min_p=0.2), SamplingParams(top_p=0.7), SamplingParams()],
+    ids=["min_p", "top_p", "temperature"],
+)
 def test_mixed_batch_rows_keep_their_own_settings(other):
     params = [SamplingParams(top_k=3), other, SamplingParams(temperature=0.0)] * (N // 3)
     chi2_fit(counts(FusedSampler, params, slice(0, None, 3)), CASES["top_k"][1])
     other_case = {"min_p": "min_p alone", "top_p": "top_p alone (sort)"}.get(
-        "min_p" if other.min_p else "top_p" if other.top_p < 1 else "", "temperature 1")
+        "min_p" if other.min_p else "top_p" if other.top_p < 1 else "", "temperature 1"
+    )
     chi2_fit(counts(FusedSampler, params, slice(1, None, 3), seed=3), CASES[other_case][1])
     assert counts(FusedSampler, params, slice(2, None, 3))[0] == N // 3  # greedy rows: the argmax
 
 
-SETTINGS = [dict(top_k=40), dict(top_p=0.8), dict(top_p=0.99), dict(min_p=0.02), dict(top_k=500, top_p=0.9),
-            dict(top_k=7, min_p=0.1), dict(top_p=0.95, min_p=0.001, temperature=2.0), dict(top_k=3000, top_p=0.5)]
+SETTINGS = [
+    dict(top_k=40),
+    dict(top_p=0.8),
+    dict(top_p=0.99),
+    dict(min_p=0.02),
+    dict(top_k=500, top_p=0.9),
+    dict(top_k=7, min_p=0.1),
+    dict(top_p=0.95, min_p=0.001, temperature=2.0),
+    dict(top_k=3000, top_p=0.5),
+]
 
 
 @pytest.mark.parametrize("spread", [1.0, 0.05], ids=["peaked", "flat"])
@@ -41,8 +53,9 @@ def test_floors_keep_exactly_what_the_sort_keeps(spread):
     kept = logits >= sampler._floors(logits, batch, inv_temp)[:, None]
     scaled = logits * inv_temp[:, None]
     top_k = torch.tensor(batch.top_k())
-    expected = apply_top_k_top_p_min_p(scaled, top_k, torch.tensor([p.top_p for p in params]),
-                                       torch.tensor([p.min_p for p in params])) > float("-inf")
+    expected = apply_top_k_top_p_min_p(
+        scaled, top_k, torch.tensor([p.top_p for p in params]), torch.tensor([p.min_p for p in params])
+    ) > float("-inf")
     assert torch.equal(kept, expected), (kept.sum(1), expected.sum(1))
     if spread < 1:
         assert expected[2].sum() > NUCLEUS_CANDIDATES  # the spill path ran

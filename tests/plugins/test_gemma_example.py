@@ -56,8 +56,13 @@ def test_its_own_tests_run_the_conformance_kit(gemma_site):
     hits, chunked prefill, preemption) on one rank and on two gloo ranks, whose worker loads the plugin
     from the inherited environment."""
     env = dict(os.environ, MINIVLLM_PLUGINS="gemma", PYTHONPATH=gemma_site)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLE], env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", EXAMPLE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "2 passed" in run.stdout
 
@@ -103,8 +108,9 @@ def test_bfloat16_rounds_like_transformers(gemma):
 
 def test_cli_lists_it_with_its_distribution(gemma_site):
     env = dict(os.environ, MINIVLLM_PLUGINS="gemma", PYTHONPATH=gemma_site)
-    out = subprocess.run([sys.executable, "-m", "minivllm.cli", "plugins"], env=env, capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "minivllm.cli", "plugins"], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert "gemma  [minivllm-gemma 0.1.0]  hooks: register_models" in out
     assert "model architecture: GemmaForCausalLM  (from gemma)" in out
 
@@ -113,8 +119,9 @@ def test_excluded_plugin_leaves_the_architecture_unsupported(gemma_site, allow, 
     allow("")
     supported = plugins.models.names()
     assert supported and "GemmaForCausalLM" not in supported
-    with pytest.raises(ValueError, match=f"unsupported architecture 'GemmaForCausalLM'; supported: "
-                                         f"{', '.join(supported)}$"):
+    with pytest.raises(
+        ValueError, match=f"unsupported architecture 'GemmaForCausalLM'; supported: {', '.join(supported)}$"
+    ):
         LLM(gemma_path, **SMALL)
 
 

@@ -52,8 +52,14 @@ def test_engine_with_simple_allocator_matches_prefix_cache_under_preemption(llam
     proves), while a small cache makes this one queue and preempt."""
     prompts = [p + t for p in random_prompts(1, 40, 40, seed=2) for t in random_prompts(4, 5, 30, seed=5)]
     params = SamplingParams(temperature=0.0, max_tokens=20, ignore_eos=True)
-    small = LLM(llama_path, kv_allocator="simple", kvcache_block_size=16, num_kvcache_blocks=8, max_model_len=512,
-                dtype="float32")
+    small = LLM(
+        llama_path,
+        kv_allocator="simple",
+        kvcache_block_size=16,
+        num_kvcache_blocks=8,
+        max_model_len=512,
+        dtype="float32",
+    )
     roomy = LLM(llama_path, kvcache_block_size=16, max_model_len=512, dtype="float32")
     expected = [o["tokens"] for o in roomy.generate(prompts, params, use_tqdm=False)]
     assert [o["tokens"] for o in small.generate(prompts, params, use_tqdm=False)] == expected

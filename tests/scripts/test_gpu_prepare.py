@@ -25,8 +25,14 @@ def test_gpu_prepare_splits_the_gguf_and_prints_the_command(tmp_path):
     if (ROOT.parent / "shared").is_dir():  # the device preamble the printed command starts with
         shutil.copytree(ROOT.parent / "shared", tmp_path / "shared")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this tree's minivllm, as the script's `python3 -c` imports it
-    run = subprocess.run(["bash", "scripts/gpu_prepare.sh", "--no-wheels"], cwd=clone, env=env,
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        ["bash", "scripts/gpu_prepare.sh", "--no-wheels"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     gguf = Path(default_model()).read_bytes()
     halves = (clone / ".smol-a" / "part").read_bytes(), (clone / ".smol-b" / "part").read_bytes()

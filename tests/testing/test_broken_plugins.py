@@ -24,25 +24,46 @@ def broken_site(tmp_path_factory) -> str:
 
 def check_plugin_command(site: str, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MINIVLLM_PLUGINS="broken", PYTHONPATH=site)
-    return subprocess.run([sys.executable, "-m", "minivllm.cli", "check-plugin", *args], env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "minivllm.cli", "check-plugin", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
     ("kind", "name", "broken", "message"),
     [
         # a leak starves the requests behind it, so the scheduler also stops making progress
-        ("scheduler", "leaky", {"blocks", "progress", "long_prompts"},
-         "contract 'blocks' broken: at step 0: request 0 ended, and finish\\(\\) left it holding KV blocks \\[0\\]"),
-        ("kv_allocator", "double_free", {"accounting", "prefix_reuse"},
-         "contract 'accounting' broken: after call 3: 11 blocks are counted free while live sequences hold 3, 2 more "
-         "than the 12 blocks: a block in use is counted free \\(freed twice, or freed while shared\\)"),
-        ("sampler", "unseeded", {"seeds"},
-         "contract 'seeds' broken: at step 0 a seeded row drew \\d alone and \\d in a batch: its tokens must depend "
-         "only on its seed and step"),
-        ("attention_backend", "off_by_one", {"matches_reference", "gqa", "block_sizes", "fp8_kv_cache"},
-         "contract 'matches_reference' broken: sequence 1 \\(0 cached, 5 new\\): new token \\d \\(position \\d\\), "
-         "query head \\d differs from the reference by"),
+        (
+            "scheduler",
+            "leaky",
+            {"blocks", "progress", "long_prompts"},
+            "contract 'blocks' broken: at step 0: request 0 ended, and finish\\(\\) left it holding KV blocks \\[0\\]",
+        ),
+        (
+            "kv_allocator",
+            "double_free",
+            {"accounting", "prefix_reuse"},
+            "contract 'accounting' broken: after call 3: 11 blocks are counted free while live sequences hold 3, "
+            "2 more than the 12 blocks: a block in use is counted free \\(freed twice, or freed while shared\\)",
+        ),
+        (
+            "sampler",
+            "unseeded",
+            {"seeds"},
+            "contract 'seeds' broken: at step 0 a seeded row drew \\d alone and \\d in a batch: its tokens must depend "
+            "only on its seed and step",
+        ),
+        (
+            "attention_backend",
+            "off_by_one",
+            {"matches_reference", "gqa", "block_sizes", "fp8_kv_cache"},
+            "contract 'matches_reference' broken: sequence 1 \\(0 cached, 5 new\\): new token \\d \\(position \\d\\), "
+            "query head \\d differs from the reference by",
+        ),
     ],
 )
 def test_check_plugin_fails_each_broken_plugin_naming_the_contract(broken_site, kind, name, broken, message):

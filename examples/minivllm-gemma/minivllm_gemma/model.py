@@ -37,8 +37,9 @@ class GemmaForCausalLM(DecoderForCausalLM):
 
     def activation(self) -> nn.Module:
         if self.config.hidden_act not in TANH_GELU_NAMES:
-            raise ValueError(f"Gemma: unsupported hidden_act {self.config.hidden_act!r} "
-                             f"(expected one of {TANH_GELU_NAMES})")
+            raise ValueError(
+                f"Gemma: unsupported hidden_act {self.config.hidden_act!r} (expected one of {TANH_GELU_NAMES})"
+            )
         return GeluAndMul(approximate="tanh")
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -113,8 +113,10 @@ class AttentionBackend(ABC):
     @classmethod
     def check_kv_cache_dtype(cls, kv_cache_dtype: str) -> None:
         if kv_cache_dtype not in cls.kv_cache_dtypes:
-            raise ValueError(f"kv_cache_dtype={kv_cache_dtype!r} is not supported by the {cls.__name__} attention "
-                             f"backend (it supports: {', '.join(cls.kv_cache_dtypes)})")
+            raise ValueError(
+                f"kv_cache_dtype={kv_cache_dtype!r} is not supported by the {cls.__name__} attention "
+                f"backend (it supports: {', '.join(cls.kv_cache_dtypes)})"
+            )
 
     @classmethod
     def is_available(cls, device: torch.device) -> bool:

@@ -53,8 +53,9 @@ class Checkpoint:
         else:
             load_format = "safetensors"
             if not glob.glob(os.path.join(path, "*.safetensors")):
-                raise ValueError(f"model directory {path!r} has no *.safetensors files (use load_format='dummy' "
-                                 "for random weights)")
+                raise ValueError(
+                    f"model directory {path!r} has no *.safetensors files (use load_format='dummy' for random weights)"
+                )
         if wanted not in ("auto", load_format):
             raise ValueError(f"load_format={wanted!r} does not match the checkpoint ({load_format})")
         gguf = GGUFFile(os.path.join(path, gguf_file)) if gguf_file else None
@@ -113,8 +114,9 @@ class Checkpoint:
         except OSError:
             return None
 
-    def weights(self, dtype: torch.dtype = torch.float32,
-                quantization: str = "none") -> Iterator[tuple[str, torch.Tensor]]:
+    def weights(
+        self, dtype: torch.dtype = torch.float32, quantization: str = "none"
+    ) -> Iterator[tuple[str, torch.Tensor]]:
         """(Hugging Face name, tensor) pairs, one tensor at a time: for GGUF files read here of ``dtype``, the
         linears' weights kept quantized with ``quantization="gguf"`` (see ``GGUFFile.weights``); an fp8
         checkpoint's weights kept in fp8 with ``quantization="fp8"``, else dequantised to ``dtype``."""
@@ -122,12 +124,17 @@ class Checkpoint:
             from safetensors import safe_open
 
             with ExitStack() as files:
-                where = {name: f for file in sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
-                         for f in [files.enter_context(safe_open(file, framework="pt"))] for name in f.keys()}
+                where = {
+                    name: f
+                    for file in sorted(glob.glob(os.path.join(self.path, "*.safetensors")))
+                    for f in [files.enter_context(safe_open(file, framework="pt"))]
+                    for name in f.keys()
+                }
                 names = list(where)
                 if self.fp8:  # a weight and its scale may sit in different files
-                    yield from compressed_tensors.fp8_weights(names, lambda n: where[n].get_tensor(n),
-                                                              quantization == "fp8", dtype)
+                    yield from compressed_tensors.fp8_weights(
+                        names, lambda n: where[n].get_tensor(n), quantization == "fp8", dtype
+                    )
                 else:
                     for name in names:
                         yield name, where[name].get_tensor(name)
@@ -146,6 +153,7 @@ class Checkpoint:
 
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(self.hf_config)
-        parsed = load_gguf_checkpoint(os.path.join(self.path, self.gguf_file), return_tensors=True,
-                                      model_to_load=skeleton)
+        parsed = load_gguf_checkpoint(
+            os.path.join(self.path, self.gguf_file), return_tensors=True, model_to_load=skeleton
+        )
         return parsed["tensors"]

@@ -31,28 +31,40 @@ def fp8_scheme(hf_config) -> bool:
     qc = qc if isinstance(qc, dict) else qc.to_dict()
     method = qc.get("quant_method")
     if method != "compressed-tensors":
-        raise ValueError(f"the checkpoint's quantization_config.quant_method={method!r} is not supported: "
-                         "minivllm reads 'compressed-tensors' fp8 checkpoints (llm-compressor's FP8-dynamic)")
+        raise ValueError(
+            f"the checkpoint's quantization_config.quant_method={method!r} is not supported: "
+            "minivllm reads 'compressed-tensors' fp8 checkpoints (llm-compressor's FP8-dynamic)"
+        )
     if qc.get("format") != "float-quantized":
-        raise ValueError(f"compressed-tensors format {qc.get('format')!r} is not supported: only 'float-quantized' "
-                         "(fp8 weights)")
+        raise ValueError(
+            f"compressed-tensors format {qc.get('format')!r} is not supported: only 'float-quantized' (fp8 weights)"
+        )
     if qc.get("kv_cache_scheme"):
-        raise ValueError("compressed-tensors kv_cache_scheme (static KV-cache scales) is not supported: "
-                         "kv_cache_dtype='fp8' computes the scales as tokens are stored")
+        raise ValueError(
+            "compressed-tensors kv_cache_scheme (static KV-cache scales) is not supported: "
+            "kv_cache_dtype='fp8' computes the scales as tokens are stored"
+        )
     for name, group in (qc.get("config_groups") or {}).items():
         weights, inputs = group.get("weights") or {}, group.get("input_activations")
         if (weights.get("type"), weights.get("num_bits"), weights.get("strategy")) not in (
-                ("float", 8, "channel"), ("float", 8, "tensor")):
-            raise ValueError(f"compressed-tensors group {name!r}: weights {weights} are not supported: only fp8 "
-                             "(type 'float', num_bits 8) with a 'channel' or 'tensor' scale")
+            ("float", 8, "channel"),
+            ("float", 8, "tensor"),
+        ):
+            raise ValueError(
+                f"compressed-tensors group {name!r}: weights {weights} are not supported: only fp8 "
+                "(type 'float', num_bits 8) with a 'channel' or 'tensor' scale"
+            )
         if inputs is not None and not (inputs.get("dynamic") is True and inputs.get("type") == "float"):
-            raise ValueError(f"compressed-tensors group {name!r}: input_activations {inputs} are not supported: "
-                             "only dynamic fp8 (scales computed per token at run time)")
+            raise ValueError(
+                f"compressed-tensors group {name!r}: input_activations {inputs} are not supported: "
+                "only dynamic fp8 (scales computed per token at run time)"
+            )
     return True
 
 
-def fp8_weights(names: list[str], read: Callable[[str], torch.Tensor], keep: bool,
-                dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+def fp8_weights(
+    names: list[str], read: Callable[[str], torch.Tensor], keep: bool, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """(name, tensor) for the checkpoint tensors ``names`` (``read(name)`` loads one): each fp8 ``X.weight``
     with its ``X.weight_scale`` as a :class:`QuantizedWeight` when ``keep``, else dequantised to ``dtype``;
     the scales themselves are not yielded."""

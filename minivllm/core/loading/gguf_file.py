@@ -35,10 +35,17 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3")
 # GGUF tensor names -> Hugging Face names, for ARCHITECTURES (llama.cpp's convert_hf_to_gguf.py, reversed)
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _LAYER_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
 }
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
@@ -95,21 +102,31 @@ class GGUFFile:
         from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
         # grouped as transformers' get_gguf_tokenizer groups them, from the metadata we already hold
-        found = {group: {name: self.metadata[f"tokenizer.{key}"] for key, name in renames.items()
-                         if f"tokenizer.{key}" in self.metadata}
-                 for group, renames in GGUF_TOKENIZER_MAPPING.items()}
+        found = {
+            group: {
+                name: self.metadata[f"tokenizer.{key}"]
+                for key, name in renames.items()
+                if f"tokenizer.{key}" in self.metadata
+            }
+            for group, renames in GGUF_TOKENIZER_MAPPING.items()
+        }
         tokenizer, tokenizer_config = found["tokenizer"], found["tokenizer_config"]
         if tokenizer.get("tokenizer_type") == "llama":
             tokenizer_config.setdefault("add_bos_token", True)  # sentencepiece files: llama.cpp's default
-        for special, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
-                             ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):
+        for special, key in (
+            ("bos_token", "bos_token_id"),
+            ("eos_token", "eos_token_id"),
+            ("unk_token", "unknown_token_id"),
+            ("pad_token", "padding_token_id"),
+        ):
             token_id = self.metadata.get(f"tokenizer.ggml.{key}")
             tokenizer_config[special] = tokenizer["tokens"][token_id] if token_id is not None else None
         backend, extra = convert_gguf_tokenizer(self.architecture, tokenizer)
         return TokenizersBackend(tokenizer_object=backend, **tokenizer_config, **extra)
 
-    def weights(self, dtype: torch.dtype = torch.float32,
-                quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    def weights(
+        self, dtype: torch.dtype = torch.float32, quantized: bool = False
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
         """(Hugging Face name, tensor of ``dtype``) pairs, one tensor in memory at a time. Tensors that
         the Hugging Face model has no parameter for (llama3's ``rope_freqs``) are skipped, as transformers
         skips them. With ``quantized``, the weights of the linear layers, the embedding and the LM head of
@@ -124,7 +141,7 @@ class GGUFFile:
             if hf_name is None:
                 continue
             rows, cols = int(np.prod(shape[:-1])), shape[-1]
-            raw = self._blob[offset:offset + nbytes].reshape(rows, -1)  # [rows, bytes per row]
+            raw = self._blob[offset : offset + nbytes].reshape(rows, -1)  # [rows, bytes per row]
             kept = None
             if quantized and gguf_name.split(".")[-2] in _QUANTIZABLE:
                 kept = quantized_weight.from_gguf(raw, ggml_type, cols)
@@ -137,12 +154,12 @@ class GGUFFile:
             out = torch.empty(rows, cols, dtype=dtype)
             step = max(1, _CHUNK_ELEMENTS // cols)
             for start in range(0, rows, step):
-                chunk = raw[start:start + step]
+                chunk = raw[start : start + step]
                 if ggml_type in _FLOATS:  # plain values: reinterpret the bytes (numpy has no bfloat16)
                     values = torch.from_numpy(chunk.copy()).view(_FLOATS[ggml_type])
                 else:
                     values = torch.from_numpy(dequantize(chunk, GGMLQuantizationType(ggml_type)))
-                out[start:start + step] = values
+                out[start : start + step] = values
             if self.architecture == "llama" and hf_name.split(".")[-2] in ("q_proj", "k_proj"):
                 out = _unpermute_rope(out, heads if "q_proj" in hf_name else kv_heads)
             yield hf_name, out.reshape(shape)
@@ -188,8 +205,10 @@ def _parse(blob: np.ndarray, path: str) -> tuple[dict, dict]:
         table.append((name, tuple(reversed(dims)), ggml_type, offset))  # ggml lists the fastest dim first
     alignment = metadata.get("general.alignment", 32)
     data_start = cdiv(pos, alignment) * alignment  # the data section starts at the next aligned offset
-    tensors = {name: (shape, ggml_type, data_start + offset, _nbytes(shape, ggml_type))
-               for name, shape, ggml_type, offset in table}
+    tensors = {
+        name: (shape, ggml_type, data_start + offset, _nbytes(shape, ggml_type))
+        for name, shape, ggml_type, offset in table
+    }
     return metadata, tensors
 
 
@@ -225,4 +244,4 @@ def _value(blob: np.ndarray, pos: int, value_type: int):
 
 def _string(blob: np.ndarray, pos: int) -> tuple[str, int]:
     (length,) = struct.unpack_from("<Q", blob, pos)
-    return bytes(blob[pos + 8:pos + 8 + length]).decode("utf-8"), pos + 8 + length
+    return bytes(blob[pos + 8 : pos + 8 + length]).decode("utf-8"), pos + 8 + length

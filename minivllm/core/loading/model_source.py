@@ -35,13 +35,16 @@ def resolve_model(model: str, revision: str | None = None) -> str:
     cache_dir = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
     offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or constants.HF_HUB_OFFLINE
     try:
-        return snapshot_download(model, revision=revision, cache_dir=cache_dir, local_files_only=offline,
-                                 allow_patterns=HUB_FILES)
+        return snapshot_download(
+            model, revision=revision, cache_dir=cache_dir, local_files_only=offline, allow_patterns=HUB_FILES
+        )
     except Exception as e:  # offline and not cached, unknown repo, gated, no network: all end here
         where = f"the hub cache {cache_dir!r}"
         if offline:
-            tried.append(f"{where} has no snapshot of it at revision {revision or 'main'!r} (HF_HUB_OFFLINE is set, "
-                         "so the hub was not asked)")
+            tried.append(
+                f"{where} has no snapshot of it at revision {revision or 'main'!r} (HF_HUB_OFFLINE is set, "
+                "so the hub was not asked)"
+            )
         else:
             tried.append(f"neither {where} nor the hub gave revision {revision or 'main'!r}")
         raise ValueError(f"model {model!r} not found: {'; '.join(tried)} ({type(e).__name__}: {e})") from None

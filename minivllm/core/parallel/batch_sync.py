@@ -56,8 +56,18 @@ class BatchEncoder:
             keep = len(sent.block_table)
             if seq.block_table[:keep] != sent.block_table:  # freed and reallocated (preemption)
                 keep = 0
-            deltas.append((seq.seq_id, seq.num_computed_tokens, n, seq.num_pending_tokens, new_tokens, keep,
-                           seq.block_table[keep:], first))
+            deltas.append(
+                (
+                    seq.seq_id,
+                    seq.num_computed_tokens,
+                    n,
+                    seq.num_pending_tokens,
+                    new_tokens,
+                    keep,
+                    seq.block_table[keep:],
+                    first,
+                )
+            )
             sent.num_tokens = len(seq.token_ids)
             sent.block_table = list(seq.block_table)
         return BatchDelta(deltas, ended)

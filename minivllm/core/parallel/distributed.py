@@ -62,8 +62,9 @@ def open_store(rank: int, world_size: int, port: int | None = None) -> dist.Stor
         store, _, _ = next(dist.rendezvous("env://", rank, world_size, timeout=COLLECTIVE_TIMEOUT))
         return dist.PrefixStore(f"minivllm/{next(_torchrun_engines)}", store)
     if rank == 0:
-        return dist.TCPStore("127.0.0.1", 0, world_size, is_master=True, timeout=COLLECTIVE_TIMEOUT,
-                             wait_for_workers=False)
+        return dist.TCPStore(
+            "127.0.0.1", 0, world_size, is_master=True, timeout=COLLECTIVE_TIMEOUT, wait_for_workers=False
+        )
     return dist.TCPStore("127.0.0.1", port, world_size, is_master=False, timeout=COLLECTIVE_TIMEOUT)
 
 

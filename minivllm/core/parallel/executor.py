@@ -176,8 +176,10 @@ class MultiprocExecutor(Executor):
             distributed.send_command(self._groups.control, made)
             return made
 
-        return self._run(_Step(self._encoder.encode(batch), None, mask_follows=True),
-                         lambda: self.runner.submit(batch, mask=make_and_send))
+        return self._run(
+            _Step(self._encoder.encode(batch), None, mask_follows=True),
+            lambda: self.runner.submit(batch, mask=make_and_send),
+        )
 
     def close(self) -> None:
         """Stop the other ranks (idempotent)."""
@@ -217,8 +219,12 @@ class MultiprocExecutor(Executor):
         for rank in range(1, self.world_size):
             stop_r, stop_w = ctx.Pipe(duplex=False)
             report_r, report_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=worker_main, name=f"minivllm-tp{rank}", daemon=True,
-                               args=(rank, self.world_size, port, setup, devices[rank], threads, stop_r, report_w))
+            proc = ctx.Process(
+                target=worker_main,
+                name=f"minivllm-tp{rank}",
+                daemon=True,
+                args=(rank, self.world_size, port, setup, devices[rank], threads, stop_r, report_w),
+            )
             proc.start()
             stop_r.close()
             report_w.close()

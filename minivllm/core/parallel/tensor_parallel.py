@@ -45,6 +45,7 @@ class TensorParallel:
             per_rank = self.shard(num_kv_heads, "num_key_value_heads")
             return per_rank, self.rank * per_rank
         if self.size % num_kv_heads:
-            raise ValueError(f"tensor_parallel_size={self.size} is not a multiple of "
-                             f"num_key_value_heads={num_kv_heads}")
+            raise ValueError(
+                f"tensor_parallel_size={self.size} is not a multiple of num_key_value_heads={num_kv_heads}"
+            )
         return 1, self.rank * num_kv_heads // self.size

@@ -93,15 +93,22 @@ class CpuAttentionBackend(AttentionBackend):
             decode_heads = (decode_slots[:, None, :] * self.num_kv_heads + heads).flatten()
             visible = torch.arange(length)[None, :] < lens[:, None]
             decode_mask = self._additive(visible, torch.float32)[:, None, None, :]
-        meta.backend_state = StepPlan(write_rows, slots if write_rows is None else slots[write_rows], decode_rows,
-                                      decode_heads, decode_mask, chunks)
+        meta.backend_state = StepPlan(
+            write_rows,
+            slots if write_rows is None else slots[write_rows],
+            decode_rows,
+            decode_heads,
+            decode_mask,
+            chunks,
+        )
 
     def _additive(self, visible: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """A bool mask -> 0 where visible, -inf elsewhere, in ``dtype`` (the model's by default, for SDPA)."""
         return torch.zeros(visible.shape, dtype=dtype or self.dtype).masked_fill_(~visible, float("-inf"))
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                kv_scales: KVScales | None = None):
+    def forward(
+        self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, kv_scales: KVScales | None = None
+    ):
         plan: StepPlan = meta.backend_state
         new_k, new_v = (k, v) if plan.write_rows is None else (k[plan.write_rows], v[plan.write_rows])
         write_kv_cache(new_k, new_v, k_cache, v_cache, plan.write_slots, kv_scales)
@@ -110,8 +117,9 @@ class CpuAttentionBackend(AttentionBackend):
             return self._decode(q, k_cache, v_cache, k_scales, v_scales, plan, scale)
         out = torch.empty_like(q)
         if plan.decode_heads is not None:
-            decoded = self._decode(q.index_select(0, plan.decode_rows), k_cache, v_cache, k_scales, v_scales,
-                                   plan, scale)
+            decoded = self._decode(
+                q.index_select(0, plan.decode_rows), k_cache, v_cache, k_scales, v_scales, plan, scale
+            )
             out.index_copy_(0, plan.decode_rows, decoded)
         for chunk in plan.chunks:
             queries = q[chunk.start : chunk.end].transpose(0, 1)[None]  # [1, Hq, n, D]
@@ -120,9 +128,15 @@ class CpuAttentionBackend(AttentionBackend):
             else:
                 keys = gather_slots(k_cache, k_scales, chunk.slots, q.dtype)  # [L, Hkv, D]
                 values = gather_slots(v_cache, v_scales, chunk.slots, q.dtype)
-            o = F.scaled_dot_product_attention(queries, keys.transpose(0, 1)[None], values.transpose(0, 1)[None],
-                                               attn_mask=chunk.mask, is_causal=chunk.mask is None, scale=scale,
-                                               enable_gqa=True)
+            o = F.scaled_dot_product_attention(
+                queries,
+                keys.transpose(0, 1)[None],
+                values.transpose(0, 1)[None],
+                attn_mask=chunk.mask,
+                is_causal=chunk.mask is None,
+                scale=scale,
+                enable_gqa=True,
+            )
             out[chunk.start : chunk.end] = o[0].transpose(0, 1)
         return out
 

@@ -66,22 +66,48 @@ class FlashAttnBackend(AttentionBackend):
         if meta.is_decode_only:
             blocks = {"page_table" if self.fa3 else "block_table": meta.block_tables}
             out = self.flash_attn.flash_attn_with_kvcache(
-                q.unsqueeze(1), k_cache, v_cache, cache_seqlens=meta.seq_lens, softmax_scale=scale, causal=True,
+                q.unsqueeze(1),
+                k_cache,
+                v_cache,
+                cache_seqlens=meta.seq_lens,
+                softmax_scale=scale,
+                causal=True,
                 **blocks,
             )
             return out.squeeze(1)
         if meta.backend_state is None:  # every key is new: attend over k/v directly
             return self.flash_attn.flash_attn_varlen_func(
-                q, k, v, cu_seqlens_q=meta.query_start_loc, cu_seqlens_k=meta.query_start_loc,
-                max_seqlen_q=meta.max_query_len, max_seqlen_k=meta.max_query_len, softmax_scale=scale, causal=True,
+                q,
+                k,
+                v,
+                cu_seqlens_q=meta.query_start_loc,
+                cu_seqlens_k=meta.query_start_loc,
+                max_seqlen_q=meta.max_query_len,
+                max_seqlen_k=meta.max_query_len,
+                softmax_scale=scale,
+                causal=True,
             )
         if self.fa3:
             return self.flash_attn.flash_attn_with_kvcache(
-                q, k_cache, v_cache, cache_seqlens=meta.backend_state, page_table=meta.block_tables,
-                cu_seqlens_q=meta.query_start_loc, max_seqlen_q=meta.max_query_len, softmax_scale=scale, causal=True,
+                q,
+                k_cache,
+                v_cache,
+                cache_seqlens=meta.backend_state,
+                page_table=meta.block_tables,
+                cu_seqlens_q=meta.query_start_loc,
+                max_seqlen_q=meta.max_query_len,
+                softmax_scale=scale,
+                causal=True,
             )
         return self.flash_attn.flash_attn_varlen_func(
-            q, k_cache, v_cache, cu_seqlens_q=meta.query_start_loc, cu_seqlens_k=meta.backend_state,
-            max_seqlen_q=meta.max_query_len, max_seqlen_k=meta.max_seq_len, softmax_scale=scale, causal=True,
+            q,
+            k_cache,
+            v_cache,
+            cu_seqlens_q=meta.query_start_loc,
+            cu_seqlens_k=meta.backend_state,
+            max_seqlen_q=meta.max_query_len,
+            max_seqlen_k=meta.max_seq_len,
+            softmax_scale=scale,
+            causal=True,
             block_table=meta.block_tables,
         )

@@ -46,8 +46,9 @@ def gather_slots(cache, scales, slots: torch.Tensor, dtype) -> torch.Tensor:
     return rows.view(cache.dtype).to(dtype) * row_scales.to(dtype)
 
 
-def context_slots(block_tables: torch.Tensor, length: int, block_size: int,
-                  seq_lens: torch.Tensor | None = None) -> torch.Tensor:
+def context_slots(
+    block_tables: torch.Tensor, length: int, block_size: int, seq_lens: torch.Tensor | None = None
+) -> torch.Tensor:
     """[B, max_blocks] block tables -> [B, length] cache slots of each sequence's first ``length`` tokens.
     With ``seq_lens`` [B], positions past a sequence's end take the slot of its first token: a row it wrote,
     where a never-written row may hold NaN, which a masked-out score would still spread (NaN * 0 = NaN)."""
@@ -69,8 +70,9 @@ class TorchAttentionBackend(AttentionBackend):
     block_size_multiple = 16
     kv_cache_dtypes = ("auto", "fp8")
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                kv_scales: KVScales | None = None):
+    def forward(
+        self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, kv_scales: KVScales | None = None
+    ):
         new_k, new_v, slots = written(k, v, meta.slot_mapping)
         write_kv_cache(new_k, new_v, k_cache, v_cache, slots, kv_scales)
         out = torch.empty_like(q)

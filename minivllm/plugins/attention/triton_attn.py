@@ -38,15 +38,35 @@ class TritonAttentionBackend(AttentionBackend):
         if meta.is_decode_only:
             meta.backend_state = self.decode.decode_splits(meta.num_seqs, self.num_kv_heads, self.num_sms)
 
-    def forward(self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float,
-                kv_scales: KVScales | None = None):
+    def forward(
+        self, q, k, v, k_cache, v_cache, meta: AttentionMetadata, scale: float, kv_scales: KVScales | None = None
+    ):
         scales = dict(k_scales=kv_scales.k, v_scales=kv_scales.v) if kv_scales is not None else {}
         self.kernels.store_kv(k, v, k_cache, v_cache, meta.slot_mapping, **scales)
         out = torch.empty_like(q)
         if meta.is_decode_only:
-            self.decode.paged_decode(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens, scale,
-                                      num_splits=meta.backend_state, **scales)
+            self.decode.paged_decode(
+                q,
+                k_cache,
+                v_cache,
+                out,
+                meta.block_tables,
+                meta.seq_lens,
+                scale,
+                num_splits=meta.backend_state,
+                **scales,
+            )
         else:
-            self.kernels.paged_prefill(q, k_cache, v_cache, out, meta.block_tables, meta.seq_lens,
-                                       meta.query_start_loc, meta.max_query_len, scale, **scales)
+            self.kernels.paged_prefill(
+                q,
+                k_cache,
+                v_cache,
+                out,
+                meta.block_tables,
+                meta.seq_lens,
+                meta.query_start_loc,
+                meta.max_query_len,
+                scale,
+                **scales,
+            )
         return out

@@ -19,12 +19,38 @@ from minivllm.plugins.attention.triton_kernels import LOG2E, precision
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_bt"])
-def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, part_o_ptr, part_lse_ptr, o_ptr,
-                         block_tables_ptr, seq_lens_ptr, qk_scale, num_splits, stride_qt, stride_qh, stride_ot,
-                         stride_oh, stride_bt, stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr,
-                         BLOCK_G: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr, DIRECT: tl.constexpr,
-                         FP8: tl.constexpr, FP16_DOTS: tl.constexpr):
+def _decode_split_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    part_o_ptr,
+    part_lse_ptr,
+    o_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    qk_scale,
+    num_splits,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_bt,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    GROUP: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    DIRECT: tl.constexpr,
+    FP8: tl.constexpr,
+    FP16_DOTS: tl.constexpr,
+):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -37,8 +63,11 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
     g_mask = offs_g < GROUP
     d_mask = offs_d < HEAD_DIM
     heads = kv_head * GROUP + offs_g
-    q = tl.load(q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
-                mask=g_mask[:, None] & d_mask[None, :], other=0.0)  # [G, D]: the group's query heads
+    q = tl.load(
+        q_ptr + seq * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )  # [G, D]: the group's query heads
     if FP16_DOTS:  # an fp8 cache under a bf16 model: float8 -> float16 is one instruction per pair, -> bf16 is not
         q = q.to(tl.float16)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
@@ -75,8 +104,11 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
     out = acc / tl.where(has, l_i, 1.0)[:, None]
     mask = g_mask[:, None] & d_mask[None, :]
     if DIRECT:  # a single split is the result: no merge pass
-        tl.store(o_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=mask)
+        tl.store(
+            o_ptr + seq * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=mask,
+        )
     else:
         lse = tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf"))
         part = (seq * tl.num_programs(1) * GROUP + heads) * num_splits + split  # [B, Hq, S] row index
@@ -85,8 +117,17 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_p
 
 
 @triton.jit(do_not_specialize=["num_splits"])
-def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, num_splits, stride_ot, stride_oh,
-                         HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+def _decode_merge_kernel(
+    part_o_ptr,
+    part_lse_ptr,
+    o_ptr,
+    num_splits,
+    stride_ot,
+    stride_oh,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     row = seq * tl.num_programs(1) + head
@@ -96,8 +137,11 @@ def _decode_merge_kernel(part_o_ptr, part_lse_ptr, o_ptr, num_splits, stride_ot,
     d_mask = offs_d < HEAD_DIM
     lse = tl.load(part_lse_ptr + row * num_splits + offs_s, mask=s_mask, other=float("-inf"))
     weight = tl.exp2(lse - tl.max(lse, 0))  # [S]; empty splits weigh 0
-    parts = tl.load(part_o_ptr + (row * num_splits + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=s_mask[:, None] & d_mask[None, :], other=0.0)  # [S, D]
+    parts = tl.load(
+        part_o_ptr + (row * num_splits + offs_s)[:, None] * HEAD_DIM + offs_d[None, :],
+        mask=s_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )  # [S, D]
     out = tl.sum(parts * weight[:, None], 0) / tl.sum(weight, 0)
     tl.store(o_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty), mask=d_mask)
 
@@ -107,10 +151,21 @@ def decode_splits(num_seqs: int, num_kv_heads: int, num_sms: int, max_splits: in
     return max(1, min(max_splits, triton.cdiv(4 * num_sms, num_seqs * num_kv_heads)))
 
 
-def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
-                 block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, num_splits: int,
-                 block_n: int = 128, num_warps: int = 4, num_stages: int = 2, k_scales: torch.Tensor | None = None,
-                 v_scales: torch.Tensor | None = None) -> None:
+def paged_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    num_splits: int,
+    block_n: int = 128,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
+) -> None:
     """q/out [B, Hq, D] (one new token per sequence, already in the cache; fp8 with scales); sync-free,
     fixed grid. Tiles of 128 keys: the fastest shape on an H100 and an H200 for bf16 and fp8 caches alike
     (``benchmarks/decode_kernel.py``; at batch 256 on the H200: bf16 279 -> 273 us, fp8 354 -> 271 us)."""
@@ -126,17 +181,49 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     block_d = max(16, triton.next_power_of_2(head_dim))
     fp8 = k_scales is not None
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, k_scales if fp8 else k_cache, v_scales if fp8 else v_cache, part_o, part_lse, out,
-        block_tables, seq_lens, scale * LOG2E, num_splits, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), GROUP=group,
-        BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_D=block_d,
-        BLOCK_N=block_n, PRECISION=precision(q.dtype), DIRECT=direct, FP8=fp8,
-        FP16_DOTS=fp8 and q.dtype == torch.bfloat16, num_warps=num_warps,
+        q,
+        k_cache,
+        v_cache,
+        k_scales if fp8 else k_cache,
+        v_scales if fp8 else v_cache,
+        part_o,
+        part_lse,
+        out,
+        block_tables,
+        seq_lens,
+        scale * LOG2E,
+        num_splits,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        block_tables.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        GROUP=group,
+        BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_N=block_n,
+        PRECISION=precision(q.dtype),
+        DIRECT=direct,
+        FP8=fp8,
+        FP16_DOTS=fp8 and q.dtype == torch.bfloat16,
+        num_warps=num_warps,
         num_stages=num_stages,
     )
     if direct:
         return
     _decode_merge_kernel[(num_seqs, num_heads)](
-        part_o, part_lse, out, num_splits, out.stride(0), out.stride(1),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_S=triton.next_power_of_2(num_splits),
+        part_o,
+        part_lse,
+        out,
+        num_splits,
+        out.stride(0),
+        out.stride(1),
+        HEAD_DIM=head_dim,
+        BLOCK_D=block_d,
+        BLOCK_S=triton.next_power_of_2(num_splits),
     )

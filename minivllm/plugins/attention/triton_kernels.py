@@ -28,8 +28,9 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_k, stride_v,
-                     ROW: tl.constexpr, BLOCK: tl.constexpr):
+def _store_kv_kernel(
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_k, stride_v, ROW: tl.constexpr, BLOCK: tl.constexpr
+):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t)
     offs = tl.arange(0, BLOCK)
@@ -41,8 +42,19 @@ def _store_kv_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slot_ptr, stride_k,
 
 
 @triton.jit
-def _store_fp8_rows(src_ptr, cache_ptr, scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, FP8_MAX: tl.constexpr):
+def _store_fp8_rows(
+    src_ptr,
+    cache_ptr,
+    scale_ptr,
+    slot,
+    rows,
+    mask,
+    offs_h,
+    h_mask,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+):
     x = tl.load(src_ptr + rows, mask=mask, other=0.0).to(tl.float32)  # [H, D]
     scale = tl.maximum(tl.max(tl.abs(x), 1), 1e-12) / FP8_MAX  # [H]: each row's own
     tl.store(cache_ptr + slot * HEADS * HEAD_DIM + rows, (x / scale[:, None]).to(cache_ptr.dtype.element_ty), mask=mask)
@@ -50,9 +62,22 @@ def _store_fp8_rows(src_ptr, cache_ptr, scale_ptr, slot, rows, mask, offs_h, h_m
 
 
 @triton.jit
-def _store_kv_fp8_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, slot_ptr, stride_k,
-                         stride_v, HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_D: tl.constexpr, FP8_MAX: tl.constexpr):
+def _store_kv_fp8_kernel(
+    k_ptr,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    slot_ptr,
+    stride_k,
+    stride_v,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FP8_MAX: tl.constexpr,
+):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t)
     offs_h = tl.arange(0, BLOCK_H)
@@ -60,15 +85,23 @@ def _store_kv_fp8_kernel(k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_
     h_mask = (offs_h < HEADS) & (slot >= 0)
     mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     rows = offs_h[:, None] * HEAD_DIM + offs_d[None, :]  # [H, D] within the token's Hkv*D row
-    _store_fp8_rows(k_ptr + t * stride_k, k_cache_ptr, k_scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS,
-                    HEAD_DIM, FP8_MAX)
-    _store_fp8_rows(v_ptr + t * stride_v, v_cache_ptr, v_scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS,
-                    HEAD_DIM, FP8_MAX)
+    _store_fp8_rows(
+        k_ptr + t * stride_k, k_cache_ptr, k_scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS, HEAD_DIM, FP8_MAX
+    )
+    _store_fp8_rows(
+        v_ptr + t * stride_v, v_cache_ptr, v_scale_ptr, slot, rows, mask, offs_h, h_mask, HEADS, HEAD_DIM, FP8_MAX
+    )
 
 
-def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-             slot_mapping: torch.Tensor, k_scales: torch.Tensor | None = None,
-             v_scales: torch.Tensor | None = None) -> None:
+def store_kv(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
+) -> None:
     """k/v [T, Hkv, D] (rows may be strided, each row's Hkv*D contiguous) -> cache at ``slot_mapping``
     (-1 skips the token); with scales ([num_blocks, block_size, Hkv]) the cache is fp8."""
     num_tokens, num_kv_heads, head_dim = k.shape
@@ -76,21 +109,58 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
     assert k.stride(1) == head_dim and k.stride(2) == 1 and v.stride(1) == head_dim and v.stride(2) == 1
     assert k_cache.is_contiguous() and v_cache.is_contiguous()
     if k_scales is None:
-        _store_kv_kernel[(num_tokens,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0),
-                                        ROW=row, BLOCK=triton.next_power_of_2(row))
+        _store_kv_kernel[(num_tokens,)](
+            k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row)
+        )
         return
-    _store_kv_fp8_kernel[(num_tokens,)](k, v, k_cache, v_cache, k_scales, v_scales, slot_mapping, k.stride(0),
-                                        v.stride(0), HEADS=num_kv_heads, HEAD_DIM=head_dim,
-                                        BLOCK_H=triton.next_power_of_2(num_kv_heads),
-                                        BLOCK_D=triton.next_power_of_2(head_dim), FP8_MAX=FP8_MAX)
+    _store_kv_fp8_kernel[(num_tokens,)](
+        k,
+        v,
+        k_cache,
+        v_cache,
+        k_scales,
+        v_scales,
+        slot_mapping,
+        k.stride(0),
+        v.stride(0),
+        HEADS=num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_H=triton.next_power_of_2(num_kv_heads),
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        FP8_MAX=FP8_MAX,
+    )
 
 
 @triton.jit(do_not_specialize=["stride_bt"])
-def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, o_ptr, block_tables_ptr,
-                    seq_lens_ptr, query_start_ptr, qk_scale, stride_qt, stride_qh, stride_ot, stride_oh, stride_bt,
-                    stride_cb, stride_cs, stride_ch, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    PRECISION: tl.constexpr, FP8: tl.constexpr, NUM_KV_HEADS: tl.constexpr):
+def _prefill_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
+    o_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_ptr,
+    qk_scale,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_bt,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    GROUP: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    FP8: tl.constexpr,
+    NUM_KV_HEADS: tl.constexpr,
+):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     tile = tl.program_id(2)
@@ -103,8 +173,11 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, o
         offs_d = tl.arange(0, BLOCK_D)
         m_mask = offs_m < q_len
         d_mask = offs_d < HEAD_DIM
-        q = tl.load(q_ptr + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-                    mask=m_mask[:, None] & d_mask[None, :], other=0.0)  # [M, D]
+        q = tl.load(
+            q_ptr + (q_start + offs_m)[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+            mask=m_mask[:, None] & d_mask[None, :],
+            other=0.0,
+        )  # [M, D]
         kv_head = head // GROUP
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -139,8 +212,11 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, k_scale_ptr, v_scale_ptr, o
             acc = acc * alpha[:, None] + pv
             m_i = m_new
         out = acc / l_i[:, None]
-        tl.store(o_ptr + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+        tl.store(
+            o_ptr + (q_start + offs_m)[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+            out.to(o_ptr.dtype.element_ty),
+            mask=m_mask[:, None] & d_mask[None, :],
+        )
 
 
 def precision(dtype: torch.dtype) -> str:
@@ -148,10 +224,21 @@ def precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor,
-                  block_tables: torch.Tensor, seq_lens: torch.Tensor, query_start_loc: torch.Tensor,
-                  max_query_len: int, scale: float, block_m: int = 64, block_n: int = 64,
-                  k_scales: torch.Tensor | None = None, v_scales: torch.Tensor | None = None) -> None:
+def paged_prefill(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    max_query_len: int,
+    scale: float,
+    block_m: int = 64,
+    block_n: int = 64,
+    k_scales: torch.Tensor | None = None,
+    v_scales: torch.Tensor | None = None,
+) -> None:
     """q/out [T, Hq, D]; caches [num_blocks, block_size, Hkv, D] (fp8 with scales [num_blocks, block_size,
     Hkv]); any mix of prefill and decode rows."""
     num_heads, head_dim = q.shape[1], q.shape[2]
@@ -162,10 +249,33 @@ def paged_prefill(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     grid = (num_seqs, num_heads, triton.cdiv(max_query_len, block_m))
     fp8 = k_scales is not None
     _prefill_kernel[grid](
-        q, k_cache, v_cache, k_scales if fp8 else k_cache, v_scales if fp8 else v_cache, out, block_tables,
-        seq_lens, query_start_loc, scale * LOG2E, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        block_tables.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        GROUP=num_heads // num_kv_heads, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
-        BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=block_m, BLOCK_N=block_n,
-        PRECISION=precision(q.dtype), FP8=fp8, NUM_KV_HEADS=num_kv_heads, num_warps=4, num_stages=2,
+        q,
+        k_cache,
+        v_cache,
+        k_scales if fp8 else k_cache,
+        v_scales if fp8 else v_cache,
+        out,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        scale * LOG2E,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        block_tables.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        GROUP=num_heads // num_kv_heads,
+        BLOCK_SIZE=block_size,
+        HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PRECISION=precision(q.dtype),
+        FP8=fp8,
+        NUM_KV_HEADS=num_kv_heads,
+        num_warps=4,
+        num_stages=2,
     )

@@ -43,15 +43,28 @@ class DecoderAttention(nn.Module):
     (row-parallel, all-reduced). The output projection has a bias when ``config.attention_bias`` is set;
     q/k/v when that or ``qkv_bias`` is."""
 
-    def __init__(self, config, ctx: ModelContext, qkv_bias: bool = False,
-                 qk_norm: Callable[[int], nn.Module] | None = None, rotary_emb: RotaryEmbedding | None = None):
+    def __init__(
+        self,
+        config,
+        ctx: ModelContext,
+        qkv_bias: bool = False,
+        qk_norm: Callable[[int], nn.Module] | None = None,
+        rotary_emb: RotaryEmbedding | None = None,
+    ):
         super().__init__()
         self.head_dim = head_dim(config)
         bias = getattr(config, "attention_bias", False)
-        self.qkv_proj = QKVParallelLinear(config.hidden_size, self.head_dim, config.num_attention_heads,
-                                          num_kv_heads(config), bias=qkv_bias or bias, tp=ctx.tp)
-        self.o_proj = RowParallelLinear(config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias,
-                                        tp=ctx.tp)
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size,
+            self.head_dim,
+            config.num_attention_heads,
+            num_kv_heads(config),
+            bias=qkv_bias or bias,
+            tp=ctx.tp,
+        )
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=bias, tp=ctx.tp
+        )
         self.q_norm = qk_norm(self.head_dim) if qk_norm else None
         self.k_norm = qk_norm(self.head_dim) if qk_norm else None
         # the model's table, shared by its layers (see rotary.py); a table of its own without one
@@ -59,8 +72,9 @@ class DecoderAttention(nn.Module):
             rotary_emb = RotaryEmbedding(config, self.head_dim, ctx.max_model_len)
         self.rotary_emb = rotary_emb
         # this rank's heads: QKVParallelLinear knows how many it holds
-        self.attn = Attention(self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, self.head_dim,
-                              self.head_dim**-0.5, ctx.attn_backend)
+        self.attn = Attention(
+            self.qkv_proj.num_heads, self.qkv_proj.num_kv_heads, self.head_dim, self.head_dim**-0.5, ctx.attn_backend
+        )
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         q, k, v = self.qkv_proj(hidden).split(self.qkv_proj.sizes, dim=-1)
@@ -80,8 +94,9 @@ class GatedMLP(nn.Module):
     def __init__(self, config, ctx: ModelContext, act: nn.Module):
         super().__init__()
         bias = getattr(config, "mlp_bias", False)
-        self.gate_up_proj = MergedColumnParallelLinear(config.hidden_size, [config.intermediate_size] * 2,
-                                                       bias=bias, tp=ctx.tp)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            config.hidden_size, [config.intermediate_size] * 2, bias=bias, tp=ctx.tp
+        )
         self.down_proj = RowParallelLinear(config.intermediate_size, config.hidden_size, bias=bias, tp=ctx.tp)
         self.act = act
 
@@ -94,16 +109,18 @@ class DecoderLayer(nn.Module):
     un-normalised between layers and added inside the next norm (the norms' fused residual path), so
     :meth:`forward` takes and returns (hidden, residual); the first layer gets ``residual=None``."""
 
-    def __init__(self, self_attn: nn.Module, mlp: nn.Module, input_layernorm: RMSNorm,
-                 post_attention_layernorm: RMSNorm):
+    def __init__(
+        self, self_attn: nn.Module, mlp: nn.Module, input_layernorm: RMSNorm, post_attention_layernorm: RMSNorm
+    ):
         super().__init__()
         self.self_attn = self_attn
         self.mlp = mlp
         self.input_layernorm = input_layernorm
         self.post_attention_layernorm = post_attention_layernorm
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None,
-                meta: AttentionMetadata) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, positions: torch.Tensor, hidden: torch.Tensor, residual: torch.Tensor | None, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if residual is None:
             residual, hidden = hidden, self.input_layernorm(hidden)
         else:
@@ -152,10 +169,19 @@ class DecoderForCausalLM(Model):
 
     def decoder_layer(self) -> DecoderLayer:
         config, ctx = self.config, self.ctx
-        attn = DecoderAttention(config, ctx, qkv_bias=self.qkv_bias, qk_norm=self.rms_norm if self.qk_norm else None,
-                                rotary_emb=self.rotary_emb)
-        return DecoderLayer(attn, GatedMLP(config, ctx, self.activation()), self.rms_norm(config.hidden_size),
-                            self.rms_norm(config.hidden_size))
+        attn = DecoderAttention(
+            config,
+            ctx,
+            qkv_bias=self.qkv_bias,
+            qk_norm=self.rms_norm if self.qk_norm else None,
+            rotary_emb=self.rotary_emb,
+        )
+        return DecoderLayer(
+            attn,
+            GatedMLP(config, ctx, self.activation()),
+            self.rms_norm(config.hidden_size),
+            self.rms_norm(config.hidden_size),
+        )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """[T] token ids -> [T, hidden_size], the input of the first layer."""

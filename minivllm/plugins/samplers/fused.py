@@ -43,8 +43,10 @@ class FusedSampler(Sampler):
             return logits.argmax(dim=-1)
         params = batch.params
         device = logits.device
-        seeds = [row_seed(p.seed, step) if p.seed is not None else self.rng.getrandbits(63)
-                 for p, step in zip(params, batch.steps)]
+        seeds = [
+            row_seed(p.seed, step) if p.seed is not None else self.rng.getrandbits(63)
+            for p, step in zip(params, batch.steps)
+        ]
         inv_temp = to_device([0.0 if p.greedy else 1.0 / p.temperature for p in params], device, torch.float32)
         floor = self._floors(logits, batch, inv_temp)
         seeds_t = to_device(seeds, device, torch.int64)
@@ -64,8 +66,9 @@ class FusedSampler(Sampler):
         top_k = batch.top_k()  # vocab where off
         if any(not p.greedy and p.min_p > 0.0 for p in params):
             # p >= min_p * p_max  <=>  logit >= max + T log(min_p)
-            shift = [math.log(p.min_p) * p.temperature if not p.greedy and p.min_p > 0.0 else float("-inf")
-                     for p in params]
+            shift = [
+                math.log(p.min_p) * p.temperature if not p.greedy and p.min_p > 0.0 else float("-inf") for p in params
+            ]
             floor = logits.amax(dim=-1).float() + to_device(shift, device, torch.float32)
         nucleus = [not p.greedy and p.top_p < 1.0 for p in params]
         wanted = [k if k < vocab else NUCLEUS_CANDIDATES if n else 0 for k, n in zip(top_k, nucleus)]
@@ -102,8 +105,9 @@ def _nucleus_floor(scaled: torch.Tensor, row: torch.Tensor, top_p: float) -> tor
     return row[order[size - 1]].float()
 
 
-def gumbel_argmax_reference(logits: torch.Tensor, inv_temp: torch.Tensor, floor: torch.Tensor,
-                            seeds: list[int]) -> torch.Tensor:
+def gumbel_argmax_reference(
+    logits: torch.Tensor, inv_temp: torch.Tensor, floor: torch.Tensor, seeds: list[int]
+) -> torch.Tensor:
     """What the kernel computes, in PyTorch: per row, argmax of ``logit * inv_temp + Gumbel noise`` (the
     plain argmax where ``inv_temp`` is 0) over the tokens at or above ``floor``."""
     logits = logits.float()

@@ -35,8 +35,20 @@ def _update(best_val, best_idx, base, offs, end, u, inv_t, floor):
 
 
 @triton.jit(do_not_specialize=["stride", "vocab", "chunk_size", "num_chunks"])
-def _chunk_kernel(logits_ptr, stride, inv_temp_ptr, floor_ptr, seed_ptr, part_val_ptr, part_idx_ptr,
-                  vocab, chunk_size, num_chunks, BLOCK: tl.constexpr, NO_INDEX: tl.constexpr):
+def _chunk_kernel(
+    logits_ptr,
+    stride,
+    inv_temp_ptr,
+    floor_ptr,
+    seed_ptr,
+    part_val_ptr,
+    part_idx_ptr,
+    vocab,
+    chunk_size,
+    num_chunks,
+    BLOCK: tl.constexpr,
+    NO_INDEX: tl.constexpr,
+):
     row = tl.program_id(0)
     chunk = tl.program_id(1)
     inv_t = tl.load(inv_temp_ptr + row)
@@ -73,8 +85,9 @@ def _pick_kernel(part_val_ptr, part_idx_ptr, out_ptr, num_chunks, BLOCK_C: tl.co
     tl.store(out_ptr + row, tl.min(tl.where(values == top, indices, NO_INDEX), 0).to(tl.int64))
 
 
-def gumbel_argmax(logits: torch.Tensor, inv_temp: torch.Tensor, floor: torch.Tensor, seeds: torch.Tensor,
-                  num_sms: int) -> torch.Tensor:
+def gumbel_argmax(
+    logits: torch.Tensor, inv_temp: torch.Tensor, floor: torch.Tensor, seeds: torch.Tensor, num_sms: int
+) -> torch.Tensor:
     """logits [B, V] (any float dtype, rows contiguous); inv_temp [B] float32 (0: greedy); floor [B] float32
     (tokens whose logit is below are out; -inf: none); seeds [B] int64. Returns [B] int64."""
     rows, vocab = logits.shape
@@ -86,8 +99,21 @@ def gumbel_argmax(logits: torch.Tensor, inv_temp: torch.Tensor, floor: torch.Ten
     part_val = torch.empty(rows, num_chunks, dtype=torch.float32, device=logits.device)
     part_idx = torch.empty(rows, num_chunks, dtype=torch.int32, device=logits.device)
     out = torch.empty(rows, dtype=torch.int64, device=logits.device)
-    _chunk_kernel[(rows, num_chunks)](logits, logits.stride(0), inv_temp, floor, seeds, part_val, part_idx, vocab,
-                                      chunk_size, num_chunks, BLOCK=BLOCK, NO_INDEX=_NO_INDEX, num_warps=4)
+    _chunk_kernel[(rows, num_chunks)](
+        logits,
+        logits.stride(0),
+        inv_temp,
+        floor,
+        seeds,
+        part_val,
+        part_idx,
+        vocab,
+        chunk_size,
+        num_chunks,
+        BLOCK=BLOCK,
+        NO_INDEX=_NO_INDEX,
+        num_warps=4,
+    )
     # BLOCK_C from the vocabulary alone, not the batch: one compiled kernel for every batch size
     block_c = triton.next_power_of_2(triton.cdiv(vocab, BLOCK))
     _pick_kernel[(rows,)](part_val, part_idx, out, num_chunks, BLOCK_C=block_c, NO_INDEX=_NO_INDEX)

@@ -20,8 +20,9 @@ from minivllm.core.sequence import Sequence, SequenceStatus
 
 class ChunkedPrefillScheduler(Scheduler):
     class Options(PluginOptions):
-        long_prefill_token_threshold: int = Field(0, ge=0, description="most prefill tokens one sequence gets per "
-                                                                       "step (0 = no cap)")
+        long_prefill_token_threshold: int = Field(
+            0, ge=0, description="most prefill tokens one sequence gets per step (0 = no cap)"
+        )
 
     def schedule(self) -> ScheduledBatch:
         batch = ScheduledBatch()

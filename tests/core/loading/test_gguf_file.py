@@ -13,8 +13,11 @@ from minivllm.core.loading.checkpoint import Checkpoint
 from minivllm.core.loading.default_model import default_model
 from minivllm.core.loading.gguf_file import GGUFFile
 
-TEXTS = ["Hello world!", "  The capital of France is Paris.\n\n\u00dcmlaut \u6771\u4eac \U0001f916",
-         "<|im_start|>user\nhi<|im_end|>"]
+TEXTS = [
+    "Hello world!",
+    "  The capital of France is Paris.\n\n\u00dcmlaut \u6771\u4eac \U0001f916",
+    "<|im_start|>user\nhi<|im_end|>",
+]
 
 
 def reference(path: str) -> dict:
@@ -81,6 +84,7 @@ def test_checkpoint_reads_a_known_gguf_once():
 
 # --- tiny GGUF files, written as llama.cpp's converter writes them -----------------------------------
 
+
 def write_gguf(checkpoint: str, arch: str, path: str, qtype: str = "F32") -> str:
     """The tiny checkpoint as a GGUF: llama.cpp's metadata keys, gguf-py's tensor names, llama's Q/K rows
     permuted for its rope kernel, weights stored as ``qtype`` (norms stay float32, as llama.cpp keeps them)."""
@@ -110,8 +114,9 @@ def write_gguf(checkpoint: str, arch: str, path: str, qtype: str = "F32") -> str
     writer.add_token_list(sorted(model["vocab"], key=model["vocab"].get))
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in model["merges"]])
     writer.add_eos_token_id(model["vocab"]["<eos>"])
-    names = gguf.get_tensor_name_map(next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch),
-                                     config.num_hidden_layers)
+    names = gguf.get_tensor_name_map(
+        next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch), config.num_hidden_layers
+    )
     for name, tensor in load_file(os.path.join(checkpoint, "model.safetensors")).items():
         base, suffix = name.rsplit(".", 1)
         w = tensor.float().numpy()

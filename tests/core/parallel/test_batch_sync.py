@@ -64,8 +64,12 @@ def test_random_schedules_with_preemption_and_ends():
     next_block = 0
     for _ in range(300):
         if len(live) < 6 and rng.random() < 0.3:
-            live.append(Sequence([rng.randrange(500) for _ in range(rng.randint(1, 40))],
-                                 SamplingParams(temperature=rng.choice([0.0, 0.7]), seed=rng.randrange(9))))
+            live.append(
+                Sequence(
+                    [rng.randrange(500) for _ in range(rng.randint(1, 40))],
+                    SamplingParams(temperature=rng.choice([0.0, 0.7]), seed=rng.randrange(9)),
+                )
+            )
         if not live:
             continue
         batch = ScheduledBatch()

@@ -19,6 +19,7 @@ from minivllm.core import plugins
 from minivllm.core.parallel.executor import WorkerError
 from tests.checkpoints import hf_greedy, random_prompts
 from tests.conftest import ARCHS
+from tests.processes import children, wait_gone
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 SAMPLED = SamplingParams(temperature=1.0, top_p=0.9, seed=7, max_tokens=8, ignore_eos=True)
@@ -45,45 +46,6 @@ def _tokens(llm, prompts, params=GREEDY):
     return [out["tokens"] for out in llm.generate(prompts, params, use_tqdm=False)]
 
 
-def _stat(pid) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state, ppid, ...); None if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def _alive(pid) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def _children() -> set[int]:
-    """Live child processes of this process, from the process table, except multiprocessing's resource
-    tracker (one per process, started with the first spawn, kept for the session)."""
-    children = set()
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        fields = _stat(pid)
-        if fields is None or fields[0] == "Z" or int(fields[1]) != os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"resource_tracker" not in f.read():
-                    children.add(int(pid))
-        except OSError:  # it just exited
-            continue
-    return children
-
-
-def _wait_gone(pids, timeout=10.0) -> set[int]:
-    """The processes of ``pids`` still alive after up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while (left := {p for p in pids if _alive(p)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
-
-
 @pytest.fixture(scope="module")
 def references(checkpoints):
     """arch -> (transformers greedy tokens, tensor_parallel_size=1 tokens) for PROMPTS + SHARED, and TP=1's
@@ -92,13 +54,19 @@ def references(checkpoints):
     for arch in ARCHS:
         path = checkpoints[arch]
         llm = LLM(path, **TIGHT)
-        refs[arch] = (hf_greedy(path, PROMPTS + SHARED, GREEDY.max_tokens),
-                      _tokens(llm, PROMPTS) + _tokens(llm, SHARED), _tokens(llm, PROMPTS[:2], SAMPLED))
+        refs[arch] = (
+            hf_greedy(path, PROMPTS + SHARED, GREEDY.max_tokens),
+            _tokens(llm, PROMPTS) + _tokens(llm, SHARED),
+            _tokens(llm, PROMPTS[:2], SAMPLED),
+        )
     return refs
 
 
-@pytest.mark.parametrize(("tp", "settings"), [(2, dict(scheduler="chunked", max_num_batched_tokens=24)),
-                                               (4, dict(scheduler="fcfs"))], ids=["2-chunked", "4-fcfs"])
+@pytest.mark.parametrize(
+    ("tp", "settings"),
+    [(2, dict(scheduler="chunked", max_num_batched_tokens=24)), (4, dict(scheduler="fcfs"))],
+    ids=["2-chunked", "4-fcfs"],
+)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, settings, async_scheduling):
     expected, one_rank, sampled = references[arch]
@@ -116,10 +84,10 @@ def test_matches_one_rank_and_transformers(checkpoints, references, arch, tp, se
 def test_one_rank_stays_in_process(llama_path):
     from minivllm.core.parallel.executor import InProcessExecutor
 
-    before = _children()
+    before = children()
     llm = LLM(llama_path, **SMALL)
     assert type(llm.engine.executor) is InProcessExecutor
-    assert _children() == before
+    assert children() == before
     llm.close()
 
 
@@ -138,10 +106,10 @@ def test_vocabulary_that_does_not_split_evenly(llama_path, tmp_path):
 
 
 def test_two_engines_coexist_then_stop_without_leaking(checkpoints):
-    before = _children()
+    before = children()
     first = LLM(checkpoints["llama"], tensor_parallel_size=2, **SMALL)
     second = LLM(checkpoints["qwen2"], tensor_parallel_size=2, **SMALL)
-    workers = _children() - before
+    workers = children() - before
     assert len(workers) == 2
     many = random_prompts(160, 30, 60, seed=13)  # the first step's command outgrows one broadcast
     assert _tokens(first, many) == _tokens(LLM(checkpoints["llama"], **SMALL), many)
@@ -151,8 +119,8 @@ def test_two_engines_coexist_then_stop_without_leaking(checkpoints):
     with pytest.raises(RuntimeError, match="this LLM is closed"):
         first.generate(PROMPTS[:1], GREEDY, use_tqdm=False)
     del second  # garbage collection stops the workers too
-    assert not _wait_gone(workers)
-    assert _children() - before == set()
+    assert not wait_gone(workers)
+    assert children() - before == set()
     assert not multiprocessing.active_children()
 
 
@@ -191,7 +159,7 @@ def test_killed_worker_is_an_error_not_a_hang(llama_path):
 def test_error_on_every_rank_is_raised_as_itself(llama_path):
     with pytest.raises(ValueError, match="no memory is left for the KV cache"):
         LLM(llama_path, tensor_parallel_size=2, cpu_kvcache_space_gib=1e-9, **SMALL)
-    assert not _wait_gone(_children())
+    assert not wait_gone(children())
     assert not multiprocessing.active_children()
 
 
@@ -214,7 +182,7 @@ def test_workers_exit_when_rank0_dies(llama_path, tmp_path):
         assert len(workers) == 1
         proc.kill()
         proc.wait()
-        assert not _wait_gone(workers)
+        assert not wait_gone(workers)
     finally:
         proc.kill()
 
@@ -236,9 +204,21 @@ def test_torchrun_rendezvous(llama_path, references, tmp_path):
     script.write_text(TORCHRUN_SCRIPT)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-         llama_path, json.dumps(PROMPTS[:3])],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            llama_path,
+            json.dumps(PROMPTS[:3]),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith("TOKENS")]
@@ -268,8 +248,11 @@ def test_more_ranks_than_gpus_or_torchrun_ranks(llama_path, monkeypatch):
     [
         (3, {}, "tensor_parallel_size=3 does not divide the model's 4 attention heads"),
         (8, {}, "tensor_parallel_size=8 does not divide the model's 4 attention heads"),
-        (2, {"num_key_value_heads": 3}, "tensor_parallel_size=2 neither divides nor is a multiple of the model's 3 "
-                                        "key/value heads"),
+        (
+            2,
+            {"num_key_value_heads": 3},
+            "tensor_parallel_size=2 neither divides nor is a multiple of the model's 3 key/value heads",
+        ),
         (4, {"intermediate_size": 130}, "tensor_parallel_size=4 does not divide the model's intermediate_size=130"),
     ],
 )
@@ -280,7 +263,7 @@ def test_bad_tensor_parallel_size_fails_before_any_process_starts(llama_path, tm
         shutil.copytree(llama_path, path)
         config = json.loads((path / "config.json").read_text())
         (path / "config.json").write_text(json.dumps(config | edit))
-    before = _children()
+    before = children()
     with pytest.raises(ValueError, match=message):
         LLM(str(path), tensor_parallel_size=tp, **SMALL)
-    assert _children() == before
+    assert children() == before

@@ -35,7 +35,7 @@ BATCHES = {
 @pytest.mark.parametrize("kind", ["float32", "bfloat16", "fp8"])
 def test_equals_the_torch_reference(batch, kind):
     """Same outputs and same cache contents as the per-sequence reference, GQA (8 query heads over 2); rows
-no sequence wrote hold NaN (as never-written memory may), which must not leak into any output."""
+    no sequence wrote hold NaN (as never-written memory may), which must not leak into any output."""
     torch.manual_seed(0)
     query_lens, context_lens = BATCHES[batch]
     block_size, num_blocks, tokens = 16, 24, sum(query_lens)
@@ -71,8 +71,15 @@ def test_chunked_batches_with_prefix_hits_match_transformers(checkpoints, arch):
     path = checkpoints[arch]
     prefix = random_prompts(1, 40, 40, seed=2)[0]
     prompts = [prefix + tail for tail in random_prompts(5, 1, 50, seed=3)] + random_prompts(3, 1, 9, seed=4)
-    llm = LLM(path, attention_backend="cpu", scheduler="chunked", max_num_batched_tokens=32, kvcache_block_size=16,
-              max_model_len=256, dtype="float32")
+    llm = LLM(
+        path,
+        attention_backend="cpu",
+        scheduler="chunked",
+        max_num_batched_tokens=32,
+        kvcache_block_size=16,
+        max_model_len=256,
+        dtype="float32",
+    )
     assert llm.engine.executor.runner.attn_backend.__class__ is CpuAttentionBackend
     assert [o["tokens"] for o in llm.generate(prompts, GREEDY, use_tqdm=False)] == hf_greedy(path, prompts, 12)
 
@@ -81,7 +88,15 @@ def test_fp8_tokens_equal_the_torch_backends(llama_path):
     prompts = random_prompts(6, 3, 60, seed=5)
     tokens = {}
     for name in ("torch", "cpu"):
-        llm = LLM(llama_path, attention_backend=name, kv_cache_dtype="fp8", scheduler="chunked",
-                  max_num_batched_tokens=40, kvcache_block_size=16, max_model_len=256, dtype="float32")
+        llm = LLM(
+            llama_path,
+            attention_backend=name,
+            kv_cache_dtype="fp8",
+            scheduler="chunked",
+            max_num_batched_tokens=40,
+            kvcache_block_size=16,
+            max_model_len=256,
+            dtype="float32",
+        )
         tokens[name] = [o["tokens"] for o in llm.generate(prompts, GREEDY, use_tqdm=False)]
     assert tokens["cpu"] == tokens["torch"]
