@@ -34,7 +34,8 @@ def _store_kv_kernel(
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t)
     offs = tl.arange(0, BLOCK)
-    mask = (offs < ROW) & (slot >= 0)
+    # (a tensor compare, not the scalar `slot >= 0`: Triton 3.9's interpreter refuses a scalar-bool mask term)
+    mask = (offs < ROW) & (offs * 0 + slot >= 0)
     k = tl.load(k_ptr + t * stride_k + offs, mask=mask)
     v = tl.load(v_ptr + t * stride_v + offs, mask=mask)
     tl.store(k_cache_ptr + slot * ROW + offs, k, mask=mask)
@@ -82,7 +83,7 @@ def _store_kv_fp8_kernel(
     slot = tl.load(slot_ptr + t)
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
-    h_mask = (offs_h < HEADS) & (slot >= 0)
+    h_mask = (offs_h < HEADS) & (offs_h * 0 + slot >= 0)
     mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     rows = offs_h[:, None] * HEAD_DIM + offs_d[None, :]  # [H, D] within the token's Hkv*D row
     _store_fp8_rows(
