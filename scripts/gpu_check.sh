@@ -108,7 +108,7 @@ for stage in "$@"; do
            PYTHONPATH=/tmp/site:$PWD/$tree python3 $tree/benchmarks/throughput.py --hf-prompts 0 2>&1 |
              tee -a "$OUT/tp1.log" || status=1
          done ;;
-    serve) pip install -q --no-index --find-links .whl py-spy 2>/dev/null  # optional: a profile of the API process
+    serve) export PATH=/tmp/site/bin:$PATH  # py-spy, from the carried wheels (the preamble installs them there)
            for sched in fcfs chunked; do  # each run ends with its offline arm (LLM.generate) and the ratios
              python3 benchmarks/serve.py --model qwen3-0.6b --num-prompts 200 --input-len 128:1024 \
                --output-len 64:512 --request-rates inf,16 --sampler fused --scheduler $sched \
