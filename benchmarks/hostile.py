@@ -20,7 +20,7 @@ import socket
 import time
 
 import httpx
-from serve import MODEL_NAME
+from serve_process import MODEL_NAME
 
 from minivllm.bench.scrape import scrape
 

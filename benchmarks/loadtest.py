@@ -35,7 +35,7 @@ import httpx
 from minivllm.bench.report import emit_json_line
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from serve import MODEL_NAME, free_port, start_server  # noqa: E402 (the server harness, shared)
+from serve_process import MODEL_NAME, free_port, start_server  # noqa: E402 (benchmarks/serve_process.py)
 
 from minivllm.bench.scrape import scrape  # noqa: E402
 

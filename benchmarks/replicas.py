@@ -26,38 +26,18 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import openai
 
 from minivllm.entrypoints.replicas import replica_pid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serve_process import launch  # noqa: E402 (benchmarks/serve_process.py)
 
 PROMPTS = [f"Write one sentence about the number {i}." for i in range(20)]
 
 
 def start(n: int, port: int, extra: list[str]) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "minivllm.cli",
-        "serve",
-        "--port",
-        str(port),
-        "--uvicorn-log-level",
-        "warning",
-        *extra,
-    ]
-    if n > 1:
-        command += ["--data-parallel-size", str(n)]
-    proc = subprocess.Popen(command)
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit("the server did not come up")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.5)
+    return launch(port, [*extra, *(["--data-parallel-size", str(n)] if n > 1 else [])], timeout=300)
 
 
 def ask(client: openai.OpenAI, i: int, max_tokens: int) -> tuple[str, int]:

@@ -1,5 +1,5 @@
-"""The server of benchmarks/serve.py: start ``minivllm serve`` on a free port and wait until it is ready, stop
-it, and record it with py-spy."""
+"""The benchmarks' server: start ``minivllm serve`` on a free port and wait until it is ready, stop it, and
+record it with py-spy (serve.py, loadtest.py, hostile.py, replicas.py, structured.py)."""
 
 from __future__ import annotations
 
@@ -21,28 +21,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model_path: str, port: int, args, extra: list[str]) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "minivllm.cli",
-        "serve",
-        model_path,
-        "--port",
-        str(port),
-        "--served-model-name",
-        MODEL_NAME,
-        "--uvicorn-log-level",
-        "warning",
-        "--max-model-len",
-        str(args.max_model_len),
-        "--device",
-        args.device,
-        *extra,
-    ]
+def launch(port: int, serve_args: list[str], timeout: float) -> subprocess.Popen:
+    """``minivllm serve SERVE_ARGS --port PORT`` (uvicorn's log at warning, in a session of its own, so a Ctrl-C
+    here reaches it only through :func:`stop_server`), returned once its /health answers 200; SystemExit if it
+    exits first or is not up in ``timeout`` seconds (then it is stopped)."""
+    cmd = [sys.executable, "-m", "minivllm.cli", "serve", *serve_args, "--port", str(port)]
+    cmd += ["--uvicorn-log-level", "warning"]
     print("server:", " ".join(cmd), flush=True)
     proc = subprocess.Popen(cmd, start_new_session=True)
-    deadline = time.monotonic() + args.startup_timeout
+    deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with code {proc.returncode}")
@@ -55,6 +42,12 @@ def start_server(model_path: str, port: int, args, extra: list[str]) -> subproce
         except httpx.TransportError:
             pass
         time.sleep(0.5)
+
+
+def start_server(model_path: str, port: int, args, extra: list[str]) -> subprocess.Popen:
+    """serve.py's and loadtest.py's server: ``model_path`` served as MODEL_NAME with their flags."""
+    serve_args = [model_path, "--served-model-name", MODEL_NAME, "--max-model-len", str(args.max_model_len)]
+    return launch(port, [*serve_args, "--device", args.device, *extra], args.startup_timeout)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

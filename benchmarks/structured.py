@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from serve_process import free_port, launch  # noqa: E402
 from structured_schemas import SCHEMAS  # noqa: E402
 
 WEATHER_TOOL = {
@@ -52,38 +52,10 @@ PROMPTS = ["Describe a person.", "Give me an example record.", "Fill in the data
 
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "minivllm.cli",
-        "serve",
-        *([args.model] if args.model else []),
-        "--port",
-        str(port),
-        "--max-num-seqs",
-        str(args.max_num_seqs),
-        "--max-model-len",
-        "2048",
-        "--uvicorn-log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd)
-    import httpx
-
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("the server exited")
-        time.sleep(1)
-    raise SystemExit("the server did not start")
+    port = free_port()
+    serve_args = [*([args.model] if args.model else []), "--max-num-seqs", str(args.max_num_seqs)]
+    proc = launch(port, [*serve_args, "--max-model-len", "2048"], timeout=600)
+    return proc, f"http://127.0.0.1:{port}/v1"
 
 
 def check_json(client, n: int, max_tokens: int) -> dict:

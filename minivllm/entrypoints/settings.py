@@ -18,7 +18,7 @@ class ServerSettings(BaseModel):
     max_n: int = Field(128, ge=1, description="most completions per prompt (n), as vLLM")
     max_prompts: int = Field(128, ge=1, description="most prompts in one completions request")
     max_request_sequences: int = Field(
-        256, ge=1, description=("most sequences one request may start: its prompts times n")
+        256, ge=1, description="most sequences one request may start: its prompts times n"
     )
     max_prompt_chars: int = Field(
         1_000_000,
@@ -32,7 +32,7 @@ class ServerSettings(BaseModel):
     max_tokenizing_chars: int = Field(
         4_000_000,
         ge=1,
-        description=("most characters waiting to be tokenized, all requests together; past it a request gets a 503"),
+        description="most characters waiting to be tokenized, all requests together; past it a request gets a 503",
     )
     max_body_bytes: int = Field(16 * 2**20, ge=1, description="largest request body in bytes; a larger one gets a 413")
     max_stream_buffer: int = Field(
@@ -44,7 +44,7 @@ class ServerSettings(BaseModel):
         ),
     )
     max_connections: int = Field(
-        512, ge=1, description=("most open connections; more are answered 503 and closed at once")
+        512, ge=1, description="most open connections; more are answered 503 and closed at once"
     )
     idle_timeout: float = Field(
         10.0,
