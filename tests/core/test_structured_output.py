@@ -144,16 +144,21 @@ def test_structured_outputs_params_are_validated(spec):
         SamplingParams(structured_outputs=spec)
 
 
-def test_a_grammar_that_completes_while_its_next_step_is_queued_ends_once(llama_path):
+def test_a_grammar_that_completes_while_its_next_step_is_queued_is_left_finished(llama_path):
     """With async scheduling a constrained row's next step is queued before its newest token is collected (for
-    the mask). Here that token completes the grammar and the queued step's token would be the last by
-    max_tokens: the sequence ends once, by its grammar, and every block comes back."""
-    llm = LLM(llama_path, async_scheduling=True, **SETTINGS)
+    the mask). Here that token completes the grammar, so the sequence is finished before the queued step's
+    bookkeeping runs: that leaves it as it is (nothing pending, no tokens counted as computed), it ends by its
+    grammar, and every block comes back."""
+    engine = LLM(llama_path, async_scheduling=True, **SETTINGS).engine
     params = _params(StructuredOutputsParams(choice=["a"]), max_tokens=2)
-    results = llm.generate(PROMPTS, params, use_tqdm=False)
-    assert [(o["text"], o["finish_reason"]) for r in results for o in r["outputs"]] == [("a", "stop")] * len(PROMPTS)
-    assert llm.engine.allocator.num_free_blocks == llm.engine.allocator.num_blocks
-    assert not llm.engine.scheduler.has_unfinished()
+    seqs = [engine.make_sequence(prompt, params, detokenize=True) for prompt in PROMPTS]
+    for seq in seqs:
+        engine.add(seq)
+    while engine.has_unfinished():
+        engine.step()
+    assert [(seq.finish_reason, seq.num_pending_tokens) for seq in seqs] == [("stop", 0)] * len(seqs)
+    assert all(seq.num_computed_tokens < len(seq.token_ids) for seq in seqs)
+    assert engine.allocator.num_free_blocks == engine.allocator.num_blocks
 
 
 def test_the_step_in_flight_is_collected_once_the_next_forward_is_queued(llama_path, monkeypatch):
